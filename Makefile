@@ -1,0 +1,31 @@
+# Every target does its own set-up: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# The CPU wheel of torch 2.13.0 lies on this machine's disk; install it first so that
+	# no later resolver step pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	# No build isolation: deepspeed's sdist must build against the torch installed above.
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/keye demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/keye bench
+
+clean:
+	rm -rf $(VENV) runs
