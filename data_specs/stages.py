@@ -1,0 +1,206 @@
+"""Training stages as data (SPEC.md sections 3-4): what each stage trains, on what, for how long.
+
+One ``StageSpec`` per stage, built once in ``_keye_8b_stages``; the ``tiny`` preset derives from it by
+``dataclasses.replace`` on the few fields that make a stage run on 2 CPU cores in seconds (steps,
+batch, context). Nothing here imports torch: the runner (``keye_model.training``) reads these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+MODULE_GROUPS = ("vision", "projector", "llm")
+OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "fusion")
+PHASES = ("pretrain", "posttrain")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSpec:
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-5
+    """Peak learning rate (the report gives none: our choice, per stage)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to ``lr``."""
+    min_lr_ratio: float = 0.1
+    """Cosine floor as a fraction of ``lr``; 1.0 gives a constant schedule."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"bad optimizer spec: {self}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLSpec:
+    """GSPO settings (SPEC.md section 4)."""
+
+    group_size: int = 8
+    """Rollouts G per prompt."""
+    num_minibatches: int = 4
+    """Each rollout batch is split into this many mini-batches (one update each)."""
+    clip_low: float = 3e-4
+    """Sequence ratio clipped below at 1 - clip_low."""
+    clip_high: float = 4e-4
+    """Sequence ratio clipped above at 1 + clip_high."""
+    max_new_tokens: int = 1024
+    """Rollout length cap."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts."""
+    max_hint_level: int = 5
+    """Progressive hints L1..L5 for prompts whose whole group is wrong (0 disables)."""
+    num_iterations: int = 1
+    """General-RL rounds, with rejection sampling between them."""
+    reward_weights: tuple[tuple[str, float], ...] = (("rule", 1.0),)
+    """Reward sources and their weights: rule, judge, reward_model."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSpec:
+    """One training stage; the runner's whole input besides data and the previous checkpoint."""
+
+    name: str
+    """Stage id, used in paths, lineage and the Prefect UI (``stage1``, ``sft``, ...)."""
+    phase: str
+    """``pretrain`` or ``posttrain``."""
+    objective: str
+    """One of OBJECTIVES."""
+    trainable: tuple[str, ...]
+    """Module groups updated; the rest are frozen (and must stay bit-identical)."""
+    seq_len: int
+    """Packed sequence length (context)."""
+    data_mix: str
+    """Name of the data mix in ``data_specs.mixes`` the stage's shards realize."""
+    inputs: tuple[str, ...] = ()
+    """Stages whose checkpoints this one starts from (fusion merges several)."""
+    rope_theta: float | None = None
+    """LLM RoPE base to set before training; None keeps the previous stage's."""
+    num_steps: int = 100
+    """Optimizer steps."""
+    micro_batch_size: int = 1
+    """Packed sequences per rank per forward."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (1, 2 or 3)."""
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    """Optimizer and schedule."""
+    rl: RLSpec | None = None
+    """GSPO settings for ``gspo`` stages."""
+    checkpoint_every: int = 50
+    """Steps between resumable DeepSpeed checkpoints (with the loader state)."""
+    parallelism_at_scale: str = "DP + ZeRO-2"
+    """The layout the report uses at full scale (documentation; the runner uses ZeRO data parallel)."""
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"stage {self.name}: phase {self.phase!r} not in {PHASES}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"stage {self.name}: objective {self.objective!r} not in {OBJECTIVES}")
+        bad = set(self.trainable) - set(MODULE_GROUPS)
+        if bad:
+            raise ValueError(f"stage {self.name}: unknown module groups {sorted(bad)}")
+        if self.objective != "fusion" and not self.trainable:
+            raise ValueError(f"stage {self.name}: a training stage needs at least one trainable group")
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"stage {self.name}: zero_stage must be 1, 2 or 3")
+        if (self.objective == "gspo") != (self.rl is not None):
+            raise ValueError(f"stage {self.name}: rl settings go with the gspo objective only")
+        if min(self.seq_len, self.num_steps, self.micro_batch_size, self.grad_accum_steps) < 1:
+            raise ValueError(f"stage {self.name}: sizes and counts must be positive")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StageSpec":
+        data = json.loads(text)
+        data["optimizer"] = OptimizerSpec(**{**data["optimizer"], "betas": tuple(data["optimizer"]["betas"])})
+        if data.get("rl"):
+            data["rl"] = RLSpec(**{**data["rl"], "reward_weights": tuple(map(tuple, data["rl"]["reward_weights"]))})
+        for key in ("trainable", "inputs"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+ALL = ("vision", "projector", "llm")
+
+
+def _keye_8b_stages() -> tuple[StageSpec, ...]:
+    """The report's order and settings; learning rates and step counts are our choices."""
+    opt = OptimizerSpec
+    return (
+        StageSpec(name="stage1", phase="pretrain", objective="lm", trainable=("projector",), seq_len=8192,
+                  data_mix="alignment", rope_theta=1_000_000.0, num_steps=4000, micro_batch_size=1,
+                  grad_accum_steps=8, optimizer=opt(lr=1e-3, warmup_steps=200)),
+        StageSpec(name="stage2", phase="pretrain", objective="lm", trainable=ALL, seq_len=8192,
+                  data_mix="multitask", inputs=("stage1",), num_steps=20000, grad_accum_steps=8,
+                  optimizer=opt(lr=2e-5, warmup_steps=500)),
+        StageSpec(name="stage3", phase="pretrain", objective="lm", trainable=ALL, seq_len=131_072,
+                  data_mix="annealing", inputs=("stage2",), rope_theta=8_000_000.0, num_steps=5000,
+                  zero_stage=1, grad_accum_steps=8, optimizer=opt(lr=1e-5, warmup_steps=100),
+                  parallelism_at_scale="ZeRO-1 + context parallel + pipeline parallel"),
+        StageSpec(name="stage4", phase="pretrain", objective="fusion", trainable=(), seq_len=131_072,
+                  data_mix="annealing", inputs=("stage3",), num_steps=1, parallelism_at_scale="none (CPU merge)"),
+        StageSpec(name="sft", phase="posttrain", objective="lm", trainable=ALL, seq_len=32_768,
+                  data_mix="sft", inputs=("stage4",), num_steps=10000, grad_accum_steps=8,
+                  optimizer=opt(lr=1e-5, warmup_steps=200)),
+        StageSpec(name="mpo", phase="posttrain", objective="mpo", trainable=("projector", "llm"), seq_len=8192,
+                  data_mix="preference", inputs=("sft",), num_steps=2000, grad_accum_steps=8,
+                  optimizer=opt(lr=5e-7, warmup_steps=50)),
+        StageSpec(name="reward", phase="posttrain", objective="reward", trainable=("projector", "llm"),
+                  seq_len=8192, data_mix="preference", inputs=("mpo",), num_steps=2000, grad_accum_steps=8,
+                  optimizer=opt(lr=2e-6, warmup_steps=50)),
+        StageSpec(name="coldstart", phase="posttrain", objective="weighted_lm", trainable=ALL, seq_len=32_768,
+                  data_mix="longcot", inputs=("mpo",), num_steps=3000, grad_accum_steps=8,
+                  optimizer=opt(lr=5e-6, warmup_steps=100)),
+        StageSpec(name="gspo", phase="posttrain", objective="gspo", trainable=("projector", "llm"),
+                  seq_len=16_384, data_mix="rl", inputs=("coldstart",), num_steps=500, zero_stage=3,
+                  optimizer=opt(lr=1e-6, min_lr_ratio=1.0), rl=RLSpec(num_iterations=2)),
+        StageSpec(name="alignment", phase="posttrain", objective="gspo", trainable=("projector", "llm"),
+                  seq_len=16_384, data_mix="alignment_rl", inputs=("gspo",), num_steps=300, zero_stage=3,
+                  optimizer=opt(lr=5e-7, min_lr_ratio=1.0),
+                  rl=RLSpec(reward_weights=(("rule", 0.5), ("judge", 0.25), ("reward_model", 0.25)),
+                            max_hint_level=0)),
+    )
+
+
+def _tiny(stage: StageSpec) -> StageSpec:
+    """Same stage, sized to run on 2 CPU cores in seconds."""
+    rl = stage.rl and dataclasses.replace(stage.rl, group_size=4, num_minibatches=2, max_new_tokens=16)
+    return dataclasses.replace(
+        stage,
+        seq_len=min(stage.seq_len, 512 if stage.name != "stage3" else 1024),
+        num_steps=1 if stage.objective == "fusion" else 4,
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        checkpoint_every=2,
+        optimizer=dataclasses.replace(stage.optimizer, lr=max(stage.optimizer.lr, 1e-4), warmup_steps=1),
+        rl=rl,
+    )
+
+
+PRESETS = ("tiny", "keye-8b")
+
+
+def stages(preset: str) -> tuple[StageSpec, ...]:
+    """All stages of a preset, in pipeline order."""
+    if preset == "keye-8b":
+        return _keye_8b_stages()
+    if preset == "tiny":
+        return tuple(_tiny(s) for s in _keye_8b_stages())
+    raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+
+
+def get_stage(preset: str, name: str) -> StageSpec:
+    for stage in stages(preset):
+        if stage.name == name:
+            return stage
+    raise ValueError(f"preset {preset!r} has no stage {name!r}; stages: {[s.name for s in stages(preset)]}")
