@@ -1,0 +1,95 @@
+"""Shard samples -> conversations for each objective.
+
+A shard sample is what ``tasks/shards.py`` writes: ``<key>.json`` (the record: question, answer,
+modality, task, meta; preference samples add ``chosen`` and ``rejected``; LongCoT samples a
+``replay_weight``), the media as encoded bytes (``<key>.png``/``.jpg`` or the video file ``<key>.mp4``)
+and, for a video, its Slow-Fast plan (``<key>.plan.json``). Videos are written once to a cache folder
+because ffmpeg reads files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keye_model.slow_fast import VideoPlan
+from keye_model.training.loader import media_of, open_image, sample_record
+
+Conversation = list[dict[str, Any]]
+
+#: The reward model's judging prompt; the nine dimensions are SPEC.md's (four from the report).
+JUDGE_DIMENSIONS = ("credibility", "correctness", "redundancy", "relevance", "completeness", "clarity",
+                    "instruction following", "visual grounding", "safety")
+
+
+@dataclass
+class Example:
+    sample_id: str
+    record: dict[str, Any]
+    user_parts: list[dict[str, Any]]
+    """The user turn's content: media part (if any) then the question text."""
+
+    @property
+    def weight(self) -> float:
+        return float(self.record.get("replay_weight", 1.0))
+
+    def conversation(self, answer: str) -> Conversation:
+        return [{"role": "user", "content": self.user_parts},
+                {"role": "assistant", "content": answer}]
+
+
+def to_example(sample: dict[str, Any], media_cache: str | Path) -> Example:
+    """Decode what the processor needs from a raw shard sample."""
+    record = sample_record(sample)
+    key = sample["__key__"]
+    parts: list[dict[str, Any]] = []
+    media = media_of(sample)
+    if media is not None:
+        kind, ext, data = media
+        if kind == "image":
+            parts.append({"type": "image", "image": open_image(data)})
+        else:
+            path = Path(media_cache) / f"{key}.{ext}"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".part")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+            part: dict[str, Any] = {"type": "video", "video": str(path)}
+            if "plan.json" in sample:
+                part["plan"] = VideoPlan.from_json(sample["plan.json"].decode())
+            parts.append(part)
+    question = record.get("question") or "Describe this."
+    parts.append({"type": "text", "text": question})
+    return Example(sample_id=key, record=record, user_parts=parts)
+
+
+def sft_conversation(example: Example) -> Conversation:
+    return example.conversation(example.record["answer"])
+
+
+def preference_conversations(example: Example) -> tuple[Conversation, Conversation]:
+    """(chosen, rejected) conversations of a preference sample."""
+    try:
+        return example.conversation(example.record["chosen"]), example.conversation(example.record["rejected"])
+    except KeyError as exc:
+        raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
+
+
+def judge_conversations(example: Example) -> list[Conversation]:
+    """Pairwise judge training data, both orders (against position bias), ``no_think`` form.
+
+    The model learns to answer "A" or "B": the better response is the chosen one.
+    """
+    question = example.record.get("question", "")
+    chosen, rejected = example.record["chosen"], example.record["rejected"]
+    media = [p for p in example.user_parts if p["type"] != "text"]
+    out = []
+    for first, second, verdict in ((chosen, rejected, "A"), (rejected, chosen, "B")):
+        prompt = (f"Task: {example.record.get('task', 'vqa')}\nQuery: {question}\nResponse A: {first}\n"
+                  f"Response B: {second}\nWhich response is better? Consider "
+                  f"{', '.join(JUDGE_DIMENSIONS)}. Answer A or B. /no_think")
+        out.append([{"role": "user", "content": [*media, {"type": "text", "text": prompt}]},
+                    {"role": "assistant", "content": verdict}])
+    return out
