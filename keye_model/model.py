@@ -1,0 +1,261 @@
+"""KeyeForConditionalGeneration: ViT -> projector -> placeholder scatter -> Qwen3 (SPEC section 1).
+
+Inputs (from the processor):
+- ``input_ids`` (B, L): one ``<|image_pad|>`` / ``<|video_pad|>`` placeholder per visual token;
+- ``pixel_values`` (N, C*p*p), ``grid_hw`` (I, 2): see ``vision_encoder.py``; images/frames in the order
+  of their placeholders in ``input_ids`` read row-major over the batch;
+- ``labels`` (B, L), aligned with ``input_ids`` (NOT shifted) and -100 where no loss is taken; the model
+  shifts them (the logits at position t predict labels[t + 1]).
+
+Worked example: one image with grid_hw (4, 6) -> 24 patches -> 24/4 = 6 visual tokens, so ``input_ids``
+must hold exactly 6 placeholders; the 6 projected features replace them in order (masked_scatter).
+
+Parameter groups for freezing and counting: "vision" (``vision``), "projector" (``projector``) and
+"llm" (``language_model``). All weight init lives in ``init_weights``.
+
+Legend: B batch, L sequence, E LLM width, M visual tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from keye_model.config import KeyeConfig
+from keye_model.decoder import build_decoder, check_decoder_matches, load_decoder, rope_theta, set_rope_theta
+from keye_model.losses import IGNORE_INDEX
+from keye_model.projector import Projector
+from keye_model.vision_encoder import VisionEncoder
+
+#: The parameter groups, in model order.
+GROUPS = ("vision", "projector", "llm")
+
+#: Weights file inside a saved model directory (beside ``keye_config.json``).
+WEIGHTS_FILE = "model.safetensors"
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """The one init rule: normal(0, std) for linear/conv/embedding weights, zero biases, unit norms."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+        elif type(sub).__name__.endswith("RMSNorm"):
+            nn.init.ones_(sub.weight)
+
+
+def causal_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy of logits[t] against labels[t + 1] where the label is not -100.
+
+    Example: labels [-100, -100, 7, 9] take loss at logits[1] -> 7 and logits[2] -> 9 (mean of 2).
+    Zero (with a graph) when no label is set, so an all-prompt batch does not produce NaN.
+    """
+    logits = logits_BLV[:, :-1].float()
+    targets = labels_BL[:, 1:].to(logits.device)
+    if not bool((targets != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+class KeyeForConditionalGeneration(nn.Module):
+    def __init__(self, config: KeyeConfig, *, language_model: nn.Module | None = None, init: bool = True):
+        """Build from ``config``; ``language_model`` supplies an already loaded decoder (kept as is)."""
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config.vision)
+        self.projector = Projector(config.projector, config.vision.hidden_size, config.text.hidden_size)
+        built_here = language_model is None
+        self.language_model = build_decoder(config.text) if built_here else language_model
+        if init:
+            init_weights(self.vision, config.vision.initializer_range)
+            init_weights(self.projector, config.vision.initializer_range)
+            if built_here:
+                init_weights(self.language_model, config.text.initializer_range)
+
+    # ---- construction and persistence ---------------------------------------------------------
+    @classmethod
+    def from_parts(
+        cls,
+        config: KeyeConfig,
+        vision_dir: str | Path | None = None,
+        llm_dir: str | Path | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KeyeForConditionalGeneration:
+        """Random projector; ViT from a local SigLIP directory and/or LLM from a local Qwen3 directory.
+
+        The checkpoints' shapes must match ``config`` (ValueError otherwise); the LLM's RoPE base is set
+        to ``config.text.rope_theta``.
+        """
+        language_model = None
+        if llm_dir is not None:
+            language_model = load_decoder(llm_dir)
+            check_decoder_matches(language_model, config.text, str(llm_dir))
+            if rope_theta(language_model.config) != config.text.rope_theta:
+                set_rope_theta(language_model, config.text.rope_theta)
+        model = cls(config, language_model=language_model)
+        if vision_dir is not None:
+            model.vision.load_siglip(vision_dir)
+        return model._cast(dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``keye_config.json`` and ``model.safetensors`` into ``directory``; returns it."""
+        path = Path(directory)
+        self.config.save(path)
+        save_model(self, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None) -> KeyeForConditionalGeneration:
+        path = Path(directory)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"no {WEIGHTS_FILE} in Keye model directory {directory}")
+        model = cls(KeyeConfig.load(path), init=False)
+        missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path / WEIGHTS_FILE}: missing keys {missing}, unexpected keys {unexpected}")
+        return model._cast(dtype)
+
+    def _cast(self, dtype: torch.dtype | None) -> KeyeForConditionalGeneration:
+        """Cast parameters to ``dtype``, keeping the LLM's rotary frequencies in float32."""
+        if dtype is not None:
+            self.to(dtype)
+            set_rope_theta(self.language_model, self.config.text.rope_theta)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.get_input_embeddings().weight.device
+
+    def set_rope_theta(self, theta: float) -> None:
+        """Reset the LLM's RoPE base (stage 3: 8,000,000) in the decoder and in ``self.config``."""
+        set_rope_theta(self.language_model, theta)
+        self.config = dataclasses.replace(
+            self.config, text=dataclasses.replace(self.config.text, rope_theta=float(theta))
+        )
+
+    # ---- parameter groups -----------------------------------------------------------------------
+    def group(self, name: str) -> nn.Module:
+        modules = {"vision": self.vision, "projector": self.projector, "llm": self.language_model}
+        if name not in modules:
+            raise ValueError(f"unknown parameter group {name!r}; groups: {GROUPS}")
+        return modules[name]
+
+    def set_trainable(self, groups: str | Iterable[str]) -> None:
+        """Exactly ``groups`` train; every other group is frozen (stage 1: ``set_trainable("projector")``)."""
+        chosen = _group_names(groups)
+        for name in GROUPS:
+            self.group(name).requires_grad_(name in chosen)
+
+    def freeze(self, groups: str | Iterable[str]) -> None:
+        """Freeze ``groups``; the others keep their state."""
+        for name in _group_names(groups):
+            self.group(name).requires_grad_(False)
+
+    def unfreeze(self, groups: str | Iterable[str]) -> None:
+        for name in _group_names(groups):
+            self.group(name).requires_grad_(True)
+
+    def trainable_groups(self) -> tuple[str, ...]:
+        """Groups with at least one parameter that requires grad."""
+        return tuple(n for n in GROUPS if any(p.requires_grad for p in self.group(n).parameters()))
+
+    def num_parameters(self, group: str | None = None, *, trainable_only: bool = False) -> int:
+        """Parameter count of one group, or of the whole model when ``group`` is None."""
+        module = self if group is None else self.group(group)
+        return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def get_visual_features(self, pixel_values: torch.Tensor, grid_hw: torch.Tensor) -> torch.Tensor:
+        """(N, C*p*p) patches + (I, 2) grids -> (M, E) LLM-width tokens, M = sum(h*w) / merge**2."""
+        vision_dtype = self.vision.embeddings.patch_embedding.weight.dtype
+        frozen = not any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # no activations kept when frozen
+            features_ND = self.vision(pixel_values.to(vision_dtype), grid_hw)
+        return self.projector(features_ND, grid_hw)
+
+    def placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool, True at image or video placeholder tokens."""
+        ids = self.config.placeholder_token_ids
+        if not ids:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+
+    def embed_inputs(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, grid_hw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L, E) token embeddings with the visual features scattered into the placeholders."""
+        embeds_BLE = self.language_model.get_input_embeddings()(input_ids)
+        mask_BL = self.placeholder_mask(input_ids)
+        num_placeholders = int(mask_BL.sum())
+        if pixel_values is None:
+            if num_placeholders:
+                raise ValueError(f"input_ids hold {num_placeholders} visual placeholder tokens but no pixel_values")
+            return embeds_BLE
+        if grid_hw is None:
+            raise ValueError("pixel_values were given without grid_hw")
+        if not self.config.placeholder_token_ids:
+            raise ValueError("pixel_values were given but image_token_id and video_token_id are both unset")
+        features_ME = self.get_visual_features(pixel_values, grid_hw)
+        if features_ME.shape[0] != num_placeholders:
+            raise ValueError(
+                f"input_ids hold {num_placeholders} placeholder tokens (image id {self.config.image_token_id}, "
+                f"video id {self.config.video_token_id}) but grid_hw {grid_hw.tolist()} gives "
+                f"{features_ME.shape[0]} visual tokens"
+            )
+        mask_BLE = mask_BL[..., None].expand_as(embeds_BLE)
+        return embeds_BLE.masked_scatter(mask_BLE, features_ME.to(embeds_BLE.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        grid_hw: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        use_cache: bool = False,
+    ) -> CausalLMOutputWithPast:
+        embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw)
+        out = self.language_model(
+            inputs_embeds=embeds_BLE, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+        )
+        loss = causal_lm_loss(out.logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits, past_key_values=out.past_key_values)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        grid_hw: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """The LM's ``generate`` on the merged embeddings; returns (B, L + new) ids, prompt included."""
+        embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.language_model.generate(
+            input_ids=input_ids, inputs_embeds=embeds_BLE, attention_mask=attention_mask, **generate_kwargs
+        )
+
+
+def _group_names(groups: str | Iterable[str]) -> set[str]:
+    names = {groups} if isinstance(groups, str) else set(groups)
+    unknown = sorted(names - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown parameter group(s) {unknown}; groups: {GROUPS}")
+    return names
