@@ -32,7 +32,7 @@ from keye_model.training import balance
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "tiff", "bmp", "gif")
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 
 

@@ -6,9 +6,9 @@ block-causal mask from them, so a token attends only to earlier tokens of its ow
 each sample's first token is masked because the causal loss would otherwise make the previous sample's
 last token predict it.
 
-Worked example, seq_len 8, samples of lengths 5, 2 and 4: row 0 = [s0 s0 s0 s0 s0 s1 s1 pad] with
-position ids [0 1 2 3 4 0 1 0]; row 1 = [s2 s2 s2 s2 pad pad pad pad] with [0 1 2 3 0 1 2 3].
-Packing efficiency = 11 real tokens / 16 slots = 0.69.
+Worked example, seq_len 8, samples of lengths 5, 2 and 4. Rows are as wide as the fullest row (7),
+not seq_len: row 0 = [s0 s0 s0 s0 s0 s1 s1] with position ids [0 1 2 3 4 0 1]; row 1 =
+[s2 s2 s2 s2 pad pad pad] with [0 1 2 3 0 1 2]. Packing efficiency = 11 real tokens / 14 slots = 0.79.
 """
 
 from __future__ import annotations

@@ -219,17 +219,21 @@ class Batches:
 
 
 def estimate_cost(sample: dict[str, Any], model: balance.CostModel = balance.CostModel()) -> float:
-    """Cheap pre-decode cost estimate of a raw sample (SPEC.md section 5), from sizes alone."""
-    text_tokens = len(sample.get("json", b"")) / 4
-    media = media_of(sample)
-    if media is None:
-        return balance.sample_cost([], int(text_tokens), model)
+    """Cheap pre-decode cost estimate of a raw sample (SPEC.md section 5), from sizes alone.
+
+    The LLM term uses the token estimate the sharder stored (``tokens``); the ViT term counts 4 patches
+    per visual token: per frame for a video (from its plan), and for an image all of the sample's tokens
+    (its text is short next to its visual tokens).
+    """
+    record = json.loads(sample.get("json", b"{}"))
+    tokens = int(record.get("tokens", len(sample.get("json", b"")) // 4))
     if "plan.json" in sample:
-        plan = json.loads(sample["plan.json"])
-        frames = [4 * f["tokens"] for f in plan["frames"]]  # 4 ViT patches per LLM token
-        return balance.sample_cost(frames, int(text_tokens + plan["total_tokens"]), model)
-    patches = len(media[2]) / 3 / 196  # an upper bound from the encoded size; real sizes come later
-    return balance.sample_cost([int(patches)], int(text_tokens + patches / 4), model)
+        patches = [4 * frame["tokens"] for frame in json.loads(sample["plan.json"])["frames"]]
+    elif media_of(sample) is not None:
+        patches = [4 * tokens]
+    else:
+        patches = []
+    return balance.sample_cost(patches, tokens, model)
 
 
 # ------------------------------------------------------------------ objectives

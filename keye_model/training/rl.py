@@ -1,0 +1,512 @@
+"""GSPO general and alignment RL (SPEC.md section 4): rollouts, progressive hints, updates, iteration.
+
+One step: for each prompt sample a group of G responses from the current policy (pi_old), score them,
+and if none is correct retry with hints L1..L5 appended after the query, low to high, keeping the first
+level whose group holds a correct rollout (``progressive_hint_rollout``). Then ``gspo_update``: group
+advantages, the rollout batch cut into ``num_minibatches`` mini-batches, one optimizer step each on the
+GSPO loss (keye_model.losses), whose ratio is one length-normalized ratio per response.
+
+Between RL rounds (``RLSpec.num_iterations``): ``rejection_sample`` lets the RL model rewrite cold-start
+answers a preference judge likes better, and ``pass_rate_filter`` keeps the prompts the retrained model
+solves sometimes but not always.
+
+Token layout of a rollout row: ``prompt (P) + response (T)``; the response is what ``generate`` added,
+cut after its first stop token (``<|im_end|>`` / ``<|endoftext|>``), or all T tokens when it hit
+``max_new_tokens``. The logits at position P - 1 + t predict response token t. Worked example: prompt
+[a b c], response [x y <|im_end|> pad]: mask [1 1 1 0], log p(x) from logits[2], log p(y) from logits[3].
+Rows of different lengths are right padded with attention 0 on padding and position ids counted over
+real tokens only (cumsum(mask) - 1), which is also right for left padding.
+
+Log-probs are of the sampling distribution: log_softmax(logits / temperature), no top-k / top-p, so the
+ratio compares exactly the policy that sampled. Dropout should be 0 (ratios are 1 before an update).
+
+Legend: G rollouts of one group, N rows of a mini-batch, P prompt tokens, T response tokens, L length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from data_specs.stages import RLSpec
+from keye_model.chat import NO_THINK_SUFFIX, THINK_SUFFIX, stop_token_ids
+from keye_model.losses import GSPOClip, group_advantages, gspo_loss
+from keye_model.processor import KeyeProcessor
+from keye_model.rewards import Constraint, Reward, RewardSample
+
+log = logging.getLogger(__name__)
+
+#: Hint levels L1..L5 (SPEC.md section 4): concept, strategy, tool/formula, first step, full solution.
+MAX_HINTS = 5
+#: Text put between the query and the hint.
+HINT_PREFIX = "\n\nHint: "
+
+RewardFn = Callable[[RewardSample], Reward]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLPrompt:
+    """One RL prompt: the conversation up to the assistant turn, plus what scoring and hints need."""
+
+    id: str
+    """Stable prompt id (logs, hint-level records, errors)."""
+    conversation: list[dict[str, Any]]
+    """Messages ending with the user turn to answer (processor format; images and videos allowed)."""
+    reference: str | None = None
+    """Reference answer, or None (alignment prompts scored by constraints, judge or reward model)."""
+    hints: tuple[str, ...] = ()
+    """Hints for levels L1, L2, ... (at most 5), each appended after the query on a retry."""
+    constraints: tuple[Constraint, ...] = ()
+    """Hard instruction constraints the answer must meet."""
+    thinking: bool | None = None
+    """Think mode for the format check; None: from the query's /no_think (False) or /think (True) suffix."""
+
+    def __post_init__(self) -> None:
+        if len(self.hints) > MAX_HINTS:
+            raise ValueError(f"prompt {self.id}: {len(self.hints)} hints, at most {MAX_HINTS} (L1..L5)")
+        if not self.conversation or self.conversation[-1].get("role") != "user":
+            raise ValueError(f"prompt {self.id}: the conversation must end with a user message")
+
+    @property
+    def query(self) -> str:
+        return _text_of(self.conversation[-1]["content"])
+
+    @property
+    def think_mode(self) -> bool | None:
+        if self.thinking is not None:
+            return self.thinking
+        query = self.query.strip()
+        return False if query.endswith(NO_THINK_SUFFIX) else True if query.endswith(THINK_SUFFIX) else None
+
+
+@dataclass(kw_only=True)
+class RolloutGroup:
+    """G sampled responses to one prompt and the old policy's log-probs of their tokens."""
+
+    prompt_id: str
+    """Which prompt."""
+    hint_level: int
+    """Hint level of the prompt the responses answer (0: no hint)."""
+    prompt_ids: torch.Tensor
+    """(P,) long: the prompt as fed to the policy (template and hint included)."""
+    pixel_values: torch.Tensor
+    """(patches, 588) of the prompt's images and frames (empty for text prompts)."""
+    grid_hw: torch.Tensor
+    """(images + frames, 2) grids of those patches."""
+    response_ids: torch.Tensor
+    """(G, T) long: generated tokens, pad after the first stop token."""
+    response_mask: torch.Tensor
+    """(G, T) bool: real response tokens, the stop token included."""
+    old_logp: torch.Tensor
+    """(G, T) float: log pi_old of each response token at the sampling temperature, 0 where masked."""
+    texts: tuple[str, ...]
+    """Decoded responses (think block kept)."""
+    rewards: torch.Tensor | None = None
+    """(G,) total rewards, once scored."""
+    correct: tuple[bool, ...] = ()
+    """Per rollout: reward at or above the correctness threshold, once scored."""
+    solved: bool = True
+    """False when no hint level produced a correct rollout (the group then has no learning signal)."""
+
+    @property
+    def size(self) -> int:
+        return self.response_ids.shape[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GSPOMetrics:
+    """What one ``gspo_update`` did."""
+
+    mean_reward: float
+    """Mean total reward over all rollouts."""
+    loss: float
+    """Mean of the mini-batch losses."""
+    ratio_mean: float
+    """Mean sequence ratio s_i over all rollouts (1 on the first mini-batch)."""
+    clipped_fraction: float
+    """Fraction of rollouts whose ratio was outside [1 - clip_low, 1 + clip_high]."""
+    hint_levels: dict[str, int]
+    """Groups per hint level used ("L0" no hint .. "L5") and "unsolved" (no level helped)."""
+    num_rollouts: int
+    """Rollouts in the batch."""
+    minibatch_losses: tuple[float, ...]
+    """Loss of each mini-batch, in order."""
+    minibatch_ratios: tuple[tuple[float, ...], ...]
+    """The ratios s_i of each mini-batch's rollouts (one per rollout)."""
+
+
+# ---------------------------------------------------------------- prompts and sampling
+
+def _text_of(content: str | list[dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content if part.get("type") == "text")
+
+
+def _append_before_suffix(text: str, hint: str) -> str:
+    """Hint after the query but before a trailing /think or /no_think, which must stay last."""
+    stripped = text.rstrip()
+    for suffix in (NO_THINK_SUFFIX, THINK_SUFFIX):
+        if stripped.endswith(suffix):
+            head = stripped[: -len(suffix)].rstrip()
+            return f"{head}{HINT_PREFIX}{hint} {suffix}"
+    return f"{stripped}{HINT_PREFIX}{hint}"
+
+
+def with_hint(prompt: RLPrompt, level: int) -> list[dict[str, Any]]:
+    """The prompt's conversation with hint ``level`` (1-based) appended to the last user message.
+
+    Example: "What is x? /no_think" + L2 "try cases" -> "What is x?\\n\\nHint: try cases /no_think".
+    Level 0 returns the conversation unchanged.
+    """
+    if level == 0:
+        return prompt.conversation
+    if not 1 <= level <= len(prompt.hints):
+        raise ValueError(f"prompt {prompt.id}: hint level {level} requested, it has {len(prompt.hints)} hints")
+    *history, last = prompt.conversation
+    hint = prompt.hints[level - 1]
+    content = last["content"]
+    if isinstance(content, str):
+        new_content: Any = _append_before_suffix(content, hint)
+    else:
+        texts = [i for i, part in enumerate(content) if part.get("type") == "text"]
+        new_content = list(content)
+        if texts:
+            i = texts[-1]
+            new_content[i] = {**content[i], "text": _append_before_suffix(content[i]["text"], hint)}
+        else:
+            new_content.append({"type": "text", "text": HINT_PREFIX.lstrip() + hint})
+    return [*history, {**last, "content": new_content}]
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _stop_mask(response_GT: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """(G, T) bool: tokens up to and including the first stop token; all when none stops."""
+    is_stop = torch.isin(response_GT, torch.tensor(stop_token_ids(tokenizer), device=response_GT.device))
+    stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
+    return stops_before == 0
+
+
+def sample_responses(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    conversation: list[dict[str, Any]],
+    *,
+    num: int,
+    spec: RLSpec,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``num`` sampled responses to one conversation: (prompt batch of 1, response ids (G, T), mask (G, T))."""
+    if spec.temperature <= 0:
+        raise ValueError(f"RL sampling needs temperature > 0, got {spec.temperature}")
+    device = _device(model)
+    prompt = {k: v.to(device) for k, v in processor.build_prompt(conversation).items()}
+    tokenizer = processor.tokenizer
+    media = prompt["grid_hw"].shape[0] > 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(
+            prompt["input_ids"].expand(num, -1), prompt["attention_mask"].expand(num, -1),
+            prompt["pixel_values"].repeat(num, 1) if media else None, prompt["grid_hw"].repeat(num, 1) if media else None,
+            do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0,
+            max_new_tokens=spec.max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id)
+    response = out[:, prompt["input_ids"].shape[1]:]
+    return prompt, response, _stop_mask(response, tokenizer)
+
+
+def response_logprobs(
+    model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup, int]], temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the responses of ``rows`` ((group, index) pairs) under ``model``.
+
+    ``model`` may be the DeepSpeed engine (its forward). Returns (logp (N, T), mask (N, T)) with T the
+    longest response among the rows' groups, logp 0 where masked. Gradients flow when enabled.
+    """
+    device = _device(model)
+    num_t = max(group.response_ids.shape[1] for group, _ in rows)
+    seqs, masks, prompt_lens = [], [], []
+    for group, i in rows:
+        mask_T = torch.zeros(num_t, dtype=torch.bool)
+        mask_T[: group.response_mask.shape[1]] = group.response_mask[i].cpu()
+        real = group.response_ids[i, : int(group.response_mask[i].sum())].cpu()
+        seqs.append(torch.cat([group.prompt_ids.cpu(), real]))
+        masks.append(mask_T)
+        prompt_lens.append(group.prompt_ids.shape[0])
+    length = max(s.shape[0] for s in seqs)
+    input_ids = torch.zeros((len(rows), length), dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for n, seq in enumerate(seqs):
+        input_ids[n, : seq.shape[0]] = seq
+        attention[n, : seq.shape[0]] = 1
+    position_ids = (attention.cumsum(-1) - 1).clamp_min(0)
+    pixel_values = torch.cat([group.pixel_values for group, _ in rows]).to(device)
+    grid_hw = torch.cat([group.grid_hw for group, _ in rows]).to(device)
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                   pixel_values=pixel_values if pixel_values.numel() else None,
+                   grid_hw=grid_hw if grid_hw.numel() else None, position_ids=position_ids.to(device)).logits
+    # logits[n, P_n - 1 + t] predicts response token t of row n (module docstring).
+    offsets = torch.tensor(prompt_lens)[:, None] - 1 + torch.arange(num_t)[None, :]
+    offsets = offsets.clamp_max(length - 1).to(device)
+    picked = logits[torch.arange(len(rows), device=device)[:, None], offsets].float()  # (N, T, V)
+    targets = input_ids.new_zeros((len(rows), num_t))
+    for n, (group, i) in enumerate(rows):
+        count = int(masks[n].sum())
+        targets[n, :count] = group.response_ids[i, :count].cpu()
+    mask = torch.stack(masks).to(device)
+    logp = (picked / temperature).log_softmax(-1).gather(-1, targets.to(device)[..., None]).squeeze(-1)
+    return logp * mask, mask
+
+
+def rollout_group(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    prompt: RLPrompt,
+    spec: RLSpec,
+    hint_level: int,
+    generator_seed: int,
+    *,
+    reward_fn: RewardFn | None = None,
+    correct_threshold: float = 1.0,
+) -> RolloutGroup:
+    """G = spec.group_size sampled responses at ``hint_level`` with pi_old log-probs (no grad).
+
+    With ``reward_fn`` the group comes back scored (``score_group``).
+    """
+    conversation = with_hint(prompt, hint_level)
+    batch, response, mask = sample_responses(model, processor, conversation, num=spec.group_size, spec=spec,
+                                             seed=generator_seed)
+    group = RolloutGroup(
+        prompt_id=prompt.id, hint_level=hint_level, prompt_ids=batch["input_ids"][0].cpu(),
+        pixel_values=batch["pixel_values"].cpu(), grid_hw=batch["grid_hw"].cpu(),
+        response_ids=response.cpu(), response_mask=mask.cpu(),
+        old_logp=torch.zeros(response.shape), texts=tuple(processor.decode_response(r) for r in response))
+    with torch.no_grad():
+        old_logp, _ = response_logprobs(model, [(group, i) for i in range(group.size)], spec.temperature)
+    group.old_logp = old_logp.cpu()
+    if reward_fn is not None:
+        score_group(group, prompt, processor, reward_fn, correct_threshold=correct_threshold)
+    return group
+
+
+def _reward_sample(prompt: RLPrompt, text: str, prompt_text: str, hint_level: int) -> RewardSample:
+    return RewardSample(id=prompt.id, query=prompt.query, response=text, reference=prompt.reference,
+                        thinking=prompt.think_mode, constraints=prompt.constraints, prompt_text=prompt_text,
+                        hint_level=hint_level)
+
+
+def score_group(group: RolloutGroup, prompt: RLPrompt, processor: KeyeProcessor, reward_fn: RewardFn, *,
+                correct_threshold: float = 1.0) -> RolloutGroup:
+    """Fill ``rewards`` and ``correct`` (total >= correct_threshold) of a group in place; returns it."""
+    prompt_text = processor.decode(group.prompt_ids)
+    totals = [reward_fn(_reward_sample(prompt, text, prompt_text, group.hint_level)).total for text in group.texts]
+    group.rewards = torch.tensor(totals, dtype=torch.float32)
+    group.correct = tuple(t >= correct_threshold for t in totals)
+    return group
+
+
+def progressive_hint_rollout(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    prompt: RLPrompt,
+    spec: RLSpec,
+    reward_fn: RewardFn,
+    *,
+    generator_seed: int,
+    correct_threshold: float = 1.0,
+) -> RolloutGroup:
+    """A scored group; if no rollout is correct, retry at hint levels 1..max_hint_level, low to high.
+
+    The first level with a correct rollout is the group used for the update (``hint_level`` records it).
+    If no level helps, the hint-free group comes back with ``solved=False`` (all-wrong: zero advantages).
+    Level k samples with seed ``generator_seed + k``.
+    """
+    first = rollout_group(model, processor, prompt, spec, 0, generator_seed, reward_fn=reward_fn,
+                          correct_threshold=correct_threshold)
+    if any(first.correct):
+        return first
+    for level in range(1, min(spec.max_hint_level, len(prompt.hints)) + 1):
+        group = rollout_group(model, processor, prompt, spec, level, generator_seed + level, reward_fn=reward_fn,
+                              correct_threshold=correct_threshold)
+        if any(group.correct):
+            log.info("prompt %s: solved with hint level %d", prompt.id, level)
+            return group
+    first.solved = False
+    return first
+
+
+# ---------------------------------------------------------------- update
+
+def hint_histogram(groups: Sequence[RolloutGroup]) -> dict[str, int]:
+    """Groups per hint level used: {"L0": .., ..., "L5": .., "unsolved": ..}."""
+    counts = Counter("unsolved" if not g.solved else f"L{g.hint_level}" for g in groups)
+    return {key: counts.get(key, 0) for key in [f"L{k}" for k in range(MAX_HINTS + 1)] + ["unsolved"]}
+
+
+def gspo_update(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, groups: Sequence[RolloutGroup],
+                spec: RLSpec) -> GSPOMetrics:
+    """One GSPO update on scored groups: spec.num_minibatches optimizer steps through ``engine``.
+
+    Advantages are normalized within each group; the rollouts, in group order, are cut into contiguous
+    mini-batches (``torch.tensor_split``); each gets new log-probs with grad through the engine, the GSPO
+    loss, ``engine.backward`` and ``engine.step``. ``processor`` is unused today (kept for a signature
+    shared with the rollout functions). ``engine`` must wrap ``model`` and step on every call
+    (gradient_accumulation_steps 1).
+    """
+    del processor
+    if getattr(engine, "module", None) is not model:
+        raise ValueError("gspo_update: engine.module is not the given model")
+    if engine.gradient_accumulation_steps() != 1:
+        raise ValueError(f"gspo_update needs gradient_accumulation_steps 1 (one optimizer step per mini-batch), "
+                         f"the engine has {engine.gradient_accumulation_steps()}")
+    unscored = [g.prompt_id for g in groups if g.rewards is None]
+    if unscored:
+        raise ValueError(f"gspo_update: groups of prompts {unscored} have no rewards (score_group first)")
+    rows = [(g, i) for g in groups for i in range(g.size)]
+    if len(rows) < spec.num_minibatches:
+        raise ValueError(f"gspo_update: {len(rows)} rollouts cannot fill {spec.num_minibatches} mini-batches")
+    advantages = torch.cat([group_advantages(g.rewards) for g in groups])
+    clip = GSPOClip(low=spec.clip_low, high=spec.clip_high)
+    losses, ratios, clipped = [], [], 0
+    engine.train()
+    for chunk in torch.tensor_split(torch.arange(len(rows)), spec.num_minibatches):
+        batch_rows = [rows[k] for k in chunk.tolist()]
+        new_logp, mask = response_logprobs(engine, batch_rows, spec.temperature)
+        num_t = new_logp.shape[1]
+        old_logp = torch.stack([
+            torch.nn.functional.pad(g.old_logp[i], (0, num_t - g.old_logp.shape[1])) for g, i in batch_rows
+        ]).to(new_logp.device)
+        out = gspo_loss(new_logp, old_logp, mask, advantages[chunk].to(new_logp.device), clip)
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(out.loss.item())
+        ratios.append(tuple(out.ratio_G.tolist()))
+        clipped += round(out.clipped_fraction * len(batch_rows))
+    all_ratios = [r for batch in ratios for r in batch]
+    rewards = torch.cat([g.rewards for g in groups])
+    return GSPOMetrics(
+        mean_reward=rewards.mean().item(), loss=sum(losses) / len(losses),
+        ratio_mean=sum(all_ratios) / len(all_ratios), clipped_fraction=clipped / len(rows),
+        hint_levels=hint_histogram(groups), num_rollouts=len(rows), minibatch_losses=tuple(losses),
+        minibatch_ratios=tuple(ratios))
+
+
+def run_gspo(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, prompts: Sequence[RLPrompt],
+             spec: RLSpec, reward_fn: RewardFn, num_steps: int, *, prompts_per_step: int = 1, seed: int = 0,
+             correct_threshold: float = 1.0) -> list[GSPOMetrics]:
+    """``num_steps`` GSPO steps over ``prompts`` taken in order, cycling; per-step metrics.
+
+    Step s rolls out prompts [s*k, (s+1)*k) mod len(prompts) (k = prompts_per_step) with progressive hints,
+    seeds ``seed + 1000 * (s * k + j)``, then runs ``gspo_update``.
+    """
+    if not prompts:
+        raise ValueError("run_gspo: no prompts")
+    history = []
+    for step in range(num_steps):
+        groups = []
+        for j in range(prompts_per_step):
+            index = step * prompts_per_step + j
+            prompt = prompts[index % len(prompts)]
+            model.eval()
+            groups.append(progressive_hint_rollout(model, processor, prompt, spec, reward_fn,
+                                                   generator_seed=seed + 1000 * index,
+                                                   correct_threshold=correct_threshold))
+        metrics = gspo_update(engine, model, processor, groups, spec)
+        log.info("gspo step %d: reward %.3f loss %.4g ratio %.4f clipped %.2f hints %s", step, metrics.mean_reward,
+                 metrics.loss, metrics.ratio_mean, metrics.clipped_fraction, metrics.hint_levels)
+        history.append(metrics)
+    return history
+
+
+# ---------------------------------------------------------------- iteration
+
+@dataclass(frozen=True, kw_only=True)
+class PassRateFilter:
+    """Which prompts a model solves sometimes but not always."""
+
+    kept: tuple[RLPrompt, ...]
+    """Prompts with sampling accuracy strictly between 0 and 1, in input order."""
+    accuracy: dict[str, float]
+    """Sampling accuracy of every prompt, by id."""
+
+
+def pass_rate_filter(model: torch.nn.Module, processor: KeyeProcessor, prompts: Sequence[RLPrompt], k: int,
+                     reward_fn: RewardFn, *, spec: RLSpec, seed: int = 0,
+                     correct_threshold: float = 1.0) -> PassRateFilter:
+    """SPEC iteration step 4: k samples per prompt (no hints); keep prompts with 0 < accuracy < 1."""
+    if k < 1:
+        raise ValueError(f"pass_rate_filter needs k >= 1 samples per prompt, got {k}")
+    accuracy: dict[str, float] = {}
+    for n, prompt in enumerate(prompts):
+        batch, response, _ = sample_responses(model, processor, prompt.conversation, num=k, spec=spec, seed=seed + n)
+        prompt_text = processor.decode(batch["input_ids"][0])
+        rewards = [reward_fn(_reward_sample(prompt, processor.decode_response(r), prompt_text, 0)).total
+                   for r in response]
+        accuracy[prompt.id] = sum(r >= correct_threshold for r in rewards) / k
+    kept = tuple(p for p in prompts if 0.0 < accuracy[p.id] < 1.0)
+    return PassRateFilter(kept=kept, accuracy=accuracy)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColdStartSample:
+    """A LongCoT cold-start sample: a conversation whose last message is the reference assistant turn."""
+
+    id: str
+    """Sample id."""
+    conversation: list[dict[str, Any]]
+    """Messages; the last is the assistant answer (``content``, optional ``reasoning_content``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RejectionSampling:
+    """The cold-start set after the RL model's answers replaced the ones the judge liked less."""
+
+    samples: tuple[ColdStartSample, ...]
+    """All samples in input order, replaced ones carrying the RL answer."""
+    replaced: tuple[str, ...]
+    """Ids of the replaced samples."""
+    preference: dict[str, float]
+    """P(RL answer better than the reference) per sample id, both orders averaged."""
+
+
+def _assistant_text(message: dict[str, Any]) -> str:
+    reasoning = message.get("reasoning_content")
+    body = _text_of(message["content"])
+    return body if reasoning is None else f"<think>\n{reasoning.strip()}\n</think>\n\n{body}"
+
+
+def rejection_sample(model: torch.nn.Module, processor: KeyeProcessor,
+                     cold_start_samples: Sequence[ColdStartSample],
+                     judge: Callable[[str, str, str], float], *, spec: RLSpec, seed: int = 0) -> RejectionSampling:
+    """SPEC iteration step 2: the RL model answers each cold-start prompt once; the answer replaces the
+    reference where the judge prefers it: (judge(q, new, ref) + 1 - judge(q, ref, new)) / 2 > 0.5
+    (both orders, so position bias cancels)."""
+    out, replaced, preference = [], [], {}
+    for n, sample in enumerate(cold_start_samples):
+        *context, reference = sample.conversation
+        if reference.get("role") != "assistant" or not context:
+            raise ValueError(f"cold-start sample {sample.id}: the conversation must end with an assistant turn")
+        _, response, _ = sample_responses(model, processor, context, num=1, spec=spec, seed=seed + n)
+        thinking, answer = processor.parse_response(response[0])
+        new_text, ref_text = processor.decode_response(response[0]), _assistant_text(reference)
+        query = _text_of(context[-1]["content"])
+        p = (float(judge(query, new_text, ref_text)) + 1.0 - float(judge(query, ref_text, new_text))) / 2.0
+        preference[sample.id] = p
+        if p > 0.5:
+            message: dict[str, Any] = {"role": "assistant", "content": answer}
+            if thinking is not None:
+                message["reasoning_content"] = thinking
+            sample = dataclasses.replace(sample, conversation=[*context, message])
+            replaced.append(sample.id)
+        out.append(sample)
+    return RejectionSampling(samples=tuple(out), replaced=tuple(replaced), preference=preference)

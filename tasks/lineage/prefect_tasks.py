@@ -1,0 +1,76 @@
+"""Thin Prefect entry points over ``LineageStore``, and the run identity read from Prefect's runtime.
+
+Tasks take the store's path, not a store, so their inputs hash for caching; each call opens the file
+in the flow process, where DuckDB shares one instance per file, so the flow stays the one writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefect import task
+
+from tasks.lineage.records import Artifact, Edge, Metric, MixRow, Review, Run, utc_now
+from tasks.lineage.store import LineageStore
+
+log = logging.getLogger(__name__)
+
+
+def code_version(repo: str | Path | None = None) -> str:
+    """``git describe --always --dirty`` of the checkout, else the installed package version."""
+    root = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        log.debug("no git checkout at %s; using the package version", root)
+    try:
+        return importlib.metadata.version("keye-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def current_run(*, status: str = "RUNNING", ended_at: dt.datetime | None = None) -> Run:
+    """The flow run this code executes in, as a ``Run`` (ids, name, parameters from prefect.runtime)."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        raise ValueError("current_run() called outside a Prefect flow run; build a Run yourself")
+    return Run(run_id=str(flow_run.id), flow_name=flow_run.flow_name, parameters=dict(flow_run.parameters or {}),
+               code_version=code_version(), status=status, ended_at=ended_at,
+               parent_run_id=str(flow_run.parent_flow_run_id) if flow_run.parent_flow_run_id else None)
+
+
+@task(name="record-run-start")
+def record_run_start(db_path: str) -> str:
+    """Record the current flow run as RUNNING; returns its run id."""
+    run = current_run()
+    with LineageStore(db_path) as store:
+        store.record_run(run)
+    return run.run_id
+
+
+@task(name="record-run-end")
+def record_run_end(db_path: str, status: str = "COMPLETED") -> None:
+    """Record the current flow run's final status and end time."""
+    with LineageStore(db_path) as store:
+        store.record_run(current_run(status=status, ended_at=utc_now()))
+
+
+@task(name="record-lineage")
+def record_lineage(db_path: str, *, artifacts: Sequence[Artifact] = (), edges: Sequence[Edge] = (),
+                   mix: Sequence[MixRow] = (), metrics: Sequence[Metric] = (),
+                   reviews: Sequence[Review] = ()) -> None:
+    """Write what a step made, in the order that keeps the graph whole (artifacts before edges)."""
+    with LineageStore(db_path) as store:
+        store.record_artifacts(artifacts)
+        store.record_edges(edges)
+        store.record_mix(mix)
+        store.record_metrics(metrics)
+        store.record_reviews(reviews)

@@ -1,0 +1,226 @@
+"""Read-side queries over an open lineage connection: ancestry, descendants, data mix, metrics, reviews.
+
+Ancestry is one recursive CTE that walks ``edges`` a level per iteration. It keeps distinct
+(artifact, depth, link) rows, so a diamond (two datasets made from the same source) does not multiply
+paths, and reports each artifact once at its shortest distance. Worked example, edges child -> parent:
+
+    shard S -> dataset D1 -> source A          walk from S: (D1, 1) (D2, 1) (A, 2) (B, 2) (A, 2)
+    shard S -> dataset D2 -> source A, B       result:       D1 1, D2 1, A 2, B 2   (A once)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from tasks.lineage.records import Metric, Review
+
+#: Deepest walk; guards against a cycle written by mistake (an acyclic pipeline is far shallower).
+MAX_DEPTH = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineageNode:
+    """One artifact in the ancestry (or descendants) of the artifact queried."""
+
+    artifact_id: str
+    """Its id."""
+    depth: int
+    """Shortest number of edges from the queried artifact (1 = direct parent or child)."""
+    kind: str | None
+    """Artifact kind; None when an edge names an id that was never recorded as an artifact."""
+    uri: str | None
+    """Where it lives."""
+    sha256: str | None
+    """Content hash, when known."""
+    num_records: int | None
+    """Samples inside, when known."""
+    created_by_run: str | None
+    """Run that made it."""
+    via: tuple[str, ...]
+    """Ids one step closer to the queried artifact that it is linked to (its children, for ancestry)."""
+    relations: tuple[str, ...]
+    """Relations on those links (``made_from`` ...)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixLine:
+    """Planned vs realized share of one (source, modality) in a stage."""
+
+    source: str
+    """Source adapter name."""
+    modality: str
+    """``image``, ``video`` or ``text``."""
+    planned_ratio: float
+    """Share the data mix asked for."""
+    realized_ratio_samples: float
+    """Share of samples written."""
+    realized_ratio_tokens: float
+    """Share of tokens written."""
+    num_samples: int
+    """Samples written."""
+    num_tokens: int
+    """Tokens written."""
+
+    @property
+    def drift_samples(self) -> float:
+        """Realized minus planned share of samples (positive: over-represented)."""
+        return self.realized_ratio_samples - self.planned_ratio
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixReport:
+    """The data mix of one stage in one run."""
+
+    run_id: str
+    """Run whose mix this is (the latest run that recorded the stage, unless asked for one)."""
+    stage: str
+    """Stage name."""
+    from_shards: bool
+    """True when no stage totals were recorded and the lines were summed from per-shard rows."""
+    lines: tuple[MixLine, ...]
+    """One line per (source, modality), largest planned share first."""
+
+
+def resolve(con: duckdb.DuckDBPyConnection, id_or_uri: str) -> str:
+    """The artifact id named by an id or a URI; ValueError when unknown or when a URI names several."""
+    if con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [id_or_uri]).fetchone():
+        return id_or_uri
+    ids = [row[0] for row in con.execute(
+        "SELECT artifact_id FROM artifacts WHERE uri = ? ORDER BY created_at DESC", [id_or_uri]).fetchall()]
+    if len(ids) == 1:
+        return ids[0]
+    if ids:
+        raise ValueError(f"uri {id_or_uri!r} names {len(ids)} artifact versions {ids}; pass one of these ids")
+    if con.execute("SELECT 1 FROM edges WHERE parent_id = ? OR child_id = ? LIMIT 1", [id_or_uri, id_or_uri]).fetchone():
+        return id_or_uri  # referenced by edges but never recorded as an artifact
+    raise ValueError(f"no artifact with id or uri {id_or_uri!r} in the lineage store")
+
+
+def _walk(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, upward: bool, max_depth: int) -> list[LineageNode]:
+    if max_depth < 1:
+        raise ValueError(f"max_depth must be >= 1, got {max_depth}")
+    start = resolve(con, id_or_uri)
+    near, far = ("child_id", "parent_id") if upward else ("parent_id", "child_id")
+    # Each step carries the edge it came through, so the links toward the start need no second join.
+    rows = con.execute(f"""
+        WITH RECURSIVE walk(artifact_id, depth, via, relation) AS (
+            SELECT ?::VARCHAR, 0, NULL::VARCHAR, NULL::VARCHAR
+            UNION
+            SELECT e.{far}, w.depth + 1, e.{near}, e.relation
+            FROM walk w JOIN edges e ON e.{near} = w.artifact_id
+            WHERE w.depth < ?
+        ),
+        found AS (
+            SELECT artifact_id, min(depth) AS depth, list(DISTINCT via ORDER BY via) AS via,
+                   list(DISTINCT relation ORDER BY relation) AS relations
+            FROM walk WHERE depth > 0 GROUP BY artifact_id
+        )
+        SELECT f.artifact_id, f.depth, a.kind, a.uri, a.sha256, a.num_records, a.created_by_run,
+               f.via, f.relations
+        FROM found f LEFT JOIN artifacts a USING (artifact_id)
+        ORDER BY f.depth, a.kind, f.artifact_id
+    """, [start, max_depth]).fetchall()
+    return [
+        LineageNode(artifact_id=r[0], depth=r[1], kind=r[2], uri=r[3], sha256=r[4], num_records=r[5],
+                    created_by_run=r[6], via=tuple(r[7] or ()), relations=tuple(r[8] or ()))
+        for r in rows
+    ]
+
+
+def ancestors(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, max_depth: int = MAX_DEPTH) -> list[LineageNode]:
+    """Everything the artifact was made from, back to its sources, nearest first."""
+    return _walk(con, id_or_uri, upward=True, max_depth=max_depth)
+
+
+def descendants(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, max_depth: int = MAX_DEPTH) -> list[LineageNode]:
+    """Everything made from the artifact (datasets, shards, checkpoints, reports), nearest first."""
+    return _walk(con, id_or_uri, upward=False, max_depth=max_depth)
+
+
+def latest_run_for_stage(con: duckdb.DuckDBPyConnection, stage: str) -> str:
+    row = con.execute("""
+        SELECT m.run_id FROM data_mix m LEFT JOIN runs r USING (run_id)
+        WHERE m.stage = ? GROUP BY m.run_id ORDER BY max(r.started_at) DESC NULLS LAST, m.run_id DESC LIMIT 1
+    """, [stage]).fetchone()
+    if row is None:
+        known = [r[0] for r in con.execute("SELECT DISTINCT stage FROM data_mix ORDER BY 1").fetchall()]
+        raise ValueError(f"no data mix recorded for stage {stage!r}; stages with a mix: {known}")
+    return row[0]
+
+
+def mix(con: duckdb.DuckDBPyConnection, stage: str, *, run_id: str | None = None) -> MixReport:
+    """Planned vs realized ratios of ``stage`` (stage totals, else summed from the per-shard rows)."""
+    run_id = run_id or latest_run_for_stage(con, stage)
+    totals = con.execute("""
+        SELECT source, modality, planned_ratio, realized_ratio_samples, realized_ratio_tokens,
+               num_samples, num_tokens
+        FROM data_mix WHERE run_id = ? AND stage = ? AND shard_id IS NULL
+    """, [run_id, stage]).fetchall()
+    from_shards = not totals
+    if from_shards:
+        totals = con.execute("""
+            WITH s AS (
+                SELECT source, modality, max(planned_ratio) AS planned_ratio,
+                       sum(num_samples) AS num_samples, sum(num_tokens) AS num_tokens
+                FROM data_mix WHERE run_id = ? AND stage = ? GROUP BY source, modality
+            )
+            SELECT source, modality, planned_ratio,
+                   coalesce(num_samples / nullif(sum(num_samples) OVER (), 0), 0),
+                   coalesce(num_tokens / nullif(sum(num_tokens) OVER (), 0), 0),
+                   num_samples, num_tokens
+            FROM s
+        """, [run_id, stage]).fetchall()
+    if not totals:
+        raise ValueError(f"run {run_id} recorded no data mix for stage {stage!r}")
+    lines = sorted(
+        (MixLine(source=r[0], modality=r[1], planned_ratio=r[2], realized_ratio_samples=float(r[3]),
+                 realized_ratio_tokens=float(r[4]), num_samples=int(r[5]), num_tokens=int(r[6])) for r in totals),
+        key=lambda line: (-line.planned_ratio, line.source, line.modality),
+    )
+    return MixReport(run_id=run_id, stage=stage, from_shards=from_shards, lines=tuple(lines))
+
+
+def metrics(con: duckdb.DuckDBPyConnection, run_id: str, *, stage: str | None = None,
+            name: str | None = None) -> list[Metric]:
+    """Metrics of a run, optionally of one stage and/or one name, ordered by stage, name, step."""
+    rows = con.execute("""
+        SELECT run_id, stage, step, name, value FROM metrics
+        WHERE run_id = ? AND (? IS NULL OR stage = ?) AND (? IS NULL OR name = ?)
+        ORDER BY stage, name, step
+    """, [run_id, stage, stage, name, name]).fetchall()
+    return [Metric(run_id=r[0], stage=r[1], step=r[2], name=r[3], value=r[4]) for r in rows]
+
+
+def reviews(con: duckdb.DuckDBPyConnection, run_id: str) -> list[Review]:
+    """Review decisions of a run, oldest first."""
+    rows = con.execute("""
+        SELECT run_id, reviewer, decision, sample_ids, note, reviewed_at FROM reviews WHERE run_id = ? ORDER BY reviewed_at, review_id
+    """, [run_id]).fetchall()
+    return [Review(run_id=r[0], reviewer=r[1], decision=r[2], sample_ids=tuple(r[3] or ()), note=r[4] or "",
+                   reviewed_at=r[5]) for r in rows]
+
+
+def run_row(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    """One run as a dict of its columns (parameters decoded); ValueError when unknown."""
+    cur = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    row = cur.fetchone()
+    if row is None:
+        raise ValueError(f"no run {run_id!r} in the lineage store")
+    return dict(zip([d[0] for d in cur.description], row))
+
+
+def as_jsonable(value: Any) -> Any:
+    """Dataclass query results to JSON-ready values (datetimes as ISO strings)."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [as_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_jsonable(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: as_jsonable(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value

@@ -1,0 +1,219 @@
+"""``LineageStore``: the one writer of the lineage DuckDB file, and its read-only twin for queries.
+
+DuckDB lets one process hold a file read-write and locks out every other process, readers included
+(ECOSYSTEM.md). The flow process opens the store once as the writer; the CLI opens it read-only, which
+works only while no writer holds it. Either way a lock held elsewhere becomes ``LineageLockedError``
+naming the file and the holder's PID: the file is never touched, so it cannot be corrupted.
+
+Every write is a bulk ``INSERT ... SELECT`` from an Arrow table, deduplicated inside the batch and
+idempotent across batches (see ``schema.TableSpec.on_conflict``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from tasks.lineage import openlineage, queries
+from tasks.lineage.bulk import to_arrow
+from tasks.lineage.records import Artifact, Edge, Metric, MixRow, Review, Run, TaskRun
+from tasks.lineage.schema import (
+    ARTIFACTS, DATA_MIX, EDGES, METRICS, REVIEWS, RUNS, TASK_RUNS, TableSpec, create_schema, missing_tables,
+)
+
+log = logging.getLogger(__name__)
+
+Rows = Sequence[Any] | pd.DataFrame | pa.Table
+_PID = re.compile(r"\(PID (\d+)\)")
+
+
+class LineageLockedError(RuntimeError):
+    """The lineage file is held by another process (or, in this process, opened in the other mode)."""
+
+    def __init__(self, path: Path, *, holder_pid: int | None, detail: str, read_only: bool) -> None:
+        self.path = path
+        self.holder_pid = holder_pid
+        holder = f"process {holder_pid}" if holder_pid is not None else "another connection"
+        mode = "read-only" if read_only else "read-write"
+        super().__init__(
+            f"lineage store {path} is locked by {holder}; cannot open it {mode}. DuckDB allows one writer "
+            f"process and no readers beside it: wait for that run to finish, or query from inside the "
+            f"writing process. ({detail})"
+        )
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        match = _PID.search(str(exc))
+        raise LineageLockedError(path, holder_pid=int(match.group(1)) if match else None,
+                                 detail=str(exc), read_only=read_only) from exc
+    except duckdb.ConnectionException as exc:
+        # Same process, other mode: DuckDB shares one instance per file and refuses a second config.
+        raise LineageLockedError(path, holder_pid=None, detail=str(exc), read_only=read_only) from exc
+
+
+class LineageStore:
+    """The lineage DuckDB file. Use as a context manager; ``read_only=True`` for queries only.
+
+    The writer creates the file and schema if needed. Threads of the writing process (Prefect's
+    thread-pool task runner) may share one store: each call takes a lock and its own cursor.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"lineage store {self.path} does not exist (nothing recorded yet?)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con: duckdb.DuckDBPyConnection | None = _connect(self.path, read_only)
+        self._lock = threading.RLock()
+        if read_only:
+            absent = missing_tables(self._con)
+            if absent:
+                self.close()
+                raise ValueError(f"{self.path} is not a lineage store: tables {absent} are missing")
+        else:
+            with self._lock:
+                create_schema(self._con)
+        log.debug("opened lineage store %s (%s)", self.path, "read-only" if read_only else "writer")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> "LineageStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on the file for this call (cursors are per thread in DuckDB)."""
+        if self._con is None:
+            raise ValueError(f"lineage store {self.path} is closed")
+        return self._con.cursor()
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def _write(self, spec: TableSpec, data: Rows) -> int:
+        """Insert ``data`` into ``spec``'s table idempotently; returns rows inserted or updated."""
+        if self.read_only:
+            raise ValueError(f"lineage store {self.path} is open read-only; cannot write {spec.name}")
+        table = to_arrow(spec, data)
+        if table.num_rows == 0:
+            return 0
+        table = table.append_column("_ord", pa.array(range(table.num_rows), pa.int64()))
+        cols = ", ".join(spec.names)
+        select = ", ".join(f"CAST({c} AS JSON)" if c in spec.json_columns else c for c in spec.names)
+        key = ", ".join(spec.key)
+        # Last occurrence wins inside one batch, as a later write would across batches.
+        source = (f"SELECT {select} FROM incoming "
+                  f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _ord DESC) = 1")
+        with self._lock:
+            con = self.con
+            try:
+                con.register("incoming", table)
+                con.execute("BEGIN TRANSACTION")
+                if spec.on_conflict == "replace":
+                    match = " AND ".join(f"t.{c} IS NOT DISTINCT FROM i.{c}" for c in spec.key)
+                    con.execute(f"DELETE FROM {spec.name} t USING incoming i WHERE {match}")
+                    tail = ""
+                elif spec.on_conflict == "ignore":
+                    tail = " ON CONFLICT DO NOTHING"
+                else:
+                    overrides = dict(spec.update_sql)
+                    sets = ", ".join(f"{c} = {overrides.get(c, f'COALESCE(excluded.{c}, t.{c})')}"
+                                     for c in spec.names if c not in spec.key)
+                    tail = f" ON CONFLICT ({key}) DO UPDATE SET {sets}"
+                (count,) = con.execute(f"INSERT INTO {spec.name} AS t ({cols}) {source}{tail}").fetchone()
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+                con.close()
+        log.debug("lineage %s: wrote %d of %d rows", spec.name, count, table.num_rows)
+        return int(count)
+
+    def record_runs(self, runs: Sequence[Run] | pd.DataFrame) -> int:
+        """Insert or update flow runs (a later write fills ended_at/status; the first start stays)."""
+        return self._write(RUNS, runs)
+
+    def record_run(self, run: Run) -> int:
+        return self.record_runs([run])
+
+    def record_task_runs(self, task_runs: Sequence[TaskRun] | pd.DataFrame) -> int:
+        return self._write(TASK_RUNS, task_runs)
+
+    def record_artifacts(self, artifacts: Sequence[Artifact] | pd.DataFrame) -> int:
+        """Insert artifacts not yet recorded (content-addressed: a known id is left as it is)."""
+        return self._write(ARTIFACTS, artifacts)
+
+    def record_edges(self, edges: Sequence[Edge] | pd.DataFrame) -> int:
+        return self._write(EDGES, edges)
+
+    def record_mix(self, rows: Sequence[MixRow] | pd.DataFrame) -> int:
+        """Replace the mix rows with the same (run, stage, shard, source, modality)."""
+        return self._write(DATA_MIX, rows)
+
+    def record_metrics(self, metrics: Sequence[Metric] | pd.DataFrame) -> int:
+        return self._write(METRICS, metrics)
+
+    def record_reviews(self, reviews: Sequence[Review] | pd.DataFrame) -> int:
+        return self._write(REVIEWS, reviews)
+
+    def count(self, table: str) -> int:
+        """Rows in one lineage table."""
+        if table not in {spec.name for spec in (RUNS, TASK_RUNS, ARTIFACTS, EDGES, DATA_MIX, METRICS, REVIEWS)}:
+            raise ValueError(f"{table!r} is not a lineage table")
+        with self._lock:
+            return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    # -- queries (see queries.py and openlineage.py) -----------------------------------------------
+
+    def resolve(self, id_or_uri: str) -> str:
+        with self._lock:
+            return queries.resolve(self.con, id_or_uri)
+
+    def ancestors(self, id_or_uri: str, *, max_depth: int = queries.MAX_DEPTH) -> list[queries.LineageNode]:
+        with self._lock:
+            return queries.ancestors(self.con, id_or_uri, max_depth=max_depth)
+
+    def descendants(self, id_or_uri: str, *, max_depth: int = queries.MAX_DEPTH) -> list[queries.LineageNode]:
+        with self._lock:
+            return queries.descendants(self.con, id_or_uri, max_depth=max_depth)
+
+    def mix(self, stage: str, *, run_id: str | None = None) -> queries.MixReport:
+        with self._lock:
+            return queries.mix(self.con, stage, run_id=run_id)
+
+    def metrics(self, run_id: str, *, stage: str | None = None, name: str | None = None) -> list[Metric]:
+        with self._lock:
+            return queries.metrics(self.con, run_id, stage=stage, name=name)
+
+    def reviews(self, run_id: str) -> list[Review]:
+        with self._lock:
+            return queries.reviews(self.con, run_id)
+
+    def export_openlineage(self, run_id: str, **options: Any) -> list[dict[str, Any]]:
+        """The run (and its task runs) as OpenLineage RunEvents; options as ``openlineage.export``."""
+        with self._lock:
+            return openlineage.export(self.con, run_id, **options)
