@@ -1,0 +1,500 @@
+"""Slow-Fast video encoding (SPEC.md section 2): which sampled frames are Slow or Fast, and their sizes.
+
+1. Decode at ``fps`` (default 2), capped at ``max_frames`` by uniform subsampling (keye_model.video).
+2. Frame 0 is Slow. Every later frame is compared with the LATEST Slow frame: both at an analysis size of
+   at most ``analysis_max_tokens`` (256) tokens, cut into 28x28 patches; the frame's similarity is the
+   fraction of patches that are alike. Similarity > threshold -> Fast; else Slow, the new reference.
+3. A Slow frame gets T_s tokens, a Fast frame floor(fast_token_ratio * T_s), each rounded down to what an
+   aspect-preserving frame with 28-multiple sides gives (geometry.fit_size; frame_sizes says what happens
+   for sources too small to fill T_s). T_s is the LARGEST value in [min_tokens, max_tokens] whose actual
+   total fits the budget (binary search; fit_size is monotone), so the total never exceeds it -- unlike
+   the released bisection, which returns the first count above the budget.
+4. If even min_tokens does not fit, Fast frames are dropped first, then Slow ones, evenly spread.
+
+Worked example (SPEC): 384 frames, 30% Slow -> n_s = 115, n_f = 269, budget 75,000. Ignoring frame-size
+rounding, T_s = 383: 115 * 383 + 269 * floor(0.3 * 383) = 44,045 + 269 * 114 = 74,711 <= 75,000, while
+T_s = 384 gives 44,160 + 269 * 115 = 75,095 > 75,000. So "about 384 tokens per Slow frame, 115 per
+Fast". With real sizes (a 1280x720 source) the search lands on T_s = 410: a Slow frame is
+fit_size(720, 1280, 48, 410) = 420x728 = 15 x 26 = 390 tokens, a Fast frame (limit floor(0.3 * 410) =
+123) 224x392 = 8 x 14 = 112 tokens; 115 * 390 + 269 * 112 = 74,978 <= 75,000.
+
+The released code (``keye-release`` preset) compares raw HSV patch vectors by cosine > 0.7. All HSV values
+are positive, so two different scenes with alike colour statistics score as "similar" and the cut is
+missed. Our default measure ("cell-mad") compares the LAYOUT inside each patch: every 28x28 patch is
+summarised by its 4x4 grid of 7x7-pixel cell means per RGB channel (48 numbers; one antialiased resize of
+the whole frame computes them), and a patch is alike when the mean absolute difference of those numbers is
+at most ``patch_tolerance`` (0..255 units). Cell means average away codec and sensor noise (high
+frequency, a few levels per pixel) while any change of content moves them by tens of levels; a scene
+and its mirror image (identical histograms) differ almost everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from keye_model.geometry import TOKEN_SIDE_PX, fit_size, num_tokens
+from keye_model.video import decode_frames, probe_video, resize_frames, uniform_indices
+
+MEASURES = ("cell-mad", "hsv-cosine")
+KINDS = ("slow", "fast")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlowFastConfig:
+    """Slow-Fast selection and token budgeting; defaults follow the report (SPEC.md section 2)."""
+
+    name: str = "default"
+    """Preset this config came from (informational; recorded in plans)."""
+    fps: float = 2.0
+    """Frames sampled per second of video."""
+    max_frames: int = 768
+    """Cap on sampled frames (uniform subsampling beyond it); the released utils' FPS_MAX_FRAMES."""
+    budget_tokens: int = 75_000
+    """Visual token budget B for the whole video; the plan never exceeds it."""
+    similarity_threshold: float = 0.95
+    """A frame whose similarity to the latest Slow frame is above this is Fast."""
+    fast_token_ratio: float = 0.3
+    """A Fast frame gets floor(ratio * T_s) tokens (before rounding to the 28-pixel grid)."""
+    min_tokens: int = 48
+    """Fewest tokens of a Slow frame; below this, frames are dropped instead."""
+    max_tokens: int = 768
+    """Most tokens of any frame; also the size frames are decoded at."""
+    analysis_max_tokens: int = 256
+    """Frames are compared at an aspect-preserving size of at most this many 28x28 patches."""
+    measure: str = "cell-mad"
+    """Per-patch measure: "cell-mad" (ours, content layout) or "hsv-cosine" (the released code's)."""
+    patch_tolerance: float = 8.0
+    """cell-mad: a patch is alike when its cell means differ by at most this on average (0..255 units).
+    Measured on the test photographs: re-encoded static copies (x264 crf 18..35, sensor noise sd up to 8)
+    differ by at most 2.3; a photo versus its mirror image by a median of 18..70 per patch."""
+    cells_per_side: int = 4
+    """cell-mad: each patch is summarised by cells_per_side x cells_per_side cell means per channel."""
+    patch_cosine_threshold: float = 0.7
+    """hsv-cosine: a patch is alike when the cosine of the two HSV patch vectors exceeds this."""
+
+    def __post_init__(self):
+        problems = []
+        if not self.fps > 0:
+            problems.append(f"fps must be > 0, got {self.fps}")
+        if self.max_frames < 1:
+            problems.append(f"max_frames must be >= 1, got {self.max_frames}")
+        if not 1 <= self.min_tokens <= self.max_tokens:
+            problems.append(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
+        if self.budget_tokens < 1:
+            problems.append(f"budget_tokens must be >= 1, got {self.budget_tokens}")
+        if not 0 < self.fast_token_ratio <= 1:
+            problems.append(f"fast_token_ratio must be in (0, 1], got {self.fast_token_ratio}")
+        if self.analysis_max_tokens < 1:
+            problems.append(f"analysis_max_tokens must be >= 1, got {self.analysis_max_tokens}")
+        if self.measure not in MEASURES:
+            problems.append(f"measure must be one of {MEASURES}, got {self.measure!r}")
+        if TOKEN_SIDE_PX % self.cells_per_side:
+            problems.append(f"cells_per_side must divide {TOKEN_SIDE_PX}, got {self.cells_per_side}")
+        if problems:
+            raise ValueError(f"SlowFastConfig {self.name!r}: " + "; ".join(problems))
+
+    @classmethod
+    def preset(cls, name: str) -> SlowFastConfig:
+        """The named preset: one of PRESETS ("default", "keye-release", "tiny")."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown Slow-Fast preset {name!r}; choose from {sorted(PRESETS)}")
+        return PRESETS[name]()
+
+
+def keye_release() -> SlowFastConfig:
+    """The released keye-vl-utils constants and HSV-cosine measure (65,536 = VIDEO_TOTAL_PIXELS / 28^2).
+
+    Our reading of its HSV: OpenCV's 8-bit scale (H/2 in [0, 180), S and V in [0, 255]).
+    """
+    return dataclasses.replace(
+        SlowFastConfig(), name="keye-release", budget_tokens=65_536, similarity_threshold=0.9, measure="hsv-cosine"
+    )
+
+
+def tiny() -> SlowFastConfig:
+    """A small budget for demos and CPU tests: few frames, few tokens."""
+    return dataclasses.replace(SlowFastConfig(), name="tiny", max_frames=64, budget_tokens=2048, max_tokens=256)
+
+
+#: Preset name -> function returning the complete config.
+PRESETS: dict[str, Callable[[], SlowFastConfig]] = {
+    "default": SlowFastConfig,
+    "keye-release": keye_release,
+    "tiny": tiny,
+}
+
+
+# ---- similarity measures: features per patch, then "alike" per patch against a reference ----------------
+
+
+def analysis_size(height: int, width: int, config: SlowFastConfig) -> tuple[int, int]:
+    """Size frames are compared at: aspect-preserving, 28-multiples, at most analysis_max_tokens."""
+    return fit_size(height, width, 1, config.analysis_max_tokens)
+
+
+def _patches(x_THWC: np.ndarray, side: int) -> np.ndarray:
+    """T x H x W x C -> T x P x (side*side*C): non-overlapping side x side patches in raster order."""
+    t, h, w, c = x_THWC.shape
+    x = x_THWC.reshape(t, h // side, side, w // side, side, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(t, (h // side) * (w // side), side * side * c)
+
+
+def cell_features(frames: np.ndarray, config: SlowFastConfig) -> np.ndarray:
+    """cell-mad features: T x P x (cells^2 * 3) float32, the cell means of every analysis patch.
+
+    Worked example: 252x308 frames, analysis_max_tokens 256 -> analysis 252x308 = 9 x 11 = 99 patches;
+    cells_per_side 4 -> one antialiased resize to 36x44 (7-pixel cells), so features are T x 99 x 48.
+    """
+    h_a, w_a = analysis_size(frames.shape[1], frames.shape[2], config)
+    c = config.cells_per_side
+    grid = resize_frames(frames, (h_a // TOKEN_SIDE_PX * c, w_a // TOKEN_SIDE_PX * c))
+    return _patches(grid.astype(np.float32), c)
+
+
+def alike_cell_mad(feats_KPD: np.ndarray, ref_PD: np.ndarray, config: SlowFastConfig) -> np.ndarray:
+    """K x P bool: patch cell means differ by at most patch_tolerance on average."""
+    return np.abs(feats_KPD - ref_PD).mean(-1) <= config.patch_tolerance
+
+
+def rgb_to_hsv(rgb_THWC: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 HSV on OpenCV's 8-bit scale (H in [0, 180), S and V in [0, 255])."""
+    rgb = rgb_THWC.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    delta = v - rgb.min(-1)
+    safe = np.where(delta > 0, delta, 1.0)
+    hue = np.where(v == r, 60 * (g - b) / safe, np.where(v == g, 120 + 60 * (b - r) / safe, 240 + 60 * (r - g) / safe))
+    hue = np.where(delta > 0, np.mod(hue, 360), 0.0) / 2
+    sat = np.where(v > 0, 255 * delta / np.where(v > 0, v, 1.0), 0.0)
+    return np.stack([hue, sat, v], -1).astype(np.float32)
+
+
+def hsv_features(frames: np.ndarray, config: SlowFastConfig, chunk: int = 64) -> np.ndarray:
+    """hsv-cosine features: T x P x (28*28*3) float32, each patch's HSV vector scaled to unit length."""
+    size = analysis_size(frames.shape[1], frames.shape[2], config)
+    out = []
+    for start in range(0, len(frames), chunk):
+        vectors = _patches(rgb_to_hsv(resize_frames(frames[start : start + chunk], size)), TOKEN_SIDE_PX)
+        out.append(vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-8))
+    return np.concatenate(out)
+
+
+def alike_hsv_cosine(feats_KPD: np.ndarray, ref_PD: np.ndarray, config: SlowFastConfig) -> np.ndarray:
+    """K x P bool: cosine of the HSV patch vectors exceeds patch_cosine_threshold."""
+    return np.einsum("kpd,pd->kp", feats_KPD, ref_PD) > config.patch_cosine_threshold
+
+
+_MEASURES = {"cell-mad": (cell_features, alike_cell_mad), "hsv-cosine": (hsv_features, alike_hsv_cosine)}
+
+
+def frame_similarity(frame_a: np.ndarray, frame_b: np.ndarray, config: SlowFastConfig = SlowFastConfig()) -> float:
+    """Fraction of analysis patches of two H x W x 3 uint8 frames that config.measure calls alike."""
+    features, alike = _MEASURES[config.measure]
+    feats = features(np.stack([frame_a, frame_b]), config)
+    return float(alike(feats[1:], feats[0], config).mean())
+
+
+def classify_frames(frames: np.ndarray, config: SlowFastConfig) -> tuple[list[str], list[float | None]]:
+    """Slow/Fast kind and similarity-to-reference of each of T x H x W x 3 uint8 frames (frame 0: None).
+
+    The reference only changes at a Slow frame, so frames are compared in vectorised chunks against the
+    current reference; the first non-similar frame in a chunk becomes Slow and the scan resumes after it.
+    The chunk follows the last run length (doubling through long static shots, small through busy ones),
+    so little work is spent on frames after a cut.
+    """
+    features, alike = _MEASURES[config.measure]
+    feats = features(np.asarray(frames), config)
+    kinds, sims = ["slow"], [None]
+    ref, i, chunk = 0, 1, 4
+    while i < len(feats):
+        sim = alike(feats[i : i + chunk], feats[ref], config).mean(-1).tolist()
+        cut = next((k for k, s in enumerate(sim) if s <= config.similarity_threshold), None)
+        stop = len(sim) if cut is None else cut + 1
+        kinds += ["fast"] * (stop - 1) + (["fast"] if cut is None else ["slow"])
+        sims += sim[:stop]
+        if cut is not None:
+            ref = i + cut
+        i += stop
+        chunk = min(256, 2 * stop)
+    return kinds, sims
+
+
+# ---- token allocation ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenAllocation:
+    """Result of allocate_tokens for one frame size."""
+
+    kept: tuple[int, ...]
+    """Positions (into the kinds given) of the frames kept; all of them unless the budget forced drops."""
+    tokens_per_slow_frame: int
+    """T_s: the largest per-Slow-frame token limit in [min_tokens, max_tokens] that fits the budget."""
+    slow_size: tuple[int, int]
+    """(height, width) of every Slow frame."""
+    fast_size: tuple[int, int]
+    """(height, width) of every Fast frame."""
+    slow_tokens: int
+    """Actual tokens of one Slow frame (<= T_s)."""
+    fast_tokens: int
+    """Actual tokens of one Fast frame (<= floor(fast_token_ratio * T_s))."""
+    total_tokens: int
+    """Sum over kept frames; <= budget_tokens."""
+    notes: tuple[str, ...] = ()
+    """Human-readable remarks, e.g. what was dropped and why."""
+
+
+def frame_sizes(height: int, width: int, tokens_per_slow_frame: int, config: SlowFastConfig):
+    """((slow h, w), (fast h, w)) for a source of height x width when a Slow frame may use T_s tokens.
+
+    The Fast limit is floor(ratio * T_s), except that T_s is first capped at what a Slow frame can
+    actually get from this source (our choice: fit_size never enlarges past the source's own 28-grid, so
+    for a 640x360 source Slow frames stop at 23 x 13 = 299 tokens however large T_s grows, and Fast
+    frames stay at 30% of THAT rather than creeping up to floor(0.3 * 768) = 230 tokens).
+    """
+    slow_cap = num_tokens(*fit_size(height, width, config.min_tokens, config.max_tokens))
+    fast_limit = max(1, math.floor(config.fast_token_ratio * min(tokens_per_slow_frame, slow_cap)))
+    return (
+        fit_size(height, width, config.min_tokens, tokens_per_slow_frame),
+        fit_size(height, width, 1, fast_limit),
+    )
+
+
+def _total(n_slow: int, n_fast: int, height: int, width: int, t_s: int, config: SlowFastConfig) -> int:
+    slow, fast = frame_sizes(height, width, t_s, config)
+    return n_slow * num_tokens(*slow) + n_fast * num_tokens(*fast)
+
+
+def allocate_tokens(kinds: Sequence[str], height: int, width: int, config: SlowFastConfig) -> TokenAllocation:
+    """Binary-search T_s for frames of source size height x width; drop frames if min_tokens cannot fit.
+
+    Worked example (budget 1,000, 448x448 source, ratio 0.3, min 48): kinds = 2 slow + 10 fast.
+    T_s = 213: a Slow frame is 392x392 = 14 x 14 = 196 tokens (15 x 15 = 225 > 213), the Fast limit is
+    floor(0.3 * 213) = 63 -> 196x196 = 7 x 7 = 49 tokens: 2 * 196 + 10 * 49 = 882 <= 1,000.
+    T_s = 214: Fast limit 64 -> 224x224 = 64 tokens: 392 + 640 = 1,032 > 1,000. So T_s = 213, total 882.
+    """
+    kinds = list(kinds)
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty list of {KINDS}, got {kinds[:5]}...")
+    slow_at = [i for i, k in enumerate(kinds) if k == "slow"]
+    fast_at = [i for i, k in enumerate(kinds) if k == "fast"]
+    budget, notes = config.budget_tokens, []
+    at_min = _total(len(slow_at), len(fast_at), height, width, config.min_tokens, config)
+    if at_min > budget:
+        slow_size, fast_size = frame_sizes(height, width, config.min_tokens, config)
+        cost_s, cost_f = num_tokens(*slow_size), num_tokens(*fast_size)
+        if len(slow_at) * cost_s <= budget:
+            keep_fast = min(len(fast_at), (budget - len(slow_at) * cost_s) // cost_f)
+            keep_slow = len(slow_at)
+        else:
+            keep_fast, keep_slow = 0, budget // cost_s
+        if keep_slow == 0:
+            raise ValueError(f"budget of {budget} tokens cannot hold one frame of {cost_s} tokens ({height}x{width})")
+        notes.append(
+            f"{len(slow_at)} slow + {len(fast_at)} fast frames need {at_min} tokens at min_tokens="
+            f"{config.min_tokens} > budget {budget}: dropped {len(fast_at) - keep_fast} fast and "
+            f"{len(slow_at) - keep_slow} slow frames, evenly spread"
+        )
+        slow_at = [slow_at[i] for i in uniform_indices(len(slow_at), keep_slow)]
+        fast_at = [fast_at[i] for i in uniform_indices(len(fast_at), keep_fast)]
+    # Largest T in [lo, hi] with total(T) <= budget; total is non-decreasing in T (fit_size is monotone).
+    lo, hi = config.min_tokens, config.max_tokens
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _total(len(slow_at), len(fast_at), height, width, mid, config) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    slow_size, fast_size = frame_sizes(height, width, lo, config)
+    total = len(slow_at) * num_tokens(*slow_size) + len(fast_at) * num_tokens(*fast_size)
+    assert total <= budget, (total, budget)
+    return TokenAllocation(
+        kept=tuple(sorted(slow_at + fast_at)),
+        tokens_per_slow_frame=lo,
+        slow_size=slow_size,
+        fast_size=fast_size,
+        slow_tokens=num_tokens(*slow_size),
+        fast_tokens=num_tokens(*fast_size),
+        total_tokens=total,
+        notes=tuple(notes),
+    )
+
+
+# ---- plans -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FramePlan:
+    """One planned frame."""
+
+    index: int
+    """Position in the video sampled at the plan's fps (time ~ index / fps)."""
+    time: float
+    """Timestamp in seconds from the start of the video."""
+    kind: str
+    """"slow" or "fast"."""
+    tokens: int
+    """LLM tokens of this frame: (height / 28) * (width / 28)."""
+    height: int
+    """Height the frame is resized to (multiple of 28)."""
+    width: int
+    """Width the frame is resized to (multiple of 28)."""
+    similarity: float | None = None
+    """Fraction of alike patches versus the latest Slow frame (None for frame 0)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoPlan:
+    """Which frames go to the model, Slow or Fast, at what size; JSON-serialisable."""
+
+    frames: tuple[FramePlan, ...]
+    """Kept frames in time order."""
+    total_tokens: int
+    """Sum of frame tokens; never above budget_tokens."""
+    budget_tokens: int
+    """The budget planned against."""
+    tokens_per_slow_frame: int
+    """T_s found by the binary search (a Slow frame's actual tokens are <= T_s)."""
+    fps: float
+    """Sampling rate the indices refer to."""
+    source_height: int
+    """Height of the source frames the sizes were computed from."""
+    source_width: int
+    """Width of the source frames."""
+    num_sampled: int
+    """Frames classified (after the max_frames cap, before any budget drop)."""
+    dropped_indices: tuple[int, ...] = ()
+    """Indices removed because even min_tokens per frame did not fit."""
+    notes: tuple[str, ...] = ()
+    """Remarks, e.g. why frames were dropped."""
+    config: SlowFastConfig = SlowFastConfig()
+    """The config that produced the plan."""
+
+    @property
+    def num_slow(self) -> int:
+        return sum(f.kind == "slow" for f in self.frames)
+
+    @property
+    def num_fast(self) -> int:
+        return sum(f.kind == "fast" for f in self.frames)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VideoPlan:
+        data = dict(data)
+        data["frames"] = tuple(FramePlan(**f) for f in data["frames"])
+        data["config"] = SlowFastConfig(**data.get("config", {}))
+        data["dropped_indices"] = tuple(data.get("dropped_indices", ()))
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoPlan:
+        return cls.from_dict(json.loads(text))
+
+
+def plan_frames(
+    frames: np.ndarray | Sequence[np.ndarray],
+    times: Sequence[float],
+    config: SlowFastConfig = SlowFastConfig(),
+    *,
+    indices: Sequence[int] | None = None,
+    source_size: tuple[int, int] | None = None,
+) -> VideoPlan:
+    """Plan already-decoded T x H x W x 3 uint8 frames (pure: no I/O).
+
+    ``indices`` are the frames' positions in the fps-sampled stream (default 0..T-1); ``source_size``
+    (height, width) is what frame sizes are computed from (default the frames' own size).
+    """
+    frames = np.asarray(frames)
+    if len(frames) == 0:
+        raise ValueError("no frames to plan")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be T x H x W x 3 uint8, got {frames.shape} {frames.dtype}")
+    indices = list(range(len(frames))) if indices is None else [int(i) for i in indices]
+    if not len(times) == len(indices) == len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(times)} times and {len(indices)} indices")
+    height, width = source_size or frames.shape[1:3]
+    kinds, sims = classify_frames(frames, config)
+    alloc = allocate_tokens(kinds, height, width, config)
+    sizes = {"slow": alloc.slow_size, "fast": alloc.fast_size}
+    planned = tuple(
+        FramePlan(
+            index=indices[i], time=float(times[i]), kind=kinds[i], tokens=num_tokens(*sizes[kinds[i]]),
+            height=sizes[kinds[i]][0], width=sizes[kinds[i]][1], similarity=sims[i],
+        )
+        for i in alloc.kept
+    )  # fmt: skip
+    kept = set(alloc.kept)
+    return VideoPlan(
+        frames=planned,
+        total_tokens=alloc.total_tokens,
+        budget_tokens=config.budget_tokens,
+        tokens_per_slow_frame=alloc.tokens_per_slow_frame,
+        fps=config.fps,
+        source_height=int(height),
+        source_width=int(width),
+        num_sampled=len(frames),
+        dropped_indices=tuple(indices[i] for i in range(len(frames)) if i not in kept),
+        notes=alloc.notes,
+        config=config,
+    )
+
+
+def _decode_and_plan(path: str | os.PathLike, config: SlowFastConfig):
+    """Decode at fps, resized by ffmpeg to the largest size any frame can get (max_tokens); plan."""
+    info = probe_video(path)
+    largest = fit_size(info.height, info.width, config.min_tokens, config.max_tokens)
+    decoded = decode_frames(path, fps=config.fps, size=largest, max_frames=config.max_frames, info=info)
+    try:
+        plan = plan_frames(
+            decoded.frames, decoded.times_s, config, indices=decoded.indices, source_size=(info.height, info.width)
+        )
+    except ValueError as exc:
+        raise ValueError(f"cannot plan video {str(path)!r}: {exc}") from exc
+    return plan, decoded
+
+
+def _planned_from(decoded, plan: VideoPlan) -> list[np.ndarray]:
+    position = {int(index): i for i, index in enumerate(decoded.indices)}
+    return [resize_frames(decoded.frames[position[f.index]][None], (f.height, f.width))[0] for f in plan.frames]
+
+
+def plan_video(path: str | os.PathLike, config: SlowFastConfig = SlowFastConfig()) -> VideoPlan:
+    """Decode ``path`` at config.fps, classify Slow/Fast, allocate tokens (see the module docstring)."""
+    return _decode_and_plan(path, config)[0]
+
+
+def plan_and_load_video(path: str | os.PathLike, config: SlowFastConfig = SlowFastConfig()):
+    """Decode ``path`` once; return (VideoPlan, planned frames, each H x W x 3 uint8 at its planned size).
+
+    The decode is at the largest size any frame can get, so every planned frame is one torch resize
+    away. Memory: T frames of up to max_tokens * 784 pixels (768 frames at 768 tokens: about 1.4 GB).
+    """
+    plan, decoded = _decode_and_plan(path, config)
+    return plan, _planned_from(decoded, plan)
+
+
+def load_planned_frames(path: str | os.PathLike, plan: VideoPlan) -> list[np.ndarray]:
+    """Each planned frame of ``path`` as H x W x 3 uint8 at its planned (height, width), in plan order.
+
+    Decodes once at plan.fps, resized by ffmpeg to the Slow size, keeping only the planned indices;
+    Fast frames are then resized down in torch (antialiased bilinear).
+    """
+    if not plan.frames:
+        return []
+    largest = max(((f.height, f.width) for f in plan.frames), key=lambda size: size[0] * size[1])
+    decoded = decode_frames(path, fps=plan.fps, size=largest, indices=[f.index for f in plan.frames])
+    return _planned_from(decoded, plan)

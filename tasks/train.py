@@ -1,0 +1,159 @@
+"""Launching training stages: in-process for one process, ``torchrun``/``deepspeed`` for several.
+
+``train_stage`` is the plain function; ``train_stage_task`` its Prefect entry point. A stage whose
+``result.json`` exists is finished and is skipped (the runner writes it last), and a stage that died
+midway resumes from its latest DeepSpeed checkpoint, so re-running a failed pipeline continues where
+it stopped. Launched ranks write to stdout/stderr, which Prefect does not capture: every line is
+pumped into this module's logger, and the launch has its own timeout (Prefect's task timeout cannot
+interrupt blocking code), after which the whole process group is killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keye_model.training.runner import RunConfig, StageResult
+from tasks.lineage import Artifact, Edge, Metric
+
+log = logging.getLogger(__name__)
+
+LAUNCHERS = ("inprocess", "torchrun", "deepspeed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchConfig:
+    """How a stage's ranks are started."""
+
+    launcher: str = "inprocess"
+    """``inprocess`` (one rank, in the calling process), ``torchrun`` or ``deepspeed``."""
+    num_processes: int = 1
+    """Ranks per node (GPUs per node on a GPU machine)."""
+    num_nodes: int = 1
+    """Nodes; with more than one, ``hostfile`` (deepspeed) or the rendezvous settings (torchrun) apply."""
+    hostfile: str | None = None
+    """DeepSpeed hostfile for multi-node runs."""
+    rdzv_endpoint: str | None = None
+    """torchrun rendezvous host:port for multi-node runs."""
+    timeout_s: float = 7 * 24 * 3600
+    """Wall-clock limit of a launched stage; the process group is killed past it."""
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher {self.launcher!r} not in {LAUNCHERS}")
+        if self.launcher == "inprocess" and self.num_processes * self.num_nodes != 1:
+            raise ValueError("the inprocess launcher runs one rank; use torchrun or deepspeed for more")
+
+    def command(self, config_path: Path) -> list[str]:
+        module = ["-m", "keye_model.training", "--config", str(config_path)]
+        if self.launcher == "torchrun":
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.num_processes}",
+                   f"--nnodes={self.num_nodes}"]
+            if self.rdzv_endpoint:
+                cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={self.rdzv_endpoint}"]
+            return cmd + module[1:]
+        cmd = [shutil.which("deepspeed") or "deepspeed", f"--num_gpus={self.num_processes}",
+               f"--num_nodes={self.num_nodes}"]
+        if self.hostfile:
+            cmd.append(f"--hostfile={self.hostfile}")
+        return cmd + ["--module", "keye_model.training", "--config", str(config_path)]
+
+
+def finished_result(output_dir: str | Path) -> StageResult | None:
+    """The result of a finished stage (its ``result.json``), or None."""
+    path = Path(output_dir) / "result.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return StageResult(**{f.name: data[f.name] for f in dataclasses.fields(StageResult)})
+
+
+def train_stage(config: RunConfig, launch: LaunchConfig = LaunchConfig(),
+                on_step: Callable[[dict[str, Any]], None] | None = None) -> StageResult:
+    """Run one stage to its final checkpoint, or return the finished stage's result."""
+    done = finished_result(config.output_dir)
+    if done is not None:
+        log.info("stage %s already finished at %s: skipped", config.stage.name, done.checkpoint_dir)
+        return done
+    if launch.launcher == "inprocess":
+        from keye_model.training.runner import run_stage
+
+        return run_stage(config, on_step=on_step)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "run_config.json"
+    config_path.write_text(config.to_json())
+    run_logged(launch.command(config_path), timeout_s=launch.timeout_s, name=f"stage {config.stage.name}")
+    result = finished_result(out)
+    if result is None:
+        raise RuntimeError(f"stage {config.stage.name}: launcher exited cleanly but wrote no {out / 'result.json'}")
+    return result
+
+
+def run_logged(cmd: Sequence[str], *, timeout_s: float, name: str, env: dict[str, str] | None = None) -> None:
+    """Run ``cmd`` in its own process group, every output line into the log; kill the group on timeout."""
+    log.info("%s: %s", name, " ".join(cmd))
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    tail: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            line = line.rstrip()
+            log.info("[%s] %s", name, line)
+            tail.append(line)
+            del tail[:-40]
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise TimeoutError(f"{name} ran past its {timeout_s:.0f} s limit and was killed") from None
+    finally:
+        reader.join(timeout=10)
+    if rc != 0:
+        raise RuntimeError(f"{name} failed with exit code {rc}; last lines:\n" + "\n".join(tail[-20:]))
+
+
+# ------------------------------------------------------------------ lineage of a stage
+
+def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
+    weights = Path(result.checkpoint_dir) / "model.safetensors"
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return Artifact(kind="checkpoint", uri=str(Path(result.checkpoint_dir).resolve()), sha256=digest.hexdigest(),
+                    num_bytes=weights.stat().st_size, created_by_run=run_id,
+                    metadata={"stage": result.stage, "steps": result.steps, "samples_seen": result.samples_seen,
+                              "tokens_seen": result.tokens_seen, "final_loss": result.final_loss})
+
+
+def stage_lineage(result: StageResult, run_id: str, inputs: Sequence[str]) -> tuple[list[Artifact], list[Edge], list[Metric]]:
+    """The checkpoint artifact, edges from its inputs (artifact ids), and the stage's per-step metrics."""
+    ckpt = checkpoint_artifact(result, run_id)
+    edges = [Edge(parent_id=parent, child_id=ckpt.artifact_id, run_id=run_id, relation="trained_from")
+             for parent in inputs]
+    metrics = []
+    metrics_file = Path(result.checkpoint_dir).parent / "metrics.jsonl"
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            row = json.loads(line)
+            metrics += [Metric(run_id=run_id, stage=result.stage, step=row["step"], name=k, value=float(v))
+                        for k, v in row.items() if k not in ("stage", "step") and isinstance(v, (int, float))]
+    return [ckpt], edges, metrics
