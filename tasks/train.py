@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
 from keye_model.training.runner import RunConfig, StageResult
-from tasks.lineage import Artifact, Edge, Metric
+from tasks.lineage import Artifact, Edge, LineageStore, Metric
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +161,26 @@ def stage_lineage(result: StageResult, run_id: str, inputs: Sequence[str]) -> tu
             metrics += [Metric(run_id=run_id, stage=result.stage, step=row["step"], name=k, value=float(v))
                         for k, v in row.items() if k not in ("stage", "step") and isinstance(v, (int, float))]
     return [ckpt], edges, metrics
+
+
+# ------------------------------------------------------------------ Prefect entry point
+
+@task(name="train-stage", task_run_name="train-{config.stage.name}")
+def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, inputs: list[str]) -> dict[str, Any]:
+    """Train (or skip a finished) stage and record its checkpoint, edges and metrics; UI progress per step."""
+    stage = config.stage
+    progress_id = create_progress_artifact(0.0, key=f"progress-{stage.name}",
+                                           description=f"stage {stage.name}: share of {stage.num_steps} steps done")
+
+    def on_step(record: dict[str, Any]) -> None:
+        update_progress_artifact(progress_id, 100.0 * record["step"] / stage.num_steps)
+
+    result = train_stage(config, launch, on_step=on_step)
+    update_progress_artifact(progress_id, 100.0)
+    artifacts, edges, metrics = stage_lineage(result, str(flow_run.id or "local"), inputs)
+    with LineageStore(lineage_db) as store:
+        store.record_artifacts(artifacts)
+        store.record_edges(edges)
+        store.record_metrics(metrics)
+    return {"stage": stage.name, "checkpoint_dir": result.checkpoint_dir, "artifact_id": artifacts[0].artifact_id,
+            "steps": result.steps, "final_loss": result.final_loss, "wall_s": result.wall_s}

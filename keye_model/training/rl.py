@@ -25,7 +25,6 @@ Legend: G rollouts of one group, N rows of a mini-batch, P prompt tokens, T resp
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -76,7 +75,7 @@ class RLPrompt:
 
     @property
     def query(self) -> str:
-        return _text_of(self.conversation[-1]["content"])
+        return text_of(self.conversation[-1]["content"])
 
     @property
     def think_mode(self) -> bool | None:
@@ -144,7 +143,7 @@ class GSPOMetrics:
 
 # ---------------------------------------------------------------- prompts and sampling
 
-def _text_of(content: str | list[dict[str, Any]]) -> str:
+def text_of(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
     return "".join(part["text"] for part in content if part.get("type") == "text")
@@ -197,15 +196,8 @@ def _stop_mask(response_GT: torch.Tensor, tokenizer: PreTrainedTokenizerBase) ->
     return stops_before == 0
 
 
-def sample_responses(
-    model: torch.nn.Module,
-    processor: KeyeProcessor,
-    conversation: list[dict[str, Any]],
-    *,
-    num: int,
-    spec: RLSpec,
-    seed: int,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def sample_responses(model: torch.nn.Module, processor: KeyeProcessor, conversation: list[dict[str, Any]], *,
+                     num: int, spec: RLSpec, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """``num`` sampled responses to one conversation: (prompt batch of 1, response ids (G, T), mask (G, T))."""
     if spec.temperature <= 0:
         raise ValueError(f"RL sampling needs temperature > 0, got {spec.temperature}")
@@ -217,7 +209,8 @@ def sample_responses(
         torch.manual_seed(seed)
         out = model.generate(
             prompt["input_ids"].expand(num, -1), prompt["attention_mask"].expand(num, -1),
-            prompt["pixel_values"].repeat(num, 1) if media else None, prompt["grid_hw"].repeat(num, 1) if media else None,
+            prompt["pixel_values"].repeat(num, 1) if media else None,
+            prompt["grid_hw"].repeat(num, 1) if media else None,
             do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0,
             max_new_tokens=spec.max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id)
@@ -225,9 +218,8 @@ def sample_responses(
     return prompt, response, _stop_mask(response, tokenizer)
 
 
-def response_logprobs(
-    model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup, int]], temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup, int]],
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the responses of ``rows`` ((group, index) pairs) under ``model``.
 
     ``model`` may be the DeepSpeed engine (its forward). Returns (logp (N, T), mask (N, T)) with T the
@@ -235,50 +227,36 @@ def response_logprobs(
     """
     device = _device(model)
     num_t = max(group.response_ids.shape[1] for group, _ in rows)
-    seqs, masks, prompt_lens = [], [], []
-    for group, i in rows:
-        mask_T = torch.zeros(num_t, dtype=torch.bool)
-        mask_T[: group.response_mask.shape[1]] = group.response_mask[i].cpu()
-        real = group.response_ids[i, : int(group.response_mask[i].sum())].cpu()
-        seqs.append(torch.cat([group.prompt_ids.cpu(), real]))
-        masks.append(mask_T)
-        prompt_lens.append(group.prompt_ids.shape[0])
-    length = max(s.shape[0] for s in seqs)
-    input_ids = torch.zeros((len(rows), length), dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    for n, seq in enumerate(seqs):
-        input_ids[n, : seq.shape[0]] = seq
-        attention[n, : seq.shape[0]] = 1
+    counts = [int(group.response_mask[i].sum()) for group, i in rows]  # the mask is a prefix of each row
+    seqs = [torch.cat([g.prompt_ids, g.response_ids[i, :c]]) for (g, i), c in zip(rows, counts)]
+    length = max(len(seq) for seq in seqs)
+    filler = int(rows[0][0].prompt_ids[0])  # <|im_start|>, never a media placeholder; padding is masked
+    input_ids = torch.full((len(rows), length), filler, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    targets = torch.zeros((len(rows), num_t), dtype=torch.long)
+    mask = torch.zeros((len(rows), num_t), dtype=torch.bool)
+    for n, ((group, i), seq, count) in enumerate(zip(rows, seqs, counts)):
+        input_ids[n, : len(seq)], attention[n, : len(seq)] = seq, 1
+        targets[n, :count], mask[n, :count] = group.response_ids[i, :count], True
     position_ids = (attention.cumsum(-1) - 1).clamp_min(0)
-    pixel_values = torch.cat([group.pixel_values for group, _ in rows]).to(device)
-    grid_hw = torch.cat([group.grid_hw for group, _ in rows]).to(device)
+    pixel_values = torch.cat([group.pixel_values for group, _ in rows])
+    grid_hw = torch.cat([group.grid_hw for group, _ in rows])
+    media = grid_hw.shape[0] > 0
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                   pixel_values=pixel_values if pixel_values.numel() else None,
-                   grid_hw=grid_hw if grid_hw.numel() else None, position_ids=position_ids.to(device)).logits
+                   pixel_values=pixel_values.to(device) if media else None,
+                   grid_hw=grid_hw.to(device) if media else None, position_ids=position_ids.to(device)).logits
     # logits[n, P_n - 1 + t] predicts response token t of row n (module docstring).
-    offsets = torch.tensor(prompt_lens)[:, None] - 1 + torch.arange(num_t)[None, :]
-    offsets = offsets.clamp_max(length - 1).to(device)
+    prompt_lens = torch.tensor([group.prompt_ids.shape[0] for group, _ in rows])
+    offsets = (prompt_lens[:, None] - 1 + torch.arange(num_t)[None, :]).clamp_max(length - 1).to(device)
     picked = logits[torch.arange(len(rows), device=device)[:, None], offsets].float()  # (N, T, V)
-    targets = input_ids.new_zeros((len(rows), num_t))
-    for n, (group, i) in enumerate(rows):
-        count = int(masks[n].sum())
-        targets[n, :count] = group.response_ids[i, :count].cpu()
-    mask = torch.stack(masks).to(device)
+    mask = mask.to(device)
     logp = (picked / temperature).log_softmax(-1).gather(-1, targets.to(device)[..., None]).squeeze(-1)
     return logp * mask, mask
 
 
-def rollout_group(
-    model: torch.nn.Module,
-    processor: KeyeProcessor,
-    prompt: RLPrompt,
-    spec: RLSpec,
-    hint_level: int,
-    generator_seed: int,
-    *,
-    reward_fn: RewardFn | None = None,
-    correct_threshold: float = 1.0,
-) -> RolloutGroup:
+def rollout_group(model: torch.nn.Module, processor: KeyeProcessor, prompt: RLPrompt, spec: RLSpec, hint_level: int,
+                  generator_seed: int, *, reward_fn: RewardFn | None = None,
+                  correct_threshold: float = 1.0) -> RolloutGroup:
     """G = spec.group_size sampled responses at ``hint_level`` with pi_old log-probs (no grad).
 
     With ``reward_fn`` the group comes back scored (``score_group``).
@@ -299,7 +277,7 @@ def rollout_group(
     return group
 
 
-def _reward_sample(prompt: RLPrompt, text: str, prompt_text: str, hint_level: int) -> RewardSample:
+def reward_sample(prompt: RLPrompt, text: str, prompt_text: str, hint_level: int) -> RewardSample:
     return RewardSample(id=prompt.id, query=prompt.query, response=text, reference=prompt.reference,
                         thinking=prompt.think_mode, constraints=prompt.constraints, prompt_text=prompt_text,
                         hint_level=hint_level)
@@ -309,22 +287,15 @@ def score_group(group: RolloutGroup, prompt: RLPrompt, processor: KeyeProcessor,
                 correct_threshold: float = 1.0) -> RolloutGroup:
     """Fill ``rewards`` and ``correct`` (total >= correct_threshold) of a group in place; returns it."""
     prompt_text = processor.decode(group.prompt_ids)
-    totals = [reward_fn(_reward_sample(prompt, text, prompt_text, group.hint_level)).total for text in group.texts]
+    totals = [reward_fn(reward_sample(prompt, text, prompt_text, group.hint_level)).total for text in group.texts]
     group.rewards = torch.tensor(totals, dtype=torch.float32)
     group.correct = tuple(t >= correct_threshold for t in totals)
     return group
 
 
-def progressive_hint_rollout(
-    model: torch.nn.Module,
-    processor: KeyeProcessor,
-    prompt: RLPrompt,
-    spec: RLSpec,
-    reward_fn: RewardFn,
-    *,
-    generator_seed: int,
-    correct_threshold: float = 1.0,
-) -> RolloutGroup:
+def progressive_hint_rollout(model: torch.nn.Module, processor: KeyeProcessor, prompt: RLPrompt, spec: RLSpec,
+                             reward_fn: RewardFn, *, generator_seed: int,
+                             correct_threshold: float = 1.0) -> RolloutGroup:
     """A scored group; if no rollout is correct, retry at hint levels 1..max_hint_level, low to high.
 
     The first level with a correct rollout is the group used for the update (``hint_level`` records it).
@@ -378,7 +349,6 @@ def gspo_update(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, g
     advantages = torch.cat([group_advantages(g.rewards) for g in groups])
     clip = GSPOClip(low=spec.clip_low, high=spec.clip_high)
     losses, ratios, clipped = [], [], 0
-    engine.train()
     for chunk in torch.tensor_split(torch.arange(len(rows)), spec.num_minibatches):
         batch_rows = [rows[k] for k in chunk.tolist()]
         new_logp, mask = response_logprobs(engine, batch_rows, spec.temperature)
@@ -417,7 +387,6 @@ def run_gspo(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, prom
         for j in range(prompts_per_step):
             index = step * prompts_per_step + j
             prompt = prompts[index % len(prompts)]
-            model.eval()
             groups.append(progressive_hint_rollout(model, processor, prompt, spec, reward_fn,
                                                    generator_seed=seed + 1000 * index,
                                                    correct_threshold=correct_threshold))
@@ -426,87 +395,3 @@ def run_gspo(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, prom
                  metrics.loss, metrics.ratio_mean, metrics.clipped_fraction, metrics.hint_levels)
         history.append(metrics)
     return history
-
-
-# ---------------------------------------------------------------- iteration
-
-@dataclass(frozen=True, kw_only=True)
-class PassRateFilter:
-    """Which prompts a model solves sometimes but not always."""
-
-    kept: tuple[RLPrompt, ...]
-    """Prompts with sampling accuracy strictly between 0 and 1, in input order."""
-    accuracy: dict[str, float]
-    """Sampling accuracy of every prompt, by id."""
-
-
-def pass_rate_filter(model: torch.nn.Module, processor: KeyeProcessor, prompts: Sequence[RLPrompt], k: int,
-                     reward_fn: RewardFn, *, spec: RLSpec, seed: int = 0,
-                     correct_threshold: float = 1.0) -> PassRateFilter:
-    """SPEC iteration step 4: k samples per prompt (no hints); keep prompts with 0 < accuracy < 1."""
-    if k < 1:
-        raise ValueError(f"pass_rate_filter needs k >= 1 samples per prompt, got {k}")
-    accuracy: dict[str, float] = {}
-    for n, prompt in enumerate(prompts):
-        batch, response, _ = sample_responses(model, processor, prompt.conversation, num=k, spec=spec, seed=seed + n)
-        prompt_text = processor.decode(batch["input_ids"][0])
-        rewards = [reward_fn(_reward_sample(prompt, processor.decode_response(r), prompt_text, 0)).total
-                   for r in response]
-        accuracy[prompt.id] = sum(r >= correct_threshold for r in rewards) / k
-    kept = tuple(p for p in prompts if 0.0 < accuracy[p.id] < 1.0)
-    return PassRateFilter(kept=kept, accuracy=accuracy)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ColdStartSample:
-    """A LongCoT cold-start sample: a conversation whose last message is the reference assistant turn."""
-
-    id: str
-    """Sample id."""
-    conversation: list[dict[str, Any]]
-    """Messages; the last is the assistant answer (``content``, optional ``reasoning_content``)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RejectionSampling:
-    """The cold-start set after the RL model's answers replaced the ones the judge liked less."""
-
-    samples: tuple[ColdStartSample, ...]
-    """All samples in input order, replaced ones carrying the RL answer."""
-    replaced: tuple[str, ...]
-    """Ids of the replaced samples."""
-    preference: dict[str, float]
-    """P(RL answer better than the reference) per sample id, both orders averaged."""
-
-
-def _assistant_text(message: dict[str, Any]) -> str:
-    reasoning = message.get("reasoning_content")
-    body = _text_of(message["content"])
-    return body if reasoning is None else f"<think>\n{reasoning.strip()}\n</think>\n\n{body}"
-
-
-def rejection_sample(model: torch.nn.Module, processor: KeyeProcessor,
-                     cold_start_samples: Sequence[ColdStartSample],
-                     judge: Callable[[str, str, str], float], *, spec: RLSpec, seed: int = 0) -> RejectionSampling:
-    """SPEC iteration step 2: the RL model answers each cold-start prompt once; the answer replaces the
-    reference where the judge prefers it: (judge(q, new, ref) + 1 - judge(q, ref, new)) / 2 > 0.5
-    (both orders, so position bias cancels)."""
-    out, replaced, preference = [], [], {}
-    for n, sample in enumerate(cold_start_samples):
-        *context, reference = sample.conversation
-        if reference.get("role") != "assistant" or not context:
-            raise ValueError(f"cold-start sample {sample.id}: the conversation must end with an assistant turn")
-        _, response, _ = sample_responses(model, processor, context, num=1, spec=spec, seed=seed + n)
-        thinking, answer = processor.parse_response(response[0])
-        new_text, ref_text = processor.decode_response(response[0]), _assistant_text(reference)
-        query = _text_of(context[-1]["content"])
-        p = (float(judge(query, new_text, ref_text)) + 1.0 - float(judge(query, ref_text, new_text))) / 2.0
-        preference[sample.id] = p
-        if p > 0.5:
-            message: dict[str, Any] = {"role": "assistant", "content": answer}
-            if thinking is not None:
-                message["reasoning_content"] = thinking
-            sample = dataclasses.replace(sample, conversation=[*context, message])
-            replaced.append(sample.id)
-        out.append(sample)
-    return RejectionSampling(samples=tuple(out), replaced=tuple(replaced), preference=preference)
