@@ -200,7 +200,7 @@ class KeyeForConditionalGeneration(nn.Module):
         embeds_BLE = self.language_model.get_input_embeddings()(input_ids)
         mask_BL = self.placeholder_mask(input_ids)
         num_placeholders = int(mask_BL.sum())
-        if pixel_values is None:
+        if pixel_values is None or pixel_values.numel() == 0:
             if num_placeholders:
                 raise ValueError(f"input_ids hold {num_placeholders} visual placeholder tokens but no pixel_values")
             return embeds_BLE

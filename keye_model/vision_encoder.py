@@ -74,14 +74,17 @@ class VisionEmbeddings(nn.Module):
         self.position_embedding = nn.Embedding(cfg.position_grid_size**2, cfg.hidden_size)
 
     def forward(self, pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor) -> torch.Tensor:
-        weight = self.patch_embedding.weight  # (D, C, p, p): flattening matches a (C, p, p) patch
-        x_ND = F.linear(pixel_values_NP.to(weight.dtype), weight.flatten(1), self.patch_embedding.bias)
+        # Call the Conv2d module (not its weight) so that ZeRO-3 gathers its partitioned parameters.
+        p, c = self.cfg.patch_size, self.cfg.num_channels
+        patches_NCpp = pixel_values_NP.reshape(-1, c, p, p).to(self.patch_embedding.weight.dtype)
+        x_ND = self.patch_embedding(patches_NCpp).flatten(1)
         return x_ND + self.positions(grid_hw_I2).to(x_ND.dtype)
 
     def positions(self, grid_hw_I2: torch.Tensor) -> torch.Tensor:
         """(N, D) absolute position embeddings, the G x G table resized to each image's grid."""
         g = self.cfg.position_grid_size
-        table_GGD = self.position_embedding.weight
+        # Through the module's forward (not .weight) so that ZeRO-3 gathers the table.
+        table_GGD = self.position_embedding(torch.arange(g * g, device=self.position_embedding.weight.device))
         resized: dict[tuple[int, int], torch.Tensor] = {}  # per call only: video frames share sizes
         parts = []
         for h, w in grid_hw_I2.tolist():

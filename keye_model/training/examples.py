@@ -15,6 +15,7 @@ from typing import Any
 
 from keye_model.slow_fast import VideoPlan
 from keye_model.training.loader import media_of, open_image, sample_record
+from keye_model.training.rl import RLPrompt
 
 Conversation = list[dict[str, Any]]
 
@@ -77,19 +78,25 @@ def preference_conversations(example: Example) -> tuple[Conversation, Conversati
         raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
 
 
-def judge_conversations(example: Example) -> list[Conversation]:
-    """Pairwise judge training data, both orders (against position bias), ``no_think`` form.
+def judge_prompt(task: str, question: str, first: str, second: str) -> str:
+    """The pairwise judging prompt (``no_think``): the model answers "A" or "B"."""
+    return (f"Task: {task}\nQuery: {question}\nResponse A: {first}\nResponse B: {second}\n"
+            f"Which response is better? Consider {', '.join(JUDGE_DIMENSIONS)}. Answer A or B. /no_think")
 
-    The model learns to answer "A" or "B": the better response is the chosen one.
-    """
+
+def judge_conversations(example: Example) -> list[Conversation]:
+    """Pairwise judge training data, both orders (against position bias): the better one is the chosen."""
     question = example.record.get("question", "")
     chosen, rejected = example.record["chosen"], example.record["rejected"]
     media = [p for p in example.user_parts if p["type"] != "text"]
-    out = []
-    for first, second, verdict in ((chosen, rejected, "A"), (rejected, chosen, "B")):
-        prompt = (f"Task: {example.record.get('task', 'vqa')}\nQuery: {question}\nResponse A: {first}\n"
-                  f"Response B: {second}\nWhich response is better? Consider "
-                  f"{', '.join(JUDGE_DIMENSIONS)}. Answer A or B. /no_think")
-        out.append([{"role": "user", "content": [*media, {"type": "text", "text": prompt}]},
-                    {"role": "assistant", "content": verdict}])
-    return out
+    task = example.record.get("task", "vqa")
+    return [[{"role": "user", "content": [*media, {"type": "text", "text": judge_prompt(task, question, a, b)}]},
+             {"role": "assistant", "content": verdict}]
+            for a, b, verdict in ((chosen, rejected, "A"), (rejected, chosen, "B"))]
+
+
+def rl_prompt(example: Example) -> RLPrompt:
+    """An RL prompt from a record: its question (with media) and reference answer; hints from meta."""
+    meta = example.record.get("meta") or {}
+    return RLPrompt(id=example.sample_id, conversation=[{"role": "user", "content": example.user_parts}],
+                    reference=example.record.get("answer") or None, hints=tuple(meta.get("hints", ()))[:5])

@@ -63,6 +63,8 @@ class RunConfig:
     """Fusion: the expert checkpoints merged into ``init_checkpoint``."""
     fusion: FusionConfig = field(default_factory=FusionConfig)
     """Fusion: method and weights."""
+    reward_model_checkpoint: str | None = None
+    """GSPO stages weighing judge / reward-model rewards: the trained reward model (a pairwise judge)."""
     seed: int = 0
     """Seeds the model init, the shard order and sampling."""
     stop_after_steps: int | None = None
@@ -238,15 +240,29 @@ def estimate_cost(sample: dict[str, Any], model: balance.CostModel = balance.Cos
 
 # ------------------------------------------------------------------ objectives
 
+@dataclass
+class StepOutput:
+    loss: float
+    metrics: dict[str, float]
+    sample_ids: list[str]
+    tokens: int
+
+
 class Objective:
-    """One micro step of the stage's objective: returns (loss, metrics, sample ids, tokens)."""
+    """One optimizer step of the stage's objective (backward and engine steps included)."""
 
     def __init__(self, config: RunConfig, engine, batches: Batches) -> None:
         self.config, self.engine, self.batches = config, engine, batches
+        self.stage = config.stage
         self.reward_mean = losses.RunningRewardMean()
         self.reference: KeyeForConditionalGeneration | None = None
-        if config.stage.objective == "mpo":
+        self.reward_fn = None
+        if self.stage.objective == "mpo":
             self.reference = copy.deepcopy(engine.module).eval().requires_grad_(False)
+        if self.stage.objective == "gspo":
+            if self.stage.grad_accum_steps != 1:
+                raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
+            self.reward_fn = build_reward_fn(config, batches.processor, engine.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"reward_mean": self.reward_mean.state_dict()}
@@ -254,16 +270,28 @@ class Objective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reward_mean.load_state_dict(state["reward_mean"])
 
-    def micro_step(self) -> tuple[torch.Tensor, dict[str, float], list[str], int]:
-        objective = self.config.stage.objective
-        if objective == "mpo":
-            return self._mpo()
+    def train_step(self, step: int) -> StepOutput:
+        if self.stage.objective == "gspo":
+            return self._gspo(step)
+        micro = self._mpo if self.stage.objective == "mpo" else self._lm
+        outs = []
+        for _ in range(self.stage.grad_accum_steps):
+            loss, metrics, ids, tokens = micro()
+            self.engine.backward(loss)
+            self.engine.step()
+            outs.append((loss.item(), metrics, ids, tokens))
+        merged: dict[str, float] = {}
+        for _, metrics, _, _ in outs:
+            merged.update(metrics)
+        return StepOutput(loss=sum(o[0] for o in outs) / len(outs), metrics=merged,
+                          sample_ids=[i for o in outs for i in o[2]], tokens=sum(o[3] for o in outs))
+
+    def _lm(self) -> tuple[torch.Tensor, dict[str, float], list[str], int]:
         packed = self.batches.next_packed()
         inputs = {k: v.to(self.engine.device) for k, v in packed.model_inputs().items()}
-        if objective == "weighted_lm":
+        if self.stage.objective == "weighted_lm":
             labels = inputs.pop("labels")
-            logits = self.engine(**inputs).logits
-            logp, _ = losses.token_logprobs(logits, labels)
+            logp, _ = losses.token_logprobs(self.engine(**inputs).logits, labels)
             weights = packed.token_weights[:, 1:].to(logp.device)
             loss = -(logp * weights).sum() / weights.sum().clamp_min(1e-12)
         else:
@@ -287,6 +315,38 @@ class Objective:
         metrics = {"preference_loss": out.preference.item(), "quality_loss": out.quality.item(),
                    "generation_loss": out.generation.item(), "bco_delta": out.delta}
         return out.total, metrics, ids, int(batch["attention_mask"].sum())
+
+    def _gspo(self, step: int) -> StepOutput:
+        from keye_model.training.rl import gspo_update, progressive_hint_rollout
+
+        spec = self.stage.rl
+        prompts = [examples.rl_prompt(ex) for ex in self.batches.my_examples()]
+        model = self.engine.module
+        groups = [progressive_hint_rollout(model, self.batches.processor, prompt, spec, self.reward_fn,
+                                           generator_seed=self.config.seed + 1000 * step + j)
+                  for j, prompt in enumerate(prompts)]
+        m = gspo_update(self.engine, model, self.batches.processor, groups, spec)
+        metrics = {"mean_reward": m.mean_reward, "ratio_mean": m.ratio_mean, "clipped_fraction": m.clipped_fraction,
+                   **{f"hint_level_{k}": float(v) for k, v in m.hint_levels.items()}}
+        tokens = sum(int(g.response_mask.sum()) for g in groups)
+        return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)
+
+
+def build_reward_fn(config: RunConfig, processor: KeyeProcessor, device: torch.device):
+    """The stage's RewardFunction: rule rewards, plus judge / reward-model scores from a trained judge."""
+    from keye_model.rewards import RewardFunction, versus_reference
+    from keye_model.training.judge import PairwiseJudge
+
+    weights = config.stage.rl.reward_weights
+    needs_judge = any(name in ("judge", "reward_model") for name, _ in weights)
+    if not needs_judge:
+        return RewardFunction(weights=weights)
+    if not config.reward_model_checkpoint:
+        raise ValueError(f"stage {config.stage.name} weighs judge/reward-model rewards but has no "
+                         "reward_model_checkpoint")
+    judge_model = KeyeForConditionalGeneration.from_pretrained(config.reward_model_checkpoint).to(device)
+    score = versus_reference(PairwiseJudge(judge_model, processor))
+    return RewardFunction(weights=weights, judge=score, reward_model=score)
 
 
 # ------------------------------------------------------------------ the run
@@ -321,30 +381,20 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     step = _resume(engine, ds_dir, batches, objective, out)
     tokens_seen = 0
     loss_value = None
-    accum = config.stage.grad_accum_steps
     while step < config.stage.num_steps:
         if config.stop_after_steps is not None and step >= config.stop_after_steps:
             log.warning("stage %s stopping after %d steps as asked (no final checkpoint)", config.stage.name, step)
             return StageResult(config.stage.name, "", step, batches.stream.state.samples_seen, tokens_seen,
                                loss_value, time.monotonic() - started)
-        step_ids: list[str] = []
-        step_metrics: dict[str, float] = {}
-        losses_now = []
-        for _ in range(accum):
-            loss, metrics, ids, tokens = objective.micro_step()
-            engine.backward(loss)
-            engine.step()
-            losses_now.append(loss.item())
-            step_ids += ids
-            tokens_seen += tokens
-            step_metrics.update(metrics)
+        output = objective.train_step(step)
         step += 1
-        loss_value = sum(losses_now) / len(losses_now)
+        tokens_seen += output.tokens
+        loss_value = output.loss
         record = {"stage": config.stage.name, "step": step, "loss": loss_value, "lr": engine.get_lr()[0],
-                  "tokens": tokens_seen, **step_metrics}
+                  "tokens": tokens_seen, **output.metrics}
         if rank == 0:
             _append_jsonl(out / "metrics.jsonl", record)
-            _append_jsonl(out / "samples.jsonl", {"step": step, "samples": step_ids})
+            _append_jsonl(out / "samples.jsonl", {"step": step, "samples": output.sample_ids})
         log.info("stage %s step %d/%d loss %.4f", config.stage.name, step, config.stage.num_steps, loss_value)
         if on_step is not None:
             on_step(record)

@@ -129,3 +129,19 @@ def test_killed_stage_resumes_at_exactly_the_next_sample(tmp_path, tokenizer_dir
     b = KeyeForConditionalGeneration.from_pretrained(tmp_path / "whole" / "checkpoint").state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name])
+
+
+@pytest.mark.parametrize("name", ["gspo", "alignment"])
+def test_gspo_stages_run_with_rewards_and_save(name, stage1, tmp_path, tokenizer_dir, shards):
+    _, first = stage1
+    judge = None
+    if name == "alignment":  # weighs judge and reward-model rewards: train a reward model first
+        judge = run_stage(RunConfig(stage=stage("reward", num_steps=1), output_dir=str(tmp_path / "rm"),
+                                    tokenizer_dir=tokenizer_dir, shards=shards,
+                                    init_checkpoint=first.checkpoint_dir)).checkpoint_dir
+    config = RunConfig(stage=stage(name, num_steps=2), output_dir=str(tmp_path / name), tokenizer_dir=tokenizer_dir,
+                       shards=shards, init_checkpoint=first.checkpoint_dir, reward_model_checkpoint=judge)
+    result = run_stage(config)
+    metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(0.0 <= m["mean_reward"] <= 1.0 for m in metrics)
+    KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)

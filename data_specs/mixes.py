@@ -1,0 +1,103 @@
+"""Data mixes: the planned token share of each modality (and, optionally, of each source) per stage.
+
+A mix is planned in TOKENS, not samples: one long video can outweigh a hundred captions, and the report
+states the stage-3 annealing mix that way (24% video, 50% image, 26% text, SPEC.md section 3). The
+sharder (``tasks/shards.py``) realizes a mix by choosing and repeating records and writes planned
+vs realized shares into each stage manifest.
+
+Worked example: stage 3 with 10,000 planned tokens wants 2,400 video, 5,000 image and 2,600 text tokens.
+With ``source_ratios={"image": {"easy-vqa": 0.2, "skimage": 0.8}}`` the 5,000 image tokens split into
+1,000 from easy-vqa and 4,000 from skimage; a modality without an entry takes its sources as they come.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from data_specs.schemas import MODALITIES
+
+#: How far a ratio table may sum from 1 (floating point slack, not a tolerance on the mix).
+SUM_EPS = 1e-6
+
+
+def _check_ratios(what: str, ratios: dict[str, float]) -> None:
+    if not ratios:
+        raise ValueError(f"{what}: no ratios given")
+    for name, value in ratios.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{what}: ratio of {name!r} must be a finite number >= 0, got {value!r}")
+    total = sum(ratios.values())
+    if abs(total - 1.0) > SUM_EPS:
+        raise ValueError(f"{what}: ratios must sum to 1, got {total:.6f} ({ratios})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataMix:
+    """Planned token shares for one training stage."""
+
+    stage: str
+    """Stage the mix is for (``stage1``, ``stage2``, ``stage3``, ``tiny``...)."""
+    modality_ratios: dict[str, float]
+    """Share of tokens per modality (keys from ``MODALITIES``); sums to 1. A zero share may be omitted."""
+    source_ratios: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Optional split of a modality's tokens over its sources, e.g. ``{"image": {"skimage": 1.0}}``;
+    each inner table sums to 1 and names a modality that has a positive share."""
+    tolerance: float = 0.01
+    """Largest allowed |realized - planned| token share per modality (and per source), absolute."""
+
+    def __post_init__(self) -> None:
+        what = f"mix for {self.stage!r}"
+        unknown = set(self.modality_ratios) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"{what}: unknown modalities {sorted(unknown)}; expected {MODALITIES}")
+        _check_ratios(what, self.modality_ratios)
+        for modality, table in self.source_ratios.items():
+            if self.modality_ratios.get(modality, 0.0) <= 0:
+                raise ValueError(f"{what}: source ratios given for {modality!r}, which has no share")
+            _check_ratios(f"{what}, {modality} sources", table)
+        if not 0 < self.tolerance < 0.5:
+            raise ValueError(f"{what}: tolerance must be in (0, 0.5), got {self.tolerance}")
+
+    def planned(self) -> dict[str, float]:
+        """Positive modality shares only, in ``MODALITIES`` order."""
+        return {m: float(self.modality_ratios[m]) for m in MODALITIES if self.modality_ratios.get(m, 0) > 0}
+
+    def to_dict(self) -> dict:
+        """Plain JSON form (manifests, Prefect parameters)."""
+        return {
+            "stage": self.stage,
+            "modality_ratios": dict(self.modality_ratios),
+            "source_ratios": {m: dict(t) for m, t in self.source_ratios.items()},
+            "tolerance": self.tolerance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataMix":
+        return cls(**data)
+
+
+def stage1_mix() -> DataMix:
+    """Cross-modal alignment: image-text pairs only (SPEC.md section 3)."""
+    return DataMix(stage="stage1", modality_ratios={"image": 1.0})
+
+
+def stage2_mix() -> DataMix:
+    """Multi-task pre-training. The report gives no ratios; ours leans on images, as its data list does."""
+    return DataMix(stage="stage2", modality_ratios={"video": 0.2, "image": 0.6, "text": 0.2})
+
+
+def stage3_mix() -> DataMix:
+    """Annealing: the report's token mix, 24% video, 50% image, 26% text."""
+    return DataMix(stage="stage3", modality_ratios={"video": 0.24, "image": 0.50, "text": 0.26})
+
+
+#: Shipped presets by stage name; stage 4 (fusion) consumes no data.
+PRESETS = {"stage1": stage1_mix, "stage2": stage2_mix, "stage3": stage3_mix}
+
+
+def get_mix(stage: str) -> DataMix:
+    """The preset mix of a stage; ValueError naming the known stages otherwise."""
+    if stage not in PRESETS:
+        raise ValueError(f"no data mix for stage {stage!r}; known: {sorted(PRESETS)}")
+    return PRESETS[stage]()

@@ -1,0 +1,125 @@
+"""MPO preference pairs from assessed LongCoT paths (SPEC.md section 4, MPO).
+
+For one prompt, ``chosen`` is a right (reference-matching, or consensus when there is no reference),
+well-scored path and ``rejected`` a wrong one (``correct-vs-wrong``) or a right one whose reasoning
+scored clearly lower (``score-gap``: at least ``min_score_gap`` below). Pairs are deduplicated on
+normalized text, capped per prompt, and balanced across sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+from prefect import task
+
+from data_specs.longcot import CoTSample, PreferenceConfig, PreferencePair, QualityTier, fit_id
+
+log = logging.getLogger(__name__)
+
+
+def group_by_problem(samples: Iterable[CoTSample]) -> dict[str, list[CoTSample]]:
+    """Kept and rejected samples of the same problem together (pairs need both)."""
+    groups: dict[str, list[CoTSample]] = defaultdict(list)
+    for s in samples:
+        groups[s.problem.id].append(s)
+    return dict(groups)
+
+
+def is_right(sample: CoTSample, min_consensus: float = 0.5) -> bool:
+    """Reference match, or without a reference: a well-formed answer most paths agree with."""
+    if sample.rules.answer_correct is not None:
+        return sample.rules.answer_correct
+    return sample.rules.well_formed and sample.path.agreement >= min_consensus
+
+
+def rank_score(sample: CoTSample) -> float:
+    """Judge mean (1 when unjudged); -1 for malformed or repetitive text, -2 when a reviewer rejected it,
+    +0.5 when a reviewer edited it."""
+    score = sample.verdict.mean if sample.verdict.mean is not None else 1.0
+    score -= 1.0 if not sample.rules.well_formed or sample.rules.repetitive else 0.0
+    score -= 2.0 if sample.review == "reject" else 0.0
+    return score + (0.5 if sample.review == "edit" else 0.0)
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def pairs_for_problem(samples: Sequence[CoTSample], config: PreferenceConfig) -> list[PreferencePair]:
+    """The best ``max_pairs_per_prompt`` pairs of one problem: correct-vs-wrong first, then by gap."""
+    problem = samples[0].problem
+    if any(s.problem.id != problem.id for s in samples):
+        raise ValueError(f"pairs_for_problem: samples of several problems: {sorted({s.problem.id for s in samples})}")
+    chosen_pool = [s for s in samples if is_right(s) and s.rules.well_formed and s.tier is not QualityTier.C
+                   and s.review != "reject" and s.path.text.strip()]
+    candidates = []
+    for c in chosen_pool:
+        for r in samples:
+            if r is c or not r.path.text.strip():
+                continue
+            gap = rank_score(c) - rank_score(r)
+            if not is_right(r):
+                candidates.append((0, -gap, c, r, "correct-vs-wrong"))
+            elif gap >= config.min_score_gap:
+                candidates.append((1, -gap, c, r, "score-gap"))
+    candidates.sort(key=lambda t: (t[0], t[1], t[2].id, t[3].id))
+    pairs, seen_pairs = [], set()
+    for _, _, c, r, reason in candidates:
+        key = (_normalized(c.path.text), _normalized(r.path.text))
+        if key[0] == key[1] or key in seen_pairs:
+            continue
+        seen_pairs.add(key)
+        pairs.append(PreferencePair(
+            id=fit_id(f"{problem.id}-{c.id.rsplit('-', 1)[-1]}-{r.id.rsplit('-', 1)[-1]}"), problem_id=problem.id,
+            source=problem.source, prompt=problem.question, media_path=problem.media_path, chosen=c.path.text,
+            rejected=r.path.text, chosen_score=rank_score(c), rejected_score=rank_score(r), reason=reason,
+        ))
+        if len(pairs) == config.max_pairs_per_prompt:
+            break
+    return pairs
+
+
+def balance_sources(pairs_by_problem: Mapping[str, list[PreferencePair]], config: PreferenceConfig) -> list[PreferencePair]:
+    """Cap each source at ``source_balance_ratio`` x the smallest non-empty source; within a source the
+    cut keeps each prompt's best pairs first (round-robin over prompts by pair rank)."""
+    by_source: dict[str, list[list[PreferencePair]]] = defaultdict(list)
+    for pid in sorted(pairs_by_problem):
+        if pairs_by_problem[pid]:
+            by_source[pairs_by_problem[pid][0].source].append(pairs_by_problem[pid])
+    if not by_source:
+        return []
+    counts = {src: sum(map(len, groups)) for src, groups in by_source.items()}
+    cap = math.ceil(config.source_balance_ratio * min(counts.values()))
+    out = []
+    for src in sorted(by_source):
+        groups = by_source[src]
+        ranked = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+        if len(ranked) > cap:
+            log.info("source %s: keeping %d of %d pairs for balance", src, cap, len(ranked))
+        out.extend(ranked[:cap])
+    return out
+
+
+def build_preference_pairs(
+    paths_by_problem: Mapping[str, Sequence[CoTSample]], config: PreferenceConfig = PreferenceConfig()
+) -> list[PreferencePair]:
+    """Valid (non-empty, chosen != rejected), deduplicated, per-prompt capped, source-balanced pairs."""
+    per_problem = {pid: pairs_for_problem(samples, config) for pid, samples in paths_by_problem.items() if samples}
+    pairs = balance_sources(per_problem, config)
+    ids = [p.id for p in pairs]
+    assert len(ids) == len(set(ids)), "preference pair ids collide"
+    log.info("built %d preference pairs from %d problems", len(pairs), len(paths_by_problem))
+    return pairs
+
+
+@task(name="build-preference-pairs", persist_result=True)
+def build_preference_pairs_task(samples_paths: list[str], out_path: str, config: PreferenceConfig) -> str:
+    """Reads kept and rejected sample JSONL files, writes the pairs JSONL."""
+    from data_specs.longcot import read_jsonl, write_jsonl
+
+    samples = [s for path in samples_paths for s in read_jsonl(path, CoTSample)]
+    return str(write_jsonl(build_preference_pairs(group_by_problem(samples), config), out_path))

@@ -1,0 +1,498 @@
+"""WebDataset shards per stage: token estimates, a mix sampler, crash-safe shard writing and a manifest.
+
+Each sample is one tar group under a key made from the record id (no dots, ``__r<n>`` for the n-th
+repeat): ``json`` (the record plus ``tokens`` and ``repeat``) always; an image adds its encoded file bytes
+under its suffix (``jpg``, ``png``...); a video adds its file bytes (``mp4``...) and its Slow-Fast plan
+(``plan.json``). Text records are the ``json`` alone. Shards read back with plain
+``webdataset.WebDataset``.
+
+Crash safety: a shard is written to a hidden ``.<name>.partial`` file, flushed, fsynced and renamed to
+``<stage>-NNNNNN.tar`` only when complete, so a killed writer never leaves a partial ``*.tar`` visible;
+the manifest is written (the same way) last, so a stage without a manifest is an unfinished one. A new
+run first removes that stage's old shards, manifest and stale partials.
+
+Mix sampler: records fall in buckets (a modality, or a (modality, source) when the mix splits it), each
+with a planned share of tokens. Starting from nothing, it repeatedly adds the next record of the bucket
+furthest below its planned tokens (records cycle in a seeded order; a bucket that runs out starts over,
+which is a repeat) until the target is reached and every share is within the mix's tolerance. Worked
+example: planned video 0.24 / image 0.50 / text 0.26, target 1,000 tokens, videos of 100 tokens, images
+of 20, texts of 10: video gets 3 records (300 >= 240, the chunky bucket overshoots), then images and
+texts keep filling their deficits against the growing total (e.g. 1,250 tokens: 300 / 625 / 325,
+exactly 24 / 50 / 26%).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import queue
+import re
+import tarfile
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+
+from data_specs.mixes import DataMix
+from data_specs.schemas import Record
+from keye_model.geometry import fit_size, num_tokens
+
+log = logging.getLogger(__name__)
+
+STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+WORD_RE = re.compile(r"\w+|[^\w\s]")
+#: Most samples the sampler may choose before it gives up on a mix (it converges far sooner).
+MAX_SAMPLES = 1_000_000
+Tokenizer = Callable[[str], "int | Sequence[int]"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """Where and how one stage's shards are written."""
+
+    stage: str
+    """Stage name; shards are ``<out_dir>/<stage>/<stage>-NNNNNN.tar``."""
+    out_dir: str
+    """Root folder of all stages' shards."""
+    max_records_per_shard: int = 256
+    """A shard closes after this many samples."""
+    max_bytes_per_shard: int = 512 * 2**20
+    """... or before its payload would pass this many bytes (a single larger sample gets its own shard)."""
+    image_min_tokens: int = 4
+    """Fewest tokens an image is resized to (SPEC.md section 1: images 4 ... 20,480)."""
+    image_max_tokens: int = 20_480
+    """Most tokens an image is resized to."""
+    slow_fast: str = "default"
+    """``keye_model.slow_fast.SlowFastConfig`` preset that plans videos (``default``, ``tiny``...)."""
+    target_tokens: int | None = None
+    """Tokens to sample; None: the smallest total that uses every record of the mix at least once."""
+    seed: int = 0
+    """Seeds the sampler's record order and the shuffle of samples across shards."""
+    fsync: bool = False
+    """fsync each shard before its rename. The rename alone makes shards all-or-nothing against a killed
+    process (tested); fsync adds power-loss durability on any filesystem at ~1.5x the writing time."""
+
+    def __post_init__(self) -> None:
+        if not STAGE_RE.match(self.stage):
+            raise ValueError(f"shard stage {self.stage!r} must match {STAGE_RE.pattern}")
+        if self.max_records_per_shard < 1 or self.max_bytes_per_shard < 1:
+            raise ValueError(f"stage {self.stage}: shard limits must be >= 1")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise ValueError(f"stage {self.stage}: target_tokens must be >= 1, got {self.target_tokens}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """One planned shard entry."""
+
+    key: str
+    """WebDataset key: the record id, plus ``__r<n>`` for its n-th repeat."""
+    record: Record
+    """The record."""
+    tokens: int
+    """Estimated tokens: text plus image or video tokens."""
+    repeat: int = 0
+    """0 for the first use of the record."""
+    plan_json: str | None = None
+    """Slow-Fast plan of a video record."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardInfo:
+    """One written shard, with what lineage needs."""
+
+    path: str
+    """Absolute path of the shard."""
+    name: str
+    """File name, ``<stage>-NNNNNN.tar``."""
+    sha256: str
+    """Hex sha256 of the file."""
+    num_bytes: int
+    """File size."""
+    num_records: int
+    """Samples in it (repeats included)."""
+    tokens: int
+    """Estimated tokens of its samples."""
+    keys: list[str]
+    """Sample keys in write order."""
+    record_ids: list[str]
+    """Distinct record ids in it, sorted."""
+    modality_counts: dict[str, int]
+    """Samples per modality."""
+    source_counts: dict[str, int]
+    """Samples per source."""
+    modality_tokens: dict[str, int]
+    """Tokens per modality."""
+    source_tokens: dict[str, int]
+    """Tokens per source."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageShards:
+    """Result of sharding one stage (also written as the manifest)."""
+
+    stage: str
+    """Stage name."""
+    manifest_path: str
+    """The manifest JSON."""
+    shards: list[ShardInfo]
+    """Shards in order."""
+    planned: dict[str, float]
+    """Planned token share per modality (and per ``modality/source`` where the mix splits one)."""
+    realized: dict[str, float]
+    """Realized token share, same keys."""
+    realized_sources: dict[str, float]
+    """Realized token share per source."""
+    total_tokens: int
+    """Tokens over all shards."""
+    num_records: int
+    """Samples over all shards (repeats included)."""
+    num_unique_records: int
+    """Distinct records used."""
+    unused_record_ids: list[str] = field(default_factory=list)
+    """Records not sampled (their modality has no share in the mix)."""
+
+    def manifest_rows(self) -> list[dict]:
+        """One row per shard in the columns of the ``manifest`` expectation suite."""
+        return [{"shard": s.name, "stage": self.stage, "sha256": s.sha256, "num_bytes": s.num_bytes,
+                 "num_records": s.num_records, "tokens": s.tokens} for s in self.shards]
+
+
+# ---- token estimates ---------------------------------------------------------------------------------
+
+def count_text_tokens(text: str, tokenizer: Tokenizer | None = None) -> int:
+    """Tokens of ``text``: ``tokenizer(text)`` (an int or a list of ids) or, by default, words + punctuation."""
+    if tokenizer is None:
+        return len(WORD_RE.findall(text))
+    out = tokenizer(text)
+    return out if isinstance(out, int) else len(out)
+
+
+def image_tokens(path: str, config: ShardConfig) -> int:
+    """Tokens of the image once resized by ``fit_size`` within the config's limits (reads the header only)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+    return num_tokens(*fit_size(height, width, config.image_min_tokens, config.image_max_tokens))
+
+
+def estimate_samples(records: Sequence[Record], config: ShardConfig, tokenizer: Tokenizer | None = None):
+    """``{record id: Sample}`` (repeat 0) with token estimates; videos are planned here, once each."""
+    slow_fast = None
+    samples = {}
+    for record in records:
+        tokens = count_text_tokens(record.question + "\n" + record.answer, tokenizer)
+        plan_json = None
+        if record.modality == "image":
+            tokens += image_tokens(record.media_path, config)
+        elif record.modality == "video":
+            from keye_model.slow_fast import SlowFastConfig, plan_video
+
+            slow_fast = slow_fast or SlowFastConfig.preset(config.slow_fast)
+            plan = plan_video(record.media_path, slow_fast)
+            tokens += plan.total_tokens
+            plan_json = plan.to_json()
+        samples[record.id] = Sample(key=record.id, record=record, tokens=max(1, tokens), plan_json=plan_json)
+    return samples
+
+
+# ---- mix sampler -------------------------------------------------------------------------------------
+
+def _buckets(mix: DataMix, samples: dict[str, Sample]) -> dict[str, tuple[float, list[Sample]]]:
+    """``{bucket name: (planned share, samples)}``; bucket names are ``modality`` or ``modality/source``."""
+    buckets = {}
+    for modality, share in mix.planned().items():
+        pool = [s for s in samples.values() if s.record.modality == modality]
+        if not pool:
+            raise ValueError(
+                f"stage {mix.stage}: the mix plans {share:.0%} {modality} tokens but no {modality} records"
+            )
+        sources = mix.source_ratios.get(modality)
+        if not sources:
+            buckets[modality] = (share, pool)
+            continue
+        for source, source_share in sources.items():
+            picked = [s for s in pool if s.record.source == source]
+            if source_share > 0 and not picked:
+                raise ValueError(f"stage {mix.stage}: the mix plans {modality} from {source!r} but it has no records")
+            if source_share > 0:
+                buckets[f"{modality}/{source}"] = (share * source_share, picked)
+    return buckets
+
+
+def sample_mix(
+    samples: dict[str, Sample], mix: DataMix, *, target_tokens: int | None = None, seed: int = 0
+) -> list[Sample]:
+    """Choose (and repeat) samples so each bucket's token share is within ``mix.tolerance`` of plan.
+
+    Returns samples in choice order, repeats keyed ``<id>__r<n>``. ValueError when a planned modality or
+    source has no records, or the mix cannot be met within MAX_SAMPLES picks.
+    """
+    buckets = _buckets(mix, samples)
+    rng = random.Random(seed)
+    if target_tokens is None:  # every record once: the bucket needing the largest total sets it
+        target_tokens = max(sum(s.tokens for s in pool) / share for share, pool in buckets.values())
+    orders = {name: [] for name in buckets}
+    cycles = Counter()
+    tokens = Counter()
+    chosen: list[Sample] = []
+    total = 0
+
+    def within() -> bool:
+        if total < target_tokens:
+            return False
+        by_modality = Counter()
+        for name, (share, _) in buckets.items():
+            if abs(tokens[name] / total - share) > mix.tolerance:
+                return False
+            by_modality[name.split("/")[0]] += tokens[name]
+        return all(abs(by_modality[m] / total - p) <= mix.tolerance for m, p in mix.planned().items())
+
+    while not within():
+        if len(chosen) >= MAX_SAMPLES:
+            raise ValueError(f"stage {mix.stage}: cannot meet the mix within {MAX_SAMPLES} samples")
+        scale = max(target_tokens, total)
+        name = max(buckets, key=lambda b: buckets[b][0] * scale - tokens[b])
+        if not orders[name]:
+            pool = sorted(buckets[name][1], key=lambda s: s.key)
+            rng.shuffle(pool)
+            orders[name] = pool[::-1]
+            cycles[name] += 1
+        sample = orders[name].pop()
+        repeat = cycles[name] - 1
+        if repeat:
+            sample = dataclasses.replace(sample, key=f"{sample.key}__r{repeat}", repeat=repeat)
+        chosen.append(sample)
+        tokens[name] += sample.tokens
+        total += sample.tokens
+    keys = [s.key for s in chosen]
+    assert len(set(keys)) == len(keys), "sample keys collide"
+    return chosen
+
+
+def shares(samples: Sequence[Sample], of: Callable[[Sample], str]) -> dict[str, float]:
+    """Token share per ``of(sample)``, sorted by name."""
+    tokens = _tally(samples, of, tokens=True)
+    total = sum(tokens.values()) or 1
+    return {name: tokens[name] / total for name in sorted(tokens)}
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+
+def _tar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header ``tarfile`` writes for a read-only regular file with mtime 0.
+
+    Built by hand because ``TarInfo.tobuf`` costs ~25 us a member, a third of the writing time for small
+    files; names that ustar cannot hold (over 100 bytes, non-ASCII) go through ``tarfile`` (PAX).
+    """
+    raw_name = name.encode("utf-8")
+    if len(raw_name) > 100 or not raw_name.isascii():
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    header = bytearray(512)
+    header[0:len(raw_name)] = raw_name
+    header[100:136] = b"0000444\x000000000\x000000000\x00" + b"%011o\x00" % size
+    header[136:156] = b"00000000000\x00" + b" " * 8  # mtime 0; checksum counted as spaces
+    header[156:157] = tarfile.REGTYPE
+    header[257:265] = tarfile.POSIX_MAGIC
+    header[265:272] = header[297:304] = b"bigdata"
+    header[148:156] = b"%06o\x00 " % sum(header)
+    return bytes(header)
+
+
+class _TarSink:
+    """Appends tar members to a file; a helper thread hashes the bytes while the main thread writes.
+
+    The layout is what ``tarfile`` (and webdataset's TarWriter) produce with mtime 0: a header, the data
+    padded to 512 bytes, two zero blocks, padding to a 10,240-byte record. sha256 releases the GIL on
+    large buffers, so hashing overlaps reading and writing instead of adding to them.
+    """
+
+    def __init__(self, raw):
+        self.raw, self.num_bytes = raw, 0
+        self._sha, self._chunks = hashlib.sha256(), queue.SimpleQueue()
+        self._hasher = threading.Thread(target=self._hash, name="shard-sha256", daemon=True)
+        self._hasher.start()
+
+    def _hash(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._sha.update(chunk)
+
+    def _put(self, data: bytes) -> None:
+        self._chunks.put(data)
+        self.raw.write(data)
+        self.num_bytes += len(data)
+
+    def add(self, name: str, data: bytes) -> None:
+        padding = (-len(data)) % tarfile.BLOCKSIZE
+        self._put(_tar_header(name, len(data)))
+        self._put(data)
+        if padding:
+            self._put(bytes(padding))
+
+    def finish(self) -> str:
+        """Write the end-of-archive blocks; returns the hex sha256 of everything written."""
+        end = self.num_bytes + 2 * tarfile.BLOCKSIZE
+        self._put(bytes(2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
+        self._chunks.put(None)
+        self._hasher.join()
+        return self._sha.hexdigest()
+
+
+def _entry(sample: Sample) -> dict[str, bytes | str]:
+    record = sample.record
+    meta = {**vars(record), "tokens": sample.tokens, "repeat": sample.repeat}
+    entry: dict[str, bytes | str] = {"__key__": sample.key, "json": json.dumps(meta, sort_keys=True).encode()}
+    if record.media_path is not None:
+        suffix = Path(record.media_path).suffix.lower().lstrip(".")
+        suffix = {"jpeg": "jpg", "tif": "tiff"}.get(suffix, suffix)
+        if not suffix or suffix in ("json", "plan") or "." in suffix:
+            raise ValueError(f"record {record.id}: media file {record.media_path!r} has no usable suffix")
+        entry[suffix] = Path(record.media_path).read_bytes()
+    if sample.plan_json is not None:
+        entry["plan.json"] = sample.plan_json.encode()
+    return entry
+
+
+def _tally(samples: Sequence[Sample], of: Callable[[Sample], str], *, tokens: bool) -> dict[str, int]:
+    """Samples (or their tokens) per ``of(sample)``, sorted by name."""
+    counts = Counter()
+    for sample in samples:
+        counts[of(sample)] += sample.tokens if tokens else 1
+    return dict(sorted(counts.items()))
+
+
+def _write_shard(path: Path, entries: list[tuple[Sample, dict]], config: ShardConfig, on_sample) -> ShardInfo:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb", buffering=2**20) as raw:
+        hashing = _TarSink(raw)
+        for sample, entry in entries:
+            for field_name in sorted(k for k in entry if k != "__key__"):
+                hashing.add(f"{sample.key}.{field_name}", entry[field_name])
+            if on_sample is not None:
+                on_sample(sample.key)
+        sha256 = hashing.finish()
+        raw.flush()
+        if config.fsync:
+            os.fsync(raw.fileno())
+    os.replace(partial, path)
+    samples = [s for s, _ in entries]
+    modality, source = (lambda s: s.record.modality), (lambda s: s.record.source)
+    return ShardInfo(
+        path=str(path.resolve()), name=path.name, sha256=sha256, num_bytes=hashing.num_bytes,
+        num_records=len(samples), tokens=sum(s.tokens for s in samples), keys=[s.key for s in samples],
+        record_ids=sorted({s.record.id for s in samples}),
+        modality_counts=_tally(samples, modality, tokens=False), source_counts=_tally(samples, source, tokens=False),
+        modality_tokens=_tally(samples, modality, tokens=True), source_tokens=_tally(samples, source, tokens=True),
+    )
+
+
+def _clear_stage(stage_dir: Path, stage: str) -> None:
+    """Remove a previous run's manifest first (so its shards stop counting), then its shards and partials."""
+    old = [stage_dir / "manifest.json", *stage_dir.glob(f"{stage}-*.tar"), *stage_dir.glob(".*.partial")]
+    for path in old:
+        if path.exists():
+            path.unlink()
+    if len(old) > 1:
+        log.info("stage %s: removed %d files of an earlier run from %s", stage, len(old), stage_dir)
+
+
+def _read_ahead(samples: Sequence[Sample], depth: int = 16):
+    """Yield (sample, entry) in order while two threads read the next ``depth`` samples' files."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-read") as pool:
+        window = deque()
+        for sample in samples:
+            window.append((sample, pool.submit(_entry, sample)))
+            if len(window) > depth:
+                ready, future = window.popleft()
+                yield ready, future.result()
+        while window:
+            ready, future = window.popleft()
+            yield ready, future.result()
+
+
+def write_shards(samples: Sequence[Sample], config: ShardConfig, on_sample: Callable[[str], None] | None = None):
+    """Write ``samples`` in order into ``<out_dir>/<stage>/<stage>-NNNNNN.tar``; returns [ShardInfo].
+
+    ``on_sample(key)`` is called after each sample is written (progress reporting).
+    """
+    stage_dir = Path(config.out_dir) / config.stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stage(stage_dir, config.stage)
+    shards, batch, batch_bytes = [], [], 0
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            shards.append(_write_shard(stage_dir / f"{config.stage}-{len(shards):06d}.tar", batch, config, on_sample))
+            batch, batch_bytes = [], 0
+
+    for sample, entry in _read_ahead(samples):
+        size = sum(len(v) + 512 for k, v in entry.items() if k != "__key__")
+        if batch and (len(batch) >= config.max_records_per_shard or batch_bytes + size > config.max_bytes_per_shard):
+            flush()
+        batch.append((sample, entry))
+        batch_bytes += size
+    flush()
+    return shards
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def shard_stage(
+    records: Sequence[Record],
+    mix: DataMix,
+    config: ShardConfig,
+    *,
+    tokenizer: Tokenizer | None = None,
+    on_sample: Callable[[str], None] | None = None,
+) -> StageShards:
+    """Estimate tokens, sample ``mix``, write shards and the stage manifest; returns what was written."""
+    estimated = estimate_samples(records, config, tokenizer)
+    chosen = sample_mix(estimated, mix, target_tokens=config.target_tokens, seed=config.seed)
+    random.Random(config.seed).shuffle(chosen)  # spread modalities over shards
+    shards = write_shards(chosen, config, on_sample)
+    split = {m for m in mix.source_ratios}
+    def bucket(sample: Sample) -> str:
+        modality = sample.record.modality
+        return f"{modality}/{sample.record.source}" if modality in split else modality
+
+    planned = {**mix.planned(), **{f"{m}/{src}": mix.modality_ratios[m] * r
+                                   for m, table in mix.source_ratios.items() for src, r in table.items()}}
+    realized = {**shares(chosen, lambda s: s.record.modality), **shares(chosen, bucket)}
+    used = {s.record.id for s in chosen}
+    result = StageShards(
+        stage=config.stage, manifest_path=str((Path(config.out_dir) / config.stage / "manifest.json").resolve()),
+        shards=shards, planned=planned, realized={k: realized.get(k, 0.0) for k in planned},
+        realized_sources=shares(chosen, lambda s: s.record.source), total_tokens=sum(s.tokens for s in chosen),
+        num_records=len(chosen), num_unique_records=len(used),
+        unused_record_ids=sorted(r.id for r in records if r.id not in used),
+    )
+    worst = max(abs(result.realized[k] - planned[k]) for k in planned)
+    _write_json_atomically(Path(result.manifest_path), {
+        **dataclasses.asdict(result), "mix": mix.to_dict(), "config": dataclasses.asdict(config),
+        "max_share_error": worst, "within_tolerance": worst <= mix.tolerance,
+    })
+    log.info("stage %s: %d samples (%d records) in %d shards, %d tokens, worst share error %.4f",
+             config.stage, len(chosen), len(used), len(shards), result.total_tokens, worst)
+    return result
+
+
+@task(name="write-stage-shards", task_run_name="shard-{config.stage}")
+def write_stage_shards(records: list[Record], mix: DataMix, config: ShardConfig) -> StageShards:
+    """Prefect entry point for ``shard_stage`` (default word-count token estimate)."""
+    return shard_stage(records, mix, config)

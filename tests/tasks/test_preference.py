@@ -1,0 +1,113 @@
+"""MPO pairs from easy-vqa problems (real questions, answers and images) with hand-written path sets."""
+
+from __future__ import annotations
+
+import easy_vqa
+import pytest
+
+from data_specs.longcot import (
+    CoTProblem, CoTSample, LongCoTConfig, PreferenceConfig, PreferencePair, read_jsonl, write_jsonl,
+)
+from tasks.generation import Generation, RuleJudge
+from tasks.longcot import assess_quality, paths_from_generations
+from tasks.preference import build_preference_pairs, build_preference_pairs_task, group_by_problem
+
+GOOD = "<think>I look at the {noun} in the image.\nI check it against the question.\nIt is {ref}.</think>{ref}"
+SAME_AS_PREVIOUS_OTHER_CASE = "(same text as the previous path, other case and spacing)"
+SHORT = "<think>The {noun} is {ref}.</think>{ref}"  # right, one step: tier B
+WRONG = "<think>I look at the {noun} in the image.\nI check it against the question.\nIt is {bad}.</think>{bad}"
+
+
+def _problem(split: str, index: int) -> CoTProblem:
+    loader = easy_vqa.get_train_questions if split == "train" else easy_vqa.get_test_questions
+    images = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
+    questions, answers, image_ids = loader()
+    return CoTProblem(
+        id=f"easy-vqa-{split}-{index}", record_id=f"easy-vqa-{split}-{index}", source=f"easy-vqa-{split}", task="vqa",
+        category="vqa", question=questions[index], reference=answers[index], media_path=images[image_ids[index]],
+    )
+
+
+def _samples(problem: CoTProblem, templates: list[str]) -> list[CoTSample]:
+    bad = "no" if problem.reference == "yes" else "yes" if problem.reference == "no" else "circle" if problem.reference != "circle" else "triangle"
+    noun = problem.question.rstrip("?").split()[-1]  # "what is the blue shape?" -> the reasoning names the shape
+    texts = [t.format(ref=problem.reference, bad=bad, noun=noun) for t in templates]
+    texts = [f"  {texts[i - 1].upper()} " if t == SAME_AS_PREVIOUS_OTHER_CASE else t for i, t in enumerate(texts)]
+    gens = [Generation(text=t, token_logprobs=[-0.2], finish_reason="stop") for t in texts]
+    kept, rejected = assess_quality([problem], paths_from_generations(problem, gens), RuleJudge(), LongCoTConfig())
+    return kept + rejected
+
+
+def test_pairs_put_right_over_wrong_and_stay_valid():
+    problem = _problem("train", 0)  # what is the blue shape? -> rectangle
+    samples = _samples(problem, [GOOD, SHORT, WRONG, SAME_AS_PREVIOUS_OTHER_CASE])
+    pairs = build_preference_pairs(group_by_problem(samples), PreferenceConfig(max_pairs_per_prompt=10, min_score_gap=0.5))
+    assert pairs, "a right and a wrong path make pairs"
+    for p in pairs:
+        assert p.prompt == problem.question and p.media_path == problem.media_path and p.problem_id == problem.id
+        assert p.chosen != p.rejected and p.chosen.strip() and p.rejected.strip()
+        assert p.chosen.endswith(problem.reference) and p.chosen_score > p.rejected_score
+    reasons = [(p.chosen.count("\n"), p.reason) for p in pairs]
+    # correct-vs-wrong first (GOOD, SHORT each against the wrong text), then GOOD over SHORT by score gap
+    assert [r for _, r in reasons] == ["correct-vs-wrong"] * 2 + ["score-gap"]
+    assert pairs[0].chosen.count("\n") == 2  # the best chosen (GOOD) leads
+    # the two wrong paths differ only in case and spacing: one pair each for GOOD and SHORT, not two
+    assert len({(p.chosen, " ".join(p.rejected.lower().split())) for p in pairs}) == len(pairs) == 3
+
+
+def test_no_pairs_without_a_contrast():
+    problem = _problem("train", 1)
+    assert build_preference_pairs(group_by_problem(_samples(problem, [GOOD, GOOD, GOOD]))) == []  # identical texts
+    assert build_preference_pairs(group_by_problem(_samples(problem, [WRONG, WRONG]))) == []  # nothing to choose
+
+
+def test_cap_per_prompt_and_balance_across_sources():
+    train = [_problem("train", i) for i in range(3)]
+    test = [_problem("test", 0)]
+    groups = {}
+    for problem in train:
+        groups.update(group_by_problem(_samples(problem, [GOOD, SHORT, WRONG])))
+    groups.update(group_by_problem(_samples(test[0], [GOOD, WRONG])))
+    capped = build_preference_pairs(groups, PreferenceConfig(max_pairs_per_prompt=2, source_balance_ratio=100))
+    per_prompt = {pid: sum(p.problem_id == pid for p in capped) for pid in groups}
+    assert per_prompt == {p.id: 2 for p in train} | {test[0].id: 1}
+    balanced = build_preference_pairs(groups, PreferenceConfig(max_pairs_per_prompt=2, source_balance_ratio=2))
+    by_source = {s: [p for p in balanced if p.source == s] for s in ("easy-vqa-train", "easy-vqa-test")}
+    assert len(by_source["easy-vqa-test"]) == 1 and len(by_source["easy-vqa-train"]) == 2
+    # the cut keeps each prompt's best pair first: two different prompts, both correct-vs-wrong
+    assert len({p.problem_id for p in by_source["easy-vqa-train"]}) == 2
+    assert {p.reason for p in by_source["easy-vqa-train"]} == {"correct-vs-wrong"}
+    assert len({p.id for p in balanced}) == len(balanced)
+
+
+def test_pair_validation_and_task_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="pair x: chosen and rejected are identical"):
+        PreferencePair(id="x", problem_id="p", source="s", prompt="q", media_path=None, chosen="a", rejected="a",
+                       chosen_score=1, rejected_score=0, reason="score-gap")
+    problem = _problem("test", 1)
+    samples = _samples(problem, [GOOD, WRONG])
+    kept = write_jsonl([s for s in samples if s.tier.value != "C"], tmp_path / "kept.jsonl")
+    rejects = write_jsonl([s for s in samples if s.tier.value == "C"], tmp_path / "rejects.jsonl")
+    out = build_preference_pairs_task.fn([str(kept), str(rejects)], str(tmp_path / "pairs.jsonl"), PreferenceConfig())
+    assert read_jsonl(out, PreferencePair) == build_preference_pairs(group_by_problem(samples))
+    assert len(read_jsonl(out, PreferencePair)) == 1
+
+
+@pytest.mark.slow
+def test_curated_samples_and_pairs_pass_the_gx_suites():
+    """Steps 3-5 and pairing end to end on easy-vqa problems; the outputs pass data_specs.expectations."""
+    from data_specs.expectations import cot_row, pair_row
+    from tasks.longcot import score_samples
+    from tasks.review import apply_decisions, request_review
+    from tasks.validate import run_suite
+
+    config = LongCoTConfig()
+    samples = [s for i in range(3) for s in _samples(_problem("train", i), [GOOD, SHORT, WRONG])]
+    kept = [s for s in samples if s.tier.value != "C" and "surplus" not in s.reasons[-1]]
+    discarded = [s for s in samples if s not in kept]
+    reviewed, review_rejects = apply_decisions(kept, request_review(kept, mode="auto"))
+    scored = score_samples(reviewed, config)
+    assert scored and all(s.review is not None for s in scored if s.tier.value == "B")
+    assert run_suite("cot", [cot_row(s) for s in scored]) == [[] for _ in scored]
+    pairs = build_preference_pairs(group_by_problem(reviewed + review_rejects + discarded))
+    assert pairs and run_suite("pair", [pair_row(p) for p in pairs]) == [[] for _ in pairs]
