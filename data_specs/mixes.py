@@ -79,25 +79,49 @@ class DataMix:
 
 def stage1_mix() -> DataMix:
     """Cross-modal alignment: image-text pairs only (SPEC.md section 3)."""
-    return DataMix(stage="stage1", modality_ratios={"image": 1.0})
+    return DataMix(stage="alignment", modality_ratios={"image": 1.0})
 
 
 def stage2_mix() -> DataMix:
     """Multi-task pre-training. The report gives no ratios; ours leans on images, as its data list does."""
-    return DataMix(stage="stage2", modality_ratios={"video": 0.2, "image": 0.6, "text": 0.2})
+    return DataMix(stage="multitask", modality_ratios={"video": 0.2, "image": 0.6, "text": 0.2})
 
 
 def stage3_mix() -> DataMix:
     """Annealing: the report's token mix, 24% video, 50% image, 26% text."""
-    return DataMix(stage="stage3", modality_ratios={"video": 0.24, "image": 0.50, "text": 0.26})
+    return DataMix(stage="annealing", modality_ratios={"video": 0.24, "image": 0.50, "text": 0.26})
 
 
-#: Shipped presets by stage name; stage 4 (fusion) consumes no data.
-PRESETS = {"stage1": stage1_mix, "stage2": stage2_mix, "stage3": stage3_mix}
+def expert_mix() -> DataMix:
+    """The fusion expert's mix (our choice): vision-heavy, so merging it with the annealed model adds
+    something the annealing mix under-weights, as the report's OCR expert does."""
+    return DataMix(stage="vision_expert", modality_ratios={"image": 0.8, "video": 0.2})
 
 
-def get_mix(stage: str) -> DataMix:
-    """The preset mix of a stage; ValueError naming the known stages otherwise."""
-    if stage not in PRESETS:
-        raise ValueError(f"no data mix for stage {stage!r}; known: {sorted(PRESETS)}")
-    return PRESETS[stage]()
+def sft_mix() -> DataMix:
+    """Supervised fine-tuning over instruction data (our choice; the report gives none)."""
+    return DataMix(stage="sft", modality_ratios={"video": 0.2, "image": 0.5, "text": 0.3})
+
+
+def rl_mix() -> DataMix:
+    """RL prompts with verifiable reference answers (our choice)."""
+    return DataMix(stage="rl", modality_ratios={"video": 0.1, "image": 0.7, "text": 0.2})
+
+
+def alignment_rl_mix() -> DataMix:
+    """Alignment RL prompts: instruction following over all modalities (our choice)."""
+    return DataMix(stage="alignment_rl", modality_ratios={"video": 0.1, "image": 0.4, "text": 0.5})
+
+
+#: Mixes sampled from curated records, by the name a StageSpec's ``data_mix`` uses. The ``preference``
+#: and ``longcot`` sets are generated inside the post-training chain and take the mix they come with.
+PRESETS = {"alignment": stage1_mix, "multitask": stage2_mix, "annealing": stage3_mix,
+           "vision_expert": expert_mix, "sft": sft_mix, "rl": rl_mix, "alignment_rl": alignment_rl_mix}
+GENERATED = ("preference", "longcot")
+
+
+def get_mix(name: str) -> DataMix:
+    """The preset mix of that name; ValueError naming the known mixes otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"no data mix named {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()

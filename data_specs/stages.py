@@ -147,8 +147,14 @@ def _keye_8b_stages() -> tuple[StageSpec, ...]:
                   data_mix="annealing", inputs=("stage2",), rope_theta=8_000_000.0, num_steps=5000,
                   zero_stage=1, grad_accum_steps=8, optimizer=opt(lr=1e-5, warmup_steps=100),
                   parallelism_at_scale="ZeRO-1 + context parallel + pipeline parallel"),
+        # A model trained from stage 2 on another data mix, merged with stage 3 in stage 4.
+        StageSpec(name="expert", phase="pretrain", objective="lm", trainable=ALL, seq_len=8192,
+                  data_mix="vision_expert", inputs=("stage2",), num_steps=5000, grad_accum_steps=8,
+                  optimizer=opt(lr=1e-5, warmup_steps=100)),
+        # Fusion: inputs[0] is the base the deltas are taken from, the rest are merged onto it.
         StageSpec(name="stage4", phase="pretrain", objective="fusion", trainable=(), seq_len=131_072,
-                  data_mix="annealing", inputs=("stage3",), num_steps=1, parallelism_at_scale="none (CPU merge)"),
+                  data_mix="annealing", inputs=("stage2", "stage3", "expert"), num_steps=1,
+                  parallelism_at_scale="none (CPU merge)"),
         StageSpec(name="sft", phase="posttrain", objective="lm", trainable=ALL, seq_len=32_768,
                   data_mix="sft", inputs=("stage4",), num_steps=10000, grad_accum_steps=8,
                   optimizer=opt(lr=1e-5, warmup_steps=200)),

@@ -1,8 +1,8 @@
 """Shard samples -> conversations for each objective.
 
 A shard sample is what ``tasks/shards.py`` writes: ``<key>.json`` (the record: question, answer,
-modality, task, meta; preference samples add ``chosen`` and ``rejected``; LongCoT samples a
-``replay_weight``), the media as encoded bytes (``<key>.png``/``.jpg`` or the video file ``<key>.mp4``)
+modality, task, meta; in ``meta``, preference samples carry ``chosen`` and ``rejected`` and LongCoT
+samples a ``replay_weight``), the media as encoded bytes (``<key>.png``/``.jpg`` or the video file ``<key>.mp4``)
 and, for a video, its Slow-Fast plan (``<key>.plan.json``). Videos are written once to a cache folder
 because ffmpeg reads files.
 """
@@ -32,8 +32,12 @@ class Example:
     """The user turn's content: media part (if any) then the question text."""
 
     @property
+    def meta(self) -> dict[str, Any]:
+        return self.record.get("meta") or {}
+
+    @property
     def weight(self) -> float:
-        return float(self.record.get("replay_weight", 1.0))
+        return float(self.meta.get("replay_weight", 1.0))
 
     def conversation(self, answer: str) -> Conversation:
         return [{"role": "user", "content": self.user_parts},
@@ -73,7 +77,7 @@ def sft_conversation(example: Example) -> Conversation:
 def preference_conversations(example: Example) -> tuple[Conversation, Conversation]:
     """(chosen, rejected) conversations of a preference sample."""
     try:
-        return example.conversation(example.record["chosen"]), example.conversation(example.record["rejected"])
+        return example.conversation(example.meta["chosen"]), example.conversation(example.meta["rejected"])
     except KeyError as exc:
         raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
 
@@ -87,7 +91,10 @@ def judge_prompt(task: str, question: str, first: str, second: str) -> str:
 def judge_conversations(example: Example) -> list[Conversation]:
     """Pairwise judge training data, both orders (against position bias): the better one is the chosen."""
     question = example.record.get("question", "")
-    chosen, rejected = example.record["chosen"], example.record["rejected"]
+    try:
+        chosen, rejected = example.meta["chosen"], example.meta["rejected"]
+    except KeyError as exc:
+        raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
     media = [p for p in example.user_parts if p["type"] != "text"]
     task = example.record.get("task", "vqa")
     return [[{"role": "user", "content": [*media, {"type": "text", "text": judge_prompt(task, question, a, b)}]},
@@ -97,6 +104,5 @@ def judge_conversations(example: Example) -> list[Conversation]:
 
 def rl_prompt(example: Example) -> RLPrompt:
     """An RL prompt from a record: its question (with media) and reference answer; hints from meta."""
-    meta = example.record.get("meta") or {}
     return RLPrompt(id=example.sample_id, conversation=[{"role": "user", "content": example.user_parts}],
-                    reference=example.record.get("answer") or None, hints=tuple(meta.get("hints", ()))[:5])
+                    reference=example.record.get("answer") or None, hints=tuple(example.meta.get("hints", ()))[:5])

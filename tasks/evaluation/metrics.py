@@ -163,8 +163,9 @@ def extract_choice(text: str, num_options: int = 4, options: Sequence[str] = ())
 
     Tried in order: "answer is (b)" / "Answer: B"; the whole reply is one letter ("b", "(C)", "D.");
     a reply starting "B." / "(B)" / "B)" / "B:"; a "(B)" anywhere; the reply equal to one option's text
-    (``options`` as "A. text"); a single capital option letter standing alone (an article "A" before a
-    lower-case word does not count). Only the text after a ``</think>`` is read.
+    (``options`` as "A. text"); a single capital option letter standing alone ("Option C is right"; an
+    article "A" or pronoun "I" before a lower-case word does not count).
+    Only the text after a ``</think>`` is read.
     """
     valid = LETTERS[:num_options]
     text = text.rsplit(THINK_END, 1)[-1].strip()
@@ -185,7 +186,8 @@ def extract_choice(text: str, num_options: int = 4, options: Sequence[str] = ())
     by_text = [_option_letter(o) for o in options if said and normalize_answer(_option_text(o)) == said]
     if len(by_text) == 1 and by_text[0] in valid:
         return by_text[0]
-    alone = set(re.findall(rf"(?<![A-Za-z]){letter}(?![A-Za-z])(?!\s+[a-z])", text))
+    alone = {m.group(1) for m in re.finditer(rf"(?<![A-Za-z]){letter}(?![A-Za-z])", text)
+             if not (m.group(1) in "AI" and re.match(r"\s+[a-z]", text[m.end():]))}  # "A dog", "I think"
     return alone.pop() if len(alone) == 1 else None
 
 

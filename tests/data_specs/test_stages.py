@@ -22,8 +22,8 @@ def test_keye_8b_follows_the_report():
     assert set(s["stage2"].trainable) == {"vision", "projector", "llm"} and s["stage2"].seq_len == 8192
     assert s["stage3"].rope_theta == 8_000_000 and s["stage3"].seq_len == 131_072
     assert s["stage3"].data_mix == "annealing"
-    assert s["stage4"].objective == "fusion"
-    assert [st.name for st in stages.stages("keye-8b")][4:] == ["sft", "mpo", "reward", "coldstart", "gspo", "alignment"]
+    assert s["stage4"].objective == "fusion" and s["stage4"].inputs == ("stage2", "stage3", "expert")
+    assert [st.name for st in stages.stages("keye-8b")][5:] == ["sft", "mpo", "reward", "coldstart", "gspo", "alignment"]
     assert s["gspo"].rl.clip_low == 3e-4 and s["gspo"].rl.clip_high == 4e-4 and s["gspo"].rl.num_minibatches == 4
 
 
@@ -42,3 +42,11 @@ def test_bad_specs_name_the_stage():
         dataclasses.replace(good, objective="gspo")
     with pytest.raises(ValueError, match="no stage"):
         stages.get_stage("tiny", "stage9")
+
+
+@pytest.mark.parametrize("preset", stages.PRESETS)
+def test_every_stage_names_a_known_data_mix(preset):
+    from data_specs import mixes
+
+    for stage in stages.stages(preset):
+        assert stage.data_mix in mixes.PRESETS or stage.data_mix in mixes.GENERATED, stage.name

@@ -23,7 +23,7 @@ def _png(name: str, size: tuple[int, int]) -> bytes:
 
 def _record(key: str, modality: str, task: str, question: str, answer: str, **extra) -> bytes:
     rec = {"id": key, "source": "skimage", "modality": modality, "task": task, "question": question,
-           "answer": answer, "media_path": None, "meta": {}, "tokens": len(question + answer) // 3, **extra}
+           "answer": answer, "media_path": None, "meta": extra, "tokens": len(question + answer) // 3}
     return json.dumps(rec).encode()
 
 

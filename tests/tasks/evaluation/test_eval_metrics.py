@@ -90,6 +90,7 @@ def test_case_study_precision():
     ("Answer: d", "D"),
     ("The best answer is: c.", "C"),
     ("I think it is C", "C"),
+    ("Option C is correct", "C"),
     ("<think>A or B?</think>D", "D"),
     ("the answer is a dog", None),   # article, not an option
     ("A dog runs across.", None),
