@@ -68,7 +68,7 @@ PAIR_COLUMNS = {
     "rejected": "the dispreferred response; not blank and different from chosen",
     "chosen_score": "ranking score of chosen; for score-gap pairs strictly above rejected_score",
     "rejected_score": "ranking score of rejected",
-    "reason": "correct-vs-wrong or score-gap",
+    "reason": "correct-vs-wrong, score-gap or reference-vs-wrong",
 }
 MANIFEST_COLUMNS = {
     "shard": "shard file name, <stage>-NNNNNN.tar, unique",
@@ -215,7 +215,7 @@ PAIR_CHECKS = (
           kwargs={"column_list": ["chosen", "rejected"]},
           reason="chosen and rejected are the same response"),
     Check(expectation="ExpectColumnValuesToBeInSet",
-          kwargs={"column": "reason", "value_set": ["correct-vs-wrong", "score-gap"]},
+          kwargs={"column": "reason", "value_set": ["correct-vs-wrong", "score-gap", "reference-vs-wrong"]},
           reason="unknown pair reason"),
     Check(expectation="ExpectColumnPairValuesAToBeGreaterThanB",
           kwargs={"column_A": "chosen_score", "column_B": "rejected_score", "or_equal": False},

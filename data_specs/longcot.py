@@ -327,7 +327,7 @@ class PreferencePair(_JsonLine):
     rejected_score: float
     """Ranking score of the rejected path."""
     reason: str
-    """``correct-vs-wrong`` or ``score-gap``."""
+    """``correct-vs-wrong``, ``score-gap`` or ``reference-vs-wrong`` (the reference answer as chosen)."""
 
     def __post_init__(self) -> None:
         if not self.chosen.strip() or not self.rejected.strip():

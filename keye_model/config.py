@@ -56,9 +56,10 @@ class VisionConfig:
     rope_theta: float = 10_000.0
     """Base of the 2D rotary frequencies."""
     attention: str = "auto"
-    """Kernel for block-diagonal attention over packed images: "mask" (SDPA with a boolean mask, CPU),
-    "loop" (SDPA per image), "varlen" (torch varlen flash kernel, CUDA half precision), or "auto"
-    (varlen on CUDA in fp16/bf16, loop on CUDA in fp32, mask on CPU)."""
+    """Kernel for block-diagonal attention over packed images: "mask" (one SDPA with an N x N boolean
+    mask), "loop" (one SDPA per distinct image length, images of that length batched: a video is one
+    call), "varlen" (torch varlen flash kernel, CUDA half precision), or "auto" (varlen on CUDA in
+    fp16/bf16, loop otherwise)."""
     initializer_range: float = 0.02
     """Std of the normal init of linear and embedding weights when built from scratch."""
 

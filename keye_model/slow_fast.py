@@ -120,7 +120,7 @@ def keye_release() -> SlowFastConfig:
 
 def tiny() -> SlowFastConfig:
     """A small budget for demos and CPU tests: few frames, few tokens."""
-    return dataclasses.replace(SlowFastConfig(), name="tiny", max_frames=64, budget_tokens=2048, max_tokens=256)
+    return dataclasses.replace(SlowFastConfig(), name="tiny", max_frames=16, budget_tokens=512, max_tokens=64)
 
 
 #: Preset name -> function returning the complete config.

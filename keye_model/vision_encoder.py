@@ -129,12 +129,7 @@ def block_diagonal_attention(
 ) -> torch.Tensor:
     """Softmax attention that stays inside each [cu[i], cu[i+1]) block; returns (N, H, Hd)."""
     if kernel == "auto":
-        if not q_NHHd.is_cuda:
-            kernel = "mask"
-        elif q_NHHd.dtype in (torch.float16, torch.bfloat16):
-            kernel = "varlen"
-        else:
-            kernel = "loop"
+        kernel = "varlen" if q_NHHd.is_cuda and q_NHHd.dtype in (torch.float16, torch.bfloat16) else "loop"
     if kernel == "varlen":
         from torch.nn.attention.varlen import varlen_attn
 
@@ -149,12 +144,18 @@ def block_diagonal_attention(
         out_1HNHd = F.scaled_dot_product_attention(q_1HNHd, k_1HNHd, v_1HNHd, attn_mask=mask_NN)
         return out_1HNHd[0].transpose(0, 1)
     assert kernel == "loop", kernel
+    # One SDPA call per distinct image length, the images of that length stacked as a batch: video
+    # frames share a size, so a whole video is one call, with no N x N mask.
+    # Example: cu = [0, 4, 8, 14] -> lengths 4, 4, 6 -> one call on 2 images of 4, one on 1 of 6.
     bounds = cu_I1.tolist()
-    outs = [
-        F.scaled_dot_product_attention(q_1HNHd[:, :, s:e], k_1HNHd[:, :, s:e], v_1HNHd[:, :, s:e])
-        for s, e in zip(bounds[:-1], bounds[1:])
-    ]
-    return torch.cat(outs, dim=2)[0].transpose(0, 1)
+    starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    out_NHHd = torch.empty_like(q_NHHd)
+    for length in sorted(set(lengths)):
+        index = torch.cat([torch.arange(s, s + length) for s, n in zip(starts, lengths) if n == length])
+        index = index.to(q_NHHd.device)
+        q, k, v = (t[index].reshape(-1, length, *t.shape[1:]).transpose(1, 2) for t in (q_NHHd, k_NHHd, v_NHHd))
+        out_NHHd[index] = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, *q_NHHd.shape[1:])
+    return out_NHHd
 
 
 class VisionMLP(nn.Module):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.caching import FILE_TASK_OPTIONS
+
 from data_specs.longcot import (
     CoTPath, CoTProblem, CoTSample, JudgeVerdict, LongCoTConfig, QualityTier, RuleReport, TrainingFeedback,
     fit_id, read_jsonl, write_jsonl,
@@ -466,18 +468,7 @@ def update_scores(
 
 
 # ---- Prefect entry points: JSONL paths in, JSONL paths out ------------------------------------------------
-def _file_content_cache_key(context, parameters: dict) -> str:
-    """Inputs plus the bytes of every input file, so a rewritten file at the same path misses the cache."""
-    digest = hashlib.sha256(context.task.fn.__code__.co_code)
-    for name in sorted(parameters):
-        value = parameters[name]
-        digest.update(f"{name}={value!r}".encode())
-        if isinstance(value, str) and name.endswith("_path") and not name.startswith("out") and Path(value).is_file():
-            digest.update(Path(value).read_bytes())
-    return digest.hexdigest()
-
-
-_TASK_OPTIONS = dict(cache_key_fn=_file_content_cache_key, persist_result=True)
+_TASK_OPTIONS = FILE_TASK_OPTIONS
 
 
 @task(name="collect-problems", **_TASK_OPTIONS)

@@ -4,6 +4,13 @@ For one prompt, ``chosen`` is a right (reference-matching, or consensus when the
 well-scored path and ``rejected`` a wrong one (``correct-vs-wrong``) or a right one whose reasoning
 scored clearly lower (``score-gap``: at least ``min_score_gap`` below). Pairs are deduplicated on
 normalized text, capped per prompt, and balanced across sources.
+
+A weak early model may get a problem wrong on every path: multi-path sampling then has no right path to
+choose, and MPO would learn nothing from exactly the problems it most needs. For such a problem, when it
+has a reference answer, ``reference_pairs`` choose the reference itself, written as the model would
+answer it without thinking (``<think>\\n\\n</think>\\n\\n{reference}``, the no-think form of the chat
+template), over each wrong path (``reference-vs-wrong``). This complements the report's pairs, which
+come from multi-path sampling; it never replaces them: a problem with a usable right path gets only those.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from prefect import task
 
 from data_specs.longcot import CoTSample, PreferenceConfig, PreferencePair, QualityTier, fit_id
+from keye_model.special_tokens import THINK_END, THINK_START
 
 log = logging.getLogger(__name__)
+#: Ranking score given to a reference answer as chosen: the top of the judge's 1-5 rubric.
+REFERENCE_SCORE = 5.0
 
 
 def group_by_problem(samples: Iterable[CoTSample]) -> dict[str, list[CoTSample]]:
@@ -49,13 +59,23 @@ def _normalized(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def pairs_for_problem(samples: Sequence[CoTSample], config: PreferenceConfig) -> list[PreferencePair]:
-    """The best ``max_pairs_per_prompt`` pairs of one problem: correct-vs-wrong first, then by gap."""
+def can_be_chosen(sample: CoTSample) -> bool:
+    """A usable right path: right, well formed, not tier C, not rejected by a reviewer, not empty."""
+    return (is_right(sample) and sample.rules.well_formed and sample.tier is not QualityTier.C
+            and sample.review != "reject" and bool(sample.path.text.strip()))
+
+
+def _one_problem(samples: Sequence[CoTSample], where: str):
     problem = samples[0].problem
     if any(s.problem.id != problem.id for s in samples):
-        raise ValueError(f"pairs_for_problem: samples of several problems: {sorted({s.problem.id for s in samples})}")
-    chosen_pool = [s for s in samples if is_right(s) and s.rules.well_formed and s.tier is not QualityTier.C
-                   and s.review != "reject" and s.path.text.strip()]
+        raise ValueError(f"{where}: samples of several problems: {sorted({s.problem.id for s in samples})}")
+    return problem
+
+
+def pairs_for_problem(samples: Sequence[CoTSample], config: PreferenceConfig) -> list[PreferencePair]:
+    """The best ``max_pairs_per_prompt`` pairs of one problem: correct-vs-wrong first, then by gap."""
+    problem = _one_problem(samples, "pairs_for_problem")
+    chosen_pool = [s for s in samples if can_be_chosen(s)]
     candidates = []
     for c in chosen_pool:
         for r in samples:
@@ -77,6 +97,45 @@ def pairs_for_problem(samples: Sequence[CoTSample], config: PreferenceConfig) ->
             id=fit_id(f"{problem.id}-{c.id.rsplit('-', 1)[-1]}-{r.id.rsplit('-', 1)[-1]}"), problem_id=problem.id,
             source=problem.source, prompt=problem.question, media_path=problem.media_path, chosen=c.path.text,
             rejected=r.path.text, chosen_score=rank_score(c), rejected_score=rank_score(r), reason=reason,
+        ))
+        if len(pairs) == config.max_pairs_per_prompt:
+            break
+    return pairs
+
+
+def no_think_response(answer: str) -> str:
+    """``answer`` as a full response without reasoning: the chat template's empty thinking block, then it.
+
+    ``"rectangle"`` -> ``"<think>\\n\\n</think>\\n\\nrectangle"`` (what ``keye_model/chat.py`` renders for a
+    ``/no_think`` turn), so the chosen response has the same shape as the generated paths it is compared to.
+    """
+    return f"{THINK_START}\n\n{THINK_END}\n\n{answer.strip()}"
+
+
+def reference_pairs(samples: Sequence[CoTSample], config: PreferenceConfig) -> list[PreferencePair]:
+    """``reference-vs-wrong`` pairs of one problem: its reference answer (``no_think_response``) over each
+    non-empty wrong path; none when the problem has no reference.
+
+    Wrong paths are taken most plausible first (well formed, then by ``rank_score``, then id): a hard
+    negative teaches more than a malformed one. Deduplicated on normalized rejected text and capped at
+    ``max_pairs_per_prompt``. The chosen score is ``REFERENCE_SCORE``.
+    """
+    problem = _one_problem(samples, "reference_pairs")
+    if problem.reference is None or not problem.reference.strip():
+        return []
+    chosen = no_think_response(problem.reference)
+    wrong = sorted((s for s in samples if not is_right(s) and s.path.text.strip()),
+                   key=lambda s: (not s.rules.well_formed, -rank_score(s), s.id))
+    pairs, seen = [], {_normalized(chosen)}
+    for r in wrong:
+        key = _normalized(r.path.text)
+        if key in seen:
+            continue
+        seen.add(key)
+        pairs.append(PreferencePair(
+            id=fit_id(f"{problem.id}-ref-{r.id.rsplit('-', 1)[-1]}"), problem_id=problem.id, source=problem.source,
+            prompt=problem.question, media_path=problem.media_path, chosen=chosen, rejected=r.path.text,
+            chosen_score=REFERENCE_SCORE, rejected_score=rank_score(r), reason="reference-vs-wrong",
         ))
         if len(pairs) == config.max_pairs_per_prompt:
             break
@@ -107,8 +166,15 @@ def balance_sources(pairs_by_problem: Mapping[str, list[PreferencePair]], config
 def build_preference_pairs(
     paths_by_problem: Mapping[str, Sequence[CoTSample]], config: PreferenceConfig = PreferenceConfig()
 ) -> list[PreferencePair]:
-    """Valid (non-empty, chosen != rejected), deduplicated, per-prompt capped, source-balanced pairs."""
-    per_problem = {pid: pairs_for_problem(samples, config) for pid, samples in paths_by_problem.items() if samples}
+    """Valid (non-empty, chosen != rejected), deduplicated, per-prompt capped, source-balanced pairs.
+
+    A problem with a usable right path (``can_be_chosen``) gets ``pairs_for_problem``; one without gets
+    ``reference_pairs`` (its reference over its wrong paths), which is how MPO gets data from a weak model.
+    """
+    per_problem = {
+        pid: pairs_for_problem(samples, config) if any(map(can_be_chosen, samples)) else reference_pairs(samples, config)
+        for pid, samples in paths_by_problem.items() if samples
+    }
     pairs = balance_sources(per_problem, config)
     ids = [p.id for p in pairs]
     assert len(ids) == len(set(ids)), "preference pair ids collide"

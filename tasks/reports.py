@@ -69,3 +69,15 @@ def mix_rows(planned: dict[str, float], realized_samples: dict[str, float], real
     return [{"part": k, "planned": round(planned.get(k, 0.0), 4),
              "realized_by_samples": round(realized_samples.get(k, 0.0), 4),
              "realized_by_tokens": round(realized_tokens.get(k, 0.0), 4)} for k in keys]
+
+
+def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> None:
+    """Loss curve + checkpoint location (markdown) and per-step metrics (table) in the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    metrics = read_metrics(Path(stage_dir) / "metrics.jsonl")
+    key = stage.replace("_", "-").lower()
+    create_markdown_artifact(loss_curve_markdown(stage, metrics, checkpoint_dir), key=f"stage-{key}",
+                             description=f"Stage {stage}: loss curve and checkpoint")
+    if metrics:
+        create_table_artifact(metrics_rows(metrics), key=f"metrics-{key}", description=f"Stage {stage}: metrics per step")

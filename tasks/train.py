@@ -84,19 +84,46 @@ def finished_result(output_dir: str | Path) -> StageResult | None:
     return StageResult(**{f.name: data[f.name] for f in dataclasses.fields(StageResult)})
 
 
+def input_fingerprint(config: RunConfig) -> str:
+    """What a stage's result depends on: its config, its upstream stages' results and its shard files.
+
+    Upstream checkpoints are identified by their ``result.json`` (rewritten whenever they retrain), not
+    by hashing their weights, so the check stays cheap for an 8B model.
+    """
+    digest = hashlib.sha256(config.to_json().encode())
+    for checkpoint in (config.init_checkpoint, *config.expert_checkpoints, config.reward_model_checkpoint):
+        if checkpoint:
+            result = Path(checkpoint).parent / "result.json"
+            digest.update(result.read_bytes() if result.exists() else checkpoint.encode())
+    for shard in config.shards:
+        stat = Path(shard).stat()
+        digest.update(f"{shard}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def train_stage(config: RunConfig, launch: LaunchConfig = LaunchConfig(),
                 on_step: Callable[[dict[str, Any]], None] | None = None) -> StageResult:
-    """Run one stage to its final checkpoint, or return the finished stage's result."""
-    done = finished_result(config.output_dir)
+    """Run one stage to its final checkpoint, or return the finished stage's result.
+
+    A finished stage is reused only if its inputs are unchanged (``input_fingerprint``); a stage whose
+    inputs changed is cleared and trained again, and one that died midway with the same inputs resumes.
+    """
+    out = Path(config.output_dir)
+    stamp = out / "inputs.sha256"
+    fingerprint = input_fingerprint(config)
+    if stamp.exists() and stamp.read_text() != fingerprint:
+        log.info("stage %s: inputs changed since its last run; clearing %s", config.stage.name, out)
+        shutil.rmtree(out)
+    done = finished_result(out)
     if done is not None:
-        log.info("stage %s already finished at %s: skipped", config.stage.name, done.checkpoint_dir)
+        log.info("stage %s already finished with these inputs at %s: skipped", config.stage.name, done.checkpoint_dir)
         return done
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
     if launch.launcher == "inprocess":
         from keye_model.training.runner import run_stage
 
         return run_stage(config, on_step=on_step)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config_path = out / "run_config.json"
     config_path.write_text(config.to_json())
     run_logged(launch.command(config_path), timeout_s=launch.timeout_s, name=f"stage {config.stage.name}")
@@ -184,3 +211,17 @@ def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, i
         store.record_metrics(metrics)
     return {"stage": stage.name, "checkpoint_dir": result.checkpoint_dir, "artifact_id": artifacts[0].artifact_id,
             "steps": result.steps, "final_loss": result.final_loss, "wall_s": result.wall_s}
+
+
+@task(name="prepare-tokenizer")
+def prepare_tokenizer(tokenizer_dir: str, preset: str, source_dir: str | None = None) -> str:
+    """The run's tokenizer: a local one copied in (``source_dir``), or the tiny one trained here."""
+    from keye_model.tokenizer import load_tokenizer, tiny_tokenizer
+
+    if source_dir:
+        load_tokenizer(source_dir).save_pretrained(tokenizer_dir)
+    elif preset == "tiny":
+        tiny_tokenizer(tokenizer_dir)
+    else:
+        raise ValueError(f"preset {preset!r} needs a tokenizer directory (tokenizer_dir=...), e.g. a local Qwen3 one")
+    return tokenizer_dir

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import easy_vqa
 import pytest
 
@@ -10,7 +12,10 @@ from data_specs.longcot import (
 )
 from tasks.generation import Generation, RuleJudge
 from tasks.longcot import assess_quality, paths_from_generations
-from tasks.preference import build_preference_pairs, build_preference_pairs_task, group_by_problem
+from tasks.preference import (
+    build_preference_pairs, build_preference_pairs_task, group_by_problem, no_think_response, pairs_for_problem,
+    reference_pairs,
+)
 
 GOOD = "<think>I look at the {noun} in the image.\nI check it against the question.\nIt is {ref}.</think>{ref}"
 SAME_AS_PREVIOUS_OTHER_CASE = "(same text as the previous path, other case and spacing)"
@@ -58,7 +63,8 @@ def test_pairs_put_right_over_wrong_and_stay_valid():
 def test_no_pairs_without_a_contrast():
     problem = _problem("train", 1)
     assert build_preference_pairs(group_by_problem(_samples(problem, [GOOD, GOOD, GOOD]))) == []  # identical texts
-    assert build_preference_pairs(group_by_problem(_samples(problem, [WRONG, WRONG]))) == []  # nothing to choose
+    # nothing to choose among the paths (the builder falls back to the reference: see reference_pairs)
+    assert pairs_for_problem(_samples(problem, [WRONG, WRONG]), PreferenceConfig()) == []
 
 
 def test_cap_per_prompt_and_balance_across_sources():
@@ -111,3 +117,31 @@ def test_curated_samples_and_pairs_pass_the_gx_suites():
     assert run_suite("cot", [cot_row(s) for s in scored]) == [[] for _ in scored]
     pairs = build_preference_pairs(group_by_problem(reviewed + review_rejects + discarded))
     assert pairs and run_suite("pair", [pair_row(p) for p in pairs]) == [[] for _ in pairs]
+
+
+OTHER_WRONG = "<think>The {noun} looks odd to me.\nI am not sure.\nI guess {bad}.</think>{bad}"
+
+
+def test_reference_pairs_appear_exactly_when_no_right_path_exists():
+    """A weak model wrong on every path still gives MPO pairs: the reference (no-think form) over each wrong path."""
+    weak, strong = _problem("train", 3), _problem("train", 4)
+    weak_samples = _samples(weak, [WRONG, SAME_AS_PREVIOUS_OTHER_CASE, OTHER_WRONG])
+    strong_samples = _samples(strong, [GOOD, WRONG])
+    pairs = build_preference_pairs(group_by_problem(weak_samples + strong_samples),
+                                   PreferenceConfig(source_balance_ratio=100))
+    by_problem = {pid: [p for p in pairs if p.problem_id == pid] for pid in (weak.id, strong.id)}
+    assert {p.reason for p in by_problem[strong.id]} == {"correct-vs-wrong"}
+    assert {p.reason for p in by_problem[weak.id]} == {"reference-vs-wrong"}
+    reference = no_think_response(weak.reference)
+    assert reference == f"<think>\n\n</think>\n\n{weak.reference}"
+    # two distinct wrong texts (the case/spacing variant is a duplicate); well-formed, best-scored first
+    assert [p.chosen for p in by_problem[weak.id]] == [reference] * 2
+    assert len({" ".join(p.rejected.lower().split()) for p in by_problem[weak.id]}) == 2
+    assert all(p.rejected_score < p.chosen_score for p in by_problem[weak.id])
+    assert len({p.id for p in pairs}) == len(pairs)
+    # capped per prompt; none without a reference; none for a problem with a right path
+    assert len(reference_pairs(weak_samples, PreferenceConfig(max_pairs_per_prompt=1))) == 1
+    unreferenced = [dataclasses.replace(s, problem=dataclasses.replace(s.problem, reference=None)) for s in weak_samples]
+    assert reference_pairs(unreferenced, PreferenceConfig()) == []
+    assert reference_pairs(strong_samples, PreferenceConfig())[0].rejected == strong_samples[-1].path.text
+    assert not [p for p in build_preference_pairs(group_by_problem(strong_samples)) if p.reason == "reference-vs-wrong"]

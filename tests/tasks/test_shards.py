@@ -111,7 +111,7 @@ def test_source_ratios_and_a_custom_tokenizer(records, tmp_path):
 
 def test_a_planned_modality_without_records_is_an_error(records):
     samples = estimate_samples([r for r in records if r.modality != "video"], ShardConfig(stage="x", out_dir="/tmp"))
-    with pytest.raises(ValueError, match="stage3.*no video records"):
+    with pytest.raises(ValueError, match="annealing.*no video records"):
         sample_mix(samples, stage3_mix())
 
 

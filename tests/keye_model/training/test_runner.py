@@ -139,7 +139,9 @@ def test_gspo_stages_run_with_rewards_and_save(name, stage1, tmp_path, tokenizer
         judge = run_stage(RunConfig(stage=stage("reward", num_steps=1), output_dir=str(tmp_path / "rm"),
                                     tokenizer_dir=tokenizer_dir, shards=shards,
                                     init_checkpoint=first.checkpoint_dir)).checkpoint_dir
-    config = RunConfig(stage=stage(name, num_steps=2), output_dir=str(tmp_path / name), tokenizer_dir=tokenizer_dir,
+    # The alignment run uses ZeRO-3 as the keye-8b preset does (partitioned parameters, gathered save).
+    spec = stage(name, num_steps=2, zero_stage=3 if name == "alignment" else 2)
+    config = RunConfig(stage=spec, output_dir=str(tmp_path / name), tokenizer_dir=tokenizer_dir,
                        shards=shards, init_checkpoint=first.checkpoint_dir, reward_model_checkpoint=judge)
     result = run_stage(config)
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,47 @@
+"""The evaluate flow: every finished stage's checkpoint on VQA (easy-vqa test split), temporal
+localization (the curated scene videos' known events), the ViT probe and, when given local data in its
+format, Video-MME; metrics to lineage and one UI table comparing the stages."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from data_specs.stages import stages
+from tasks.evaluation.report import publish_comparison_task, record_eval_metrics_task
+from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
+from tasks.layout import RunLayout
+from tasks.lineage.prefect_tasks import record_run_end, record_run_start
+from tasks.train import finished_result
+
+
+@flow(name="evaluate")
+def evaluate(run_dir: str = "runs/demo", preset: str = "tiny", stages_to_eval: list[str] | None = None,
+             vqa_samples: int = 8, videomme_json: str | None = None, videomme_video_dir: str | None = None,
+             max_new_tokens: int = 8) -> dict[str, dict[str, float]]:
+    """Metrics of each finished stage (or of ``stages_to_eval``), in pipeline order."""
+    layout = RunLayout(run_dir)
+    record_run_start(layout.lineage_db)
+    records = Path(layout.records_path)
+    config = EvalConfig(vqa_samples=vqa_samples, temporal_jsonl=str(records) if records.exists() else None,
+                        videomme_json=videomme_json, videomme_video_dir=videomme_video_dir,
+                        max_new_tokens=max_new_tokens, tokenizer_dir=layout.tokenizer_dir,
+                        video_preset="tiny" if preset == "tiny" else "default")
+    results: dict[str, dict[str, float]] = {}
+    for spec in stages(preset):
+        if stages_to_eval and spec.name not in stages_to_eval:
+            continue
+        done = finished_result(layout.stage_dir(spec.name))
+        if done is None:
+            continue
+        metrics = evaluate_checkpoint_task.with_options(task_run_name=f"evaluate-{spec.name}")(
+            done.checkpoint_dir, dataclasses.replace(config))
+        record_eval_metrics_task(layout.lineage_db, str(flow_run.id), spec.name, done.checkpoint_dir, metrics)
+        results[spec.name] = metrics
+    if results:
+        publish_comparison_task(list(results.items()))
+    record_run_end(layout.lineage_db)
+    return results

@@ -1,0 +1,44 @@
+"""The pipeline flow ``keye`` (deployed as ``keye/full-pipeline``): curate -> pretrain -> posttrain ->
+evaluate, each phase a subflow that also runs alone. Re-running after a failure skips what is done:
+curation whose manifests exist, and every stage with a final checkpoint; a stage that died midway
+resumes from its last DeepSpeed checkpoint.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from data_specs.stages import stages as all_stages
+from flows.curate import curate
+from flows.evaluate import evaluate
+from flows.posttrain import posttrain
+from flows.pretrain import pretrain
+from tasks.layout import RunLayout
+
+
+@flow(name="keye")
+def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | None = None,
+         review_mode: str = "auto", review_timeout_s: int = 3600, sources: list[str] | None = None,
+         local_folder: str | None = None, records_per_source: int = 16, launcher: str = "inprocess",
+         num_processes: int = 1, evaluate_stages: list[str] | None = None, seed: int = 0) -> dict:
+    """The whole pipeline; ``stages`` limits training to those stages (all by default)."""
+    names = {s.name: s.phase for s in all_stages(preset)}
+    unknown = set(stages or ()) - set(names)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; preset {preset!r} has {list(names)}")
+    wanted = list(stages or names)
+    curated = curate(run_dir=run_dir, preset=preset, sources=sources, local_folder=local_folder,
+                     records_per_source=records_per_source, seed=seed)
+    train = dict(launcher=launcher, num_processes=num_processes, seed=seed)
+    pre = [n for n in wanted if names[n] == "pretrain"]
+    post = [n for n in wanted if names[n] == "posttrain"]
+    checkpoints = {}
+    if pre:
+        checkpoints.update(pretrain(run_dir=run_dir, preset=preset, stages_to_run=pre, **train))
+    if post:
+        checkpoints.update(posttrain(run_dir=run_dir, preset=preset, stages_to_run=post, review_mode=review_mode,
+                                     review_timeout_s=review_timeout_s, **train))
+    metrics = evaluate(run_dir=run_dir, preset=preset, stages_to_eval=evaluate_stages)
+    layout = RunLayout(run_dir)
+    return {"run_dir": str(layout.root), "lineage_db": layout.lineage_db, "manifests": curated,
+            "checkpoints": {k: v["checkpoint_dir"] for k, v in checkpoints.items()}, "evaluation": metrics}
