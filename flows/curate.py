@@ -14,6 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from data_specs.mixes import PRESETS, get_mix
+from tasks.caching import mark_run_folder
 from tasks.curation import mix_table, record_curation_lineage, write_records_jsonl
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
@@ -33,6 +34,7 @@ def curate(run_dir: str = "runs/demo", preset: str = "tiny", sources: list[str] 
     With ``reuse`` a run folder whose records and every manifest exist is not curated again.
     """
     layout = RunLayout(run_dir)
+    mark_run_folder(layout.root)
     record_run_start(layout.lineage_db)
     wanted = mixes or sorted(PRESETS)
     existing = {name: Path(layout.shards_dir) / name / "manifest.json" for name in wanted}

@@ -248,8 +248,11 @@ class KeyeForConditionalGeneration(nn.Module):
         embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # Visual placeholders are inputs only: a generated one would claim visual features that do not exist.
+        suppress = sorted(set(generate_kwargs.pop("suppress_tokens", None) or ()) | set(self.config.placeholder_token_ids))
         return self.language_model.generate(
-            input_ids=input_ids, inputs_embeds=embeds_BLE, attention_mask=attention_mask, **generate_kwargs
+            input_ids=input_ids, inputs_embeds=embeds_BLE, attention_mask=attention_mask, suppress_tokens=suppress,
+            **generate_kwargs,
         )
 
 

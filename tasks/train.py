@@ -67,7 +67,7 @@ class LaunchConfig:
                    f"--nnodes={self.num_nodes}"]
             if self.rdzv_endpoint:
                 cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={self.rdzv_endpoint}"]
-            return cmd + module[1:]
+            return cmd + module
         cmd = [shutil.which("deepspeed") or "deepspeed", f"--num_gpus={self.num_processes}",
                f"--num_nodes={self.num_nodes}"]
         if self.hostfile:
@@ -139,13 +139,17 @@ def run_logged(cmd: Sequence[str], *, timeout_s: float, name: str, env: dict[str
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     tail: list[str] = []
+    errors: list[str] = []  # launchers end with a summary; the ranks' own error lines come earlier
 
     def pump() -> None:
         for line in proc.stdout:
             line = line.rstrip()
             log.info("[%s] %s", name, line)
             tail.append(line)
-            del tail[:-40]
+            del tail[:-20]
+            if "Error" in line or "error:" in line:
+                errors.append(line)
+                del errors[:-10]
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -158,7 +162,8 @@ def run_logged(cmd: Sequence[str], *, timeout_s: float, name: str, env: dict[str
     finally:
         reader.join(timeout=10)
     if rc != 0:
-        raise RuntimeError(f"{name} failed with exit code {rc}; last lines:\n" + "\n".join(tail[-20:]))
+        raise RuntimeError(f"{name} failed with exit code {rc}; error lines:\n" + "\n".join(errors)
+                           + "\nlast lines:\n" + "\n".join(tail))
 
 
 # ------------------------------------------------------------------ lineage of a stage

