@@ -20,7 +20,8 @@ from tasks.layout import RunLayout
 def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | None = None,
          review_mode: str = "auto", review_timeout_s: int = 3600, sources: list[str] | None = None,
          local_folder: str | None = None, records_per_source: int = 16, launcher: str = "inprocess",
-         num_processes: int = 1, evaluate_stages: list[str] | None = None, seed: int = 0) -> dict:
+         num_processes: int = 1, gpu_limit: str | None = None, evaluate_stages: list[str] | None = None,
+         seed: int = 0) -> dict:
     """The whole pipeline; ``stages`` limits training to those stages (all by default)."""
     names = {s.name: s.phase for s in all_stages(preset)}
     unknown = set(stages or ()) - set(names)
@@ -29,7 +30,7 @@ def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | N
     wanted = list(stages or names)
     curated = curate(run_dir=run_dir, preset=preset, sources=sources, local_folder=local_folder,
                      records_per_source=records_per_source, seed=seed)
-    train = dict(launcher=launcher, num_processes=num_processes, seed=seed)
+    train = dict(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit, seed=seed)
     pre = [n for n in wanted if names[n] == "pretrain"]
     post = [n for n in wanted if names[n] == "posttrain"]
     checkpoints = {}

@@ -73,13 +73,13 @@ def make_generated_data(layout: RunLayout, sft: dict, preset: str, review_mode: 
 @flow(name="posttrain")
 def posttrain(run_dir: str = "runs/demo", preset: str = "tiny", stages_to_run: list[str] | None = None,
               review_mode: str = "auto", review_timeout_s: int = 3600, launcher: str = "inprocess",
-              num_processes: int = 1, seed: int = 0) -> dict[str, dict]:
+              num_processes: int = 1, gpu_limit: str | None = None, seed: int = 0) -> dict[str, dict]:
     """Post-training stages of ``preset``, starting from pre-training's fused checkpoint (stage4)."""
     log = get_run_logger()
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)
     prepare_tokenizer(layout.tokenizer_dir, preset)
-    launch = LaunchConfig(launcher=launcher, num_processes=num_processes)
+    launch = LaunchConfig(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit)
     checkpoints = finished_checkpoints(layout, preset, str(flow_run.id))
     if "stage4" not in checkpoints:
         raise ValueError(f"post-training starts from stage4's checkpoint; none in {layout.stage_dir('stage4')} "

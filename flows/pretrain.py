@@ -63,12 +63,13 @@ def run_training_stage(spec: StageSpec, layout: RunLayout, preset: str, launch: 
 
 @flow(name="pretrain")
 def pretrain(run_dir: str = "runs/demo", preset: str = "tiny", stages_to_run: list[str] | None = None,
-             launcher: str = "inprocess", num_processes: int = 1, seed: int = 0) -> dict[str, dict]:
+             launcher: str = "inprocess", num_processes: int = 1, gpu_limit: str | None = None,
+             seed: int = 0) -> dict[str, dict]:
     """Pre-training stages 1-4 of ``preset``; returns each stage's checkpoint and lineage id."""
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)
     prepare_tokenizer(layout.tokenizer_dir, preset)
-    launch = LaunchConfig(launcher=launcher, num_processes=num_processes)
+    launch = LaunchConfig(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit)
     checkpoints = finished_checkpoints(layout, preset, str(flow_run.id))
     for spec in selected("pretrain", preset, stages_to_run):
         checkpoints[spec.name] = run_training_stage(spec, layout, preset, launch, seed, checkpoints)

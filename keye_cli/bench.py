@@ -36,6 +36,8 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=args.timeout_s)
         lines = proc.stdout.strip().splitlines()
         ratio = next((m.group(1) for m in map(RATIO.match, reversed(lines)) if m), None)
+        if ratio is None and lines and lines[-1].startswith("skipped"):
+            ratio = "skipped"
         print(f"--- {script.name} ({time.monotonic() - started:.0f} s)\n" + "\n".join(lines[-8:]), flush=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)

@@ -12,7 +12,7 @@ import logging
 import sys
 
 #: Subcommand modules under keye_cli/, each with register(subparsers).
-COMMAND_MODULES = ("video", "lineage", "run", "bench")
+COMMAND_MODULES = ("video", "lineage", "run", "bench", "review")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from keye_model.training.runner import RunConfig, StageResult
@@ -53,6 +54,9 @@ class LaunchConfig:
     """torchrun rendezvous host:port for multi-node runs."""
     timeout_s: float = 7 * 24 * 3600
     """Wall-clock limit of a launched stage; the process group is killed past it."""
+    gpu_limit: str | None = None
+    """Name of a Prefect global concurrency limit (``prefect gcl create gpu --limit 8``) the stage takes
+    ``num_processes * num_nodes`` slots of while it trains, so runs sharing GPUs queue; None: no limit."""
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:
@@ -174,10 +178,14 @@ def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
     with weights.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    metadata = {"stage": result.stage, "steps": result.steps, "samples_seen": result.samples_seen,
+                "tokens_seen": result.tokens_seen, "final_loss": result.final_loss}
+    written = Path(result.checkpoint_dir).parent / "result.json"
+    if written.exists():  # a fusion stage also wrote its method, weights and experts there
+        extra = json.loads(written.read_text())
+        metadata.update({k: extra[k] for k in ("fusion", "experts") if k in extra})
     return Artifact(kind="checkpoint", uri=str(Path(result.checkpoint_dir).resolve()), sha256=digest.hexdigest(),
-                    num_bytes=weights.stat().st_size, created_by_run=run_id,
-                    metadata={"stage": result.stage, "steps": result.steps, "samples_seen": result.samples_seen,
-                              "tokens_seen": result.tokens_seen, "final_loss": result.final_loss})
+                    num_bytes=weights.stat().st_size, created_by_run=run_id, metadata=metadata)
 
 
 def stage_lineage(result: StageResult, run_id: str, inputs: Sequence[str]) -> tuple[list[Artifact], list[Edge], list[Metric]]:
@@ -207,7 +215,11 @@ def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, i
     def on_step(record: dict[str, Any]) -> None:
         update_progress_artifact(progress_id, 100.0 * record["step"] / stage.num_steps)
 
-    result = train_stage(config, launch, on_step=on_step)
+    if launch.gpu_limit:
+        with concurrency(launch.gpu_limit, occupy=launch.num_processes * launch.num_nodes):
+            result = train_stage(config, launch, on_step=on_step)
+    else:
+        result = train_stage(config, launch, on_step=on_step)
     update_progress_artifact(progress_id, 100.0)
     artifacts, edges, metrics = stage_lineage(result, str(flow_run.id or "local"), inputs)
     with LineageStore(lineage_db) as store:

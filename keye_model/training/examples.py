@@ -82,14 +82,40 @@ def preference_conversations(example: Example) -> tuple[Conversation, Conversati
         raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
 
 
-def judge_prompt(task: str, question: str, first: str, second: str) -> str:
-    """The pairwise judging prompt (``no_think``): the model answers "A" or "B"."""
+def judge_prompt(task: str, question: str, first: str, second: str, think: bool = False) -> str:
+    """The pairwise judging prompt; ``no_think``: answer "A" or "B"; ``think``: assess, then answer."""
+    mode = "Assess both responses, then answer A or B. /think" if think else "Answer A or B. /no_think"
     return (f"Task: {task}\nQuery: {question}\nResponse A: {first}\nResponse B: {second}\n"
-            f"Which response is better? Consider {', '.join(JUDGE_DIMENSIONS)}. Answer A or B. /no_think")
+            f"Which response is better? Consider {', '.join(JUDGE_DIMENSIONS)}. {mode}")
+
+
+def judge_assessment(meta: dict[str, Any], better: str) -> str:
+    """The reasoning a ``think`` judgment is trained on, from what curation recorded about the pair.
+
+    Our choice (the report trains it by SFT then RL): a per-dimension assessment built from the pair's
+    recorded scores and reason, e.g. for a ``correct-vs-wrong`` pair: correctness favours the chosen
+    response because its answer matches the reference and the other's does not.
+    """
+    worse = "B" if better == "A" else "A"
+    reason = meta.get("reason", "preference")
+    why = {"correct-vs-wrong": f"Response {better}'s answer is correct and Response {worse}'s is not",
+           "reference-vs-wrong": f"Response {better} gives the reference answer and Response {worse} does not",
+           "score-gap": f"both answers agree, but Response {better}'s reasoning scored higher"}.get(
+        reason, f"Response {better} was preferred")
+    scores = ""
+    if "chosen_score" in meta and "rejected_score" in meta:
+        scores = (f" Quality: Response {better} {float(meta['chosen_score']):.1f}, "
+                  f"Response {worse} {float(meta['rejected_score']):.1f} of 5.")
+    return (f"Correctness: {why}. Credibility and relevance follow correctness here; redundancy and clarity "
+            f"do not change the outcome.{scores}")
 
 
 def judge_conversations(example: Example) -> list[Conversation]:
-    """Pairwise judge training data, both orders (against position bias): the better one is the chosen."""
+    """Pairwise judge training data: both orders (against position bias) in both modes.
+
+    ``no_think``: the answer is the letter of the better (chosen) response. ``think``: a reasoning block
+    assessing the two along the judging dimensions, then the letter.
+    """
     question = example.record.get("question", "")
     try:
         chosen, rejected = example.meta["chosen"], example.meta["rejected"]
@@ -97,9 +123,15 @@ def judge_conversations(example: Example) -> list[Conversation]:
         raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
     media = [p for p in example.user_parts if p["type"] != "text"]
     task = example.record.get("task", "vqa")
-    return [[{"role": "user", "content": [*media, {"type": "text", "text": judge_prompt(task, question, a, b)}]},
-             {"role": "assistant", "content": verdict}]
-            for a, b, verdict in ((chosen, rejected, "A"), (rejected, chosen, "B"))]
+    out = []
+    for think in (False, True):
+        for a, b, verdict in ((chosen, rejected, "A"), (rejected, chosen, "B")):
+            answer: dict[str, Any] = {"role": "assistant", "content": verdict}
+            if think:
+                answer["reasoning_content"] = judge_assessment(example.meta, verdict)
+            text = judge_prompt(task, question, a, b, think=think)
+            out.append([{"role": "user", "content": [*media, {"type": "text", "text": text}]}, answer])
+    return out
 
 
 def rl_prompt(example: Example) -> RLPrompt:

@@ -212,7 +212,7 @@ class Batches:
         for ex in self.my_examples():
             if self.stage.objective == "reward":
                 for i, conv in enumerate(examples.judge_conversations(ex)):
-                    encoded.append(self.encode(conv, f"{ex.sample_id}-{'ab'[i]}"))
+                    encoded.append(self.encode(conv, f"{ex.sample_id}-judge{i}"))
             else:
                 encoded.append(self.encode(examples.sft_conversation(ex), ex.sample_id, ex.weight))
         return pack(encoded, self.stage.seq_len, self.processor.tokenizer.pad_token_id)

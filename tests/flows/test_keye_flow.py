@@ -39,6 +39,15 @@ def test_every_stage_ends_with_a_loadable_checkpoint_recorded_in_lineage(pipelin
             assert {"shard", "record", "source"} <= kinds, (name, kinds)
 
 
+def test_fusion_method_and_weights_are_in_lineage(pipeline):
+    run_dir, result = pipeline
+    with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:
+        row = store.con.execute("select metadata from artifacts where kind = 'checkpoint' and uri = ?",
+                                [str(Path(result["checkpoints"]["stage4"]).resolve())]).fetchone()
+    metadata = json.loads(row[0])
+    assert metadata["fusion"]["method"] == "ties" and len(metadata["experts"]) == 2
+
+
 def test_each_pretraining_mix_is_recorded_planned_and_realized(pipeline):
     run_dir, _ = pipeline
     with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:

@@ -50,3 +50,20 @@ def test_stream_state_resumes_at_the_next_sample(shards):
     it2 = iter(again)
     assert [next(it2)["__key__"] for _ in range(30)] == rest
     assert len(set(seen + rest[:17])) == 24  # the first epoch is every sample once
+
+
+def test_judge_data_has_both_orders_in_both_modes(tokenizer_dir):
+    from keye_model.processor import KeyeProcessor
+    from keye_model.tokenizer import load_tokenizer
+    from keye_model.training.examples import Example, judge_conversations
+
+    example = Example("p1", {"question": "What shape?", "task": "vqa", "meta": {
+        "chosen": "circle", "rejected": "square", "reason": "correct-vs-wrong", "chosen_score": 5, "rejected_score": 1}},
+        [{"type": "text", "text": "What shape?"}])
+    convs = judge_conversations(example)
+    assert [c[1]["content"] for c in convs] == ["A", "B", "A", "B"]
+    assert "reasoning_content" not in convs[0][1] and "/no_think" in convs[0][0]["content"][-1]["text"]
+    assert "Response B's answer is correct" in convs[3][1]["reasoning_content"]
+    processor = KeyeProcessor(load_tokenizer(tokenizer_dir))
+    rendered = processor.tokenizer.decode(processor([convs[3]])["input_ids"][0])
+    assert "<think>" in rendered and rendered.rstrip().endswith("B<|im_end|>")
