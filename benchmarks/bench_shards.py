@@ -22,12 +22,12 @@ from tasks.shards import ShardConfig, estimate_samples, write_shards
 from tasks.sources.skimage_photos import PHOTOS, load_photo
 
 
-def make_records(work: Path, num_images: int) -> list[Record]:
+def make_records(work: Path, num_images: int, side_px: int = 256) -> list[Record]:
     records = []
     for i in range(num_images):
         name = PHOTOS[i % len(PHOTOS)]
         path = work / f"img-{i:05d}.jpg"
-        Image.fromarray(load_photo(name, 256 + 64 * (i % 7))).save(path, quality=92)
+        Image.fromarray(load_photo(name, side_px + side_px // 4 * (i % 7))).save(path, quality=92)
         records.append(Record(id=f"bench-{i:05d}", source="skimage", modality="image", task="caption",
                               question="Describe this image.", answer=f"Photo {name}.", media_path=str(path)))
     return records
@@ -48,12 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--side-px", type=int, default=256, help="smallest photo side; larger = bigger samples")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         media = work / "media"
         media.mkdir()
-        records = make_records(media, args.images)
+        records = make_records(media, args.images, args.side_px)
         config = ShardConfig(stage="bench", out_dir=str(work / "shards"), max_records_per_shard=100)
         samples = list(estimate_samples(records, config).values())
         files = sorted(p.name for p in media.iterdir())

@@ -30,8 +30,8 @@ from keye_model.training.packing import Encoded, pack
 from keye_model.training.runner import RunConfig, build_model, deepspeed_config, init_distributed, lr_lambda
 
 
-def packed_batch(processor: KeyeProcessor, seq_len: int):
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+def packed_batch(processor: KeyeProcessor, seq_len: int, num_samples: int):
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()] * (num_samples // 4)
     encoded = []
     for i, photo in enumerate(photos):
         small = photo[:: max(1, photo.shape[0] // 112), :: max(1, photo.shape[1] // 112)]
@@ -71,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=16, help="image+text samples packed in the batch")
     args = parser.parse_args()
     import deepspeed
 
@@ -80,7 +81,7 @@ def main() -> None:
     stage = dataclasses.replace(get_stage("tiny", "sft"), micro_batch_size=1, grad_accum_steps=1)
     config = RunConfig(stage=stage, output_dir=tempfile.mkdtemp(), tokenizer_dir=tok_dir, shards=("unused",))
     processor = KeyeProcessor(tokenizer)
-    batch = packed_batch(processor, stage.seq_len).model_inputs()
+    batch = packed_batch(processor, stage.seq_len, args.samples).model_inputs()
 
     init_distributed()
     model = build_model(config, tokenizer)
