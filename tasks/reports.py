@@ -81,3 +81,30 @@ def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> Non
                              description=f"Stage {stage}: loss curve and checkpoint")
     if metrics:
         create_table_artifact(metrics_rows(metrics), key=f"metrics-{key}", description=f"Stage {stage}: metrics per step")
+
+
+def task_time_share(flow_run_id: str) -> tuple[float, int]:
+    """(seconds, count) of task run time inside the subflows of ``flow_run_id`` (the pipeline's phases).
+
+    The phase flows' bodies only order their tasks, so a run's wall time minus this is what Prefect
+    itself cost (task and flow run bookkeeping, state changes, artifacts, the API round trips).
+    """
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(flow_run_id)])))
+        ids = [run.id for run in phases]
+        total, count, offset = 0.0, 0, 0
+        while ids:
+            page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                                         limit=200, offset=offset)
+            total += sum(t.total_run_time.total_seconds() for t in page)
+            count += len(page)
+            offset += len(page)
+            if len(page) < 200:
+                break
+    return total, count
