@@ -14,7 +14,6 @@ Outputs under ``output_dir``: ``deepspeed/`` (resumable), ``checkpoint/`` (final
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -22,80 +21,26 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_specs.stages import StageSpec
-from keye_model import losses
 from keye_model.config import KeyeConfig
-from keye_model.fusion import FusionConfig, merge
+from keye_model.fusion import merge
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor
 from keye_model.tokenizer import load_tokenizer
-from keye_model.training import balance, examples
-from keye_model.training.loader import ShardStream, assign_window, media_of
-from keye_model.training.packing import Encoded, Packed, pack
+from keye_model.training.batches import Batches
+from keye_model.training.objectives import Objective
+from keye_model.training.run_config import RunConfig, StageResult
+
+__all__ = ["RunConfig", "StageResult", "build_model", "deepspeed_config", "init_distributed", "lr_lambda",
+           "run_stage"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Everything one stage run needs; JSON round-trips so launchers can pass it to each rank."""
-
-    stage: StageSpec
-    """What to train (data_specs.stages)."""
-    output_dir: str
-    """Where checkpoints, metrics and the result go."""
-    tokenizer_dir: str
-    """A local tokenizer directory (the tiny one the pipeline trains, or a real one)."""
-    init_checkpoint: str | None = None
-    """HF-format Keye checkpoint to start from; None builds ``preset``'s model from scratch."""
-    preset: str = "tiny"
-    """Model preset used when there is no init checkpoint."""
-    shards: tuple[str, ...] = ()
-    """WebDataset shards of the stage's data."""
-    expert_checkpoints: tuple[str, ...] = ()
-    """Fusion: the expert checkpoints merged into ``init_checkpoint``."""
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    """Fusion: method and weights."""
-    reward_model_checkpoint: str | None = None
-    """GSPO stages weighing judge / reward-model rewards: the trained reward model (a pairwise judge)."""
-    seed: int = 0
-    """Seeds the model init, the shard order and sampling."""
-    stop_after_steps: int | None = None
-    """Stop (without the final checkpoint) after this many steps: how tests simulate a crash."""
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
-        data = json.loads(text)
-        data["stage"] = StageSpec.from_json(json.dumps(data["stage"]))
-        data["fusion"] = FusionConfig(**{**data["fusion"], "weights": tuple(data["fusion"]["weights"])})
-        for key in ("shards", "expert_checkpoints"):
-            data[key] = tuple(data[key])
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class StageResult:
-    stage: str
-    checkpoint_dir: str
-    steps: int
-    samples_seen: int
-    tokens_seen: int
-    final_loss: float | None
-    wall_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # ------------------------------------------------------------------ distributed set-up
 
@@ -173,187 +118,6 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
 
 
 # ------------------------------------------------------------------ batches
-
-class Batches:
-    """The rank's micro batches: balanced windows of the shard stream, encoded and packed."""
-
-    def __init__(self, config: RunConfig, processor: KeyeProcessor, rank: int, world_size: int) -> None:
-        self.config = config
-        self.stage = config.stage
-        self.processor = processor
-        self.rank, self.world_size = rank, world_size
-        self.stream = ShardStream(config.shards, seed=config.seed)
-        self.media_cache = Path(config.output_dir) / "media-cache"
-        self._iter: Iterator[dict[str, Any]] | None = None
-
-    def state_dict(self) -> dict[str, int]:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.stream.load_state_dict(state)
-        self._iter = None
-
-    def next_window(self) -> list[dict[str, Any]]:
-        if self._iter is None:
-            self._iter = iter(self.stream)
-        return [next(self._iter) for _ in range(self.world_size * self.stage.micro_batch_size)]
-
-    def my_examples(self) -> list[examples.Example]:
-        window = self.next_window()
-        costs = [estimate_cost(sample) for sample in window]
-        return [examples.to_example(window[i], self.media_cache) for i in assign_window(costs, self.world_size, self.rank)]
-
-    def encode(self, conversation: examples.Conversation, sample_id: str, weight: float = 1.0) -> Encoded:
-        return Encoded.from_batch(sample_id, self.processor([conversation], sample_ids=[sample_id]), weight)
-
-    def next_packed(self) -> Packed:
-        """Micro batch for lm / weighted_lm / reward objectives."""
-        encoded = []
-        for ex in self.my_examples():
-            if self.stage.objective == "reward":
-                for i, conv in enumerate(examples.judge_conversations(ex)):
-                    encoded.append(self.encode(conv, f"{ex.sample_id}-judge{i}"))
-            else:
-                encoded.append(self.encode(examples.sft_conversation(ex), ex.sample_id, ex.weight))
-        return pack(encoded, self.stage.seq_len, self.processor.tokenizer.pad_token_id)
-
-    def next_pairs(self) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """Micro batch for MPO: chosen rows then rejected rows, padded (no packing: log-probs per row)."""
-        exs = self.my_examples()
-        pairs = [examples.preference_conversations(ex) for ex in exs]
-        convs = [c for c, _ in pairs] + [r for _, r in pairs]
-        ids = [ex.sample_id for ex in exs]
-        return self.processor(convs, sample_ids=[f"{i}-chosen" for i in ids] + [f"{i}-rejected" for i in ids]), ids
-
-
-def estimate_cost(sample: dict[str, Any], model: balance.CostModel = balance.CostModel()) -> float:
-    """Cheap pre-decode cost estimate of a raw sample (SPEC.md section 5), from sizes alone.
-
-    The LLM term uses the token estimate the sharder stored (``tokens``); the ViT term counts 4 patches
-    per visual token: per frame for a video (from its plan), and for an image all of the sample's tokens
-    (its text is short next to its visual tokens).
-    """
-    record = json.loads(sample.get("json", b"{}"))
-    tokens = int(record.get("tokens", len(sample.get("json", b"")) // 4))
-    if "plan.json" in sample:
-        patches = [4 * frame["tokens"] for frame in json.loads(sample["plan.json"])["frames"]]
-    elif media_of(sample) is not None:
-        patches = [4 * tokens]
-    else:
-        patches = []
-    return balance.sample_cost(patches, tokens, model)
-
-
-# ------------------------------------------------------------------ objectives
-
-@dataclass
-class StepOutput:
-    loss: float
-    metrics: dict[str, float]
-    sample_ids: list[str]
-    tokens: int
-
-
-class Objective:
-    """One optimizer step of the stage's objective (backward and engine steps included)."""
-
-    def __init__(self, config: RunConfig, engine, batches: Batches) -> None:
-        self.config, self.engine, self.batches = config, engine, batches
-        self.stage = config.stage
-        self.reward_mean = losses.RunningRewardMean()
-        self.reference: KeyeForConditionalGeneration | None = None
-        self.reward_fn = None
-        if self.stage.objective == "mpo":
-            self.reference = copy.deepcopy(engine.module).eval().requires_grad_(False)
-        if self.stage.objective == "gspo":
-            if self.stage.grad_accum_steps != 1:
-                raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
-            self.reward_fn = build_reward_fn(config, batches.processor, engine.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reward_mean": self.reward_mean.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reward_mean.load_state_dict(state["reward_mean"])
-
-    def train_step(self, step: int) -> StepOutput:
-        if self.stage.objective == "gspo":
-            return self._gspo(step)
-        micro = self._mpo if self.stage.objective == "mpo" else self._lm
-        outs = []
-        for _ in range(self.stage.grad_accum_steps):
-            loss, metrics, ids, tokens = micro()
-            self.engine.backward(loss)
-            self.engine.step()
-            outs.append((loss.item(), metrics, ids, tokens))
-        merged: dict[str, float] = {}
-        for _, metrics, _, _ in outs:
-            merged.update(metrics)
-        return StepOutput(loss=sum(o[0] for o in outs) / len(outs), metrics=merged,
-                          sample_ids=[i for o in outs for i in o[2]], tokens=sum(o[3] for o in outs))
-
-    def _lm(self) -> tuple[torch.Tensor, dict[str, float], list[str], int]:
-        packed = self.batches.next_packed()
-        inputs = {k: v.to(self.engine.device) for k, v in packed.model_inputs().items()}
-        if self.stage.objective == "weighted_lm":
-            labels = inputs.pop("labels")
-            logp, _ = losses.token_logprobs(self.engine(**inputs).logits, labels)
-            weights = packed.token_weights[:, 1:].to(logp.device)
-            loss = -(logp * weights).sum() / weights.sum().clamp_min(1e-12)
-        else:
-            loss = self.engine(**inputs).loss
-        return loss, {"packing_efficiency": packed.efficiency}, packed.sample_ids, packed.num_real_tokens
-
-    def _mpo(self) -> tuple[torch.Tensor, dict[str, float], list[str], int]:
-        batch, ids = self.batches.next_pairs()
-        batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-        n = len(ids)
-        labels = batch.pop("labels")
-        logits = self.engine(**batch).logits
-        seq_logp = losses.sequence_logprobs(logits, labels)
-        with torch.no_grad():
-            ref_logp = losses.sequence_logprobs(self.reference(**batch).logits, labels)
-        chosen_logp, chosen_mask = losses.token_logprobs(logits[:n], labels[:n])
-        generation = -chosen_logp.sum() / chosen_mask.sum().clamp_min(1)
-        out = losses.mpo_loss(policy_chosen_B=seq_logp[:n], policy_rejected_B=seq_logp[n:],
-                              ref_chosen_B=ref_logp[:n], ref_rejected_B=ref_logp[n:], generation=generation,
-                              reward_mean=self.reward_mean)
-        metrics = {"preference_loss": out.preference.item(), "quality_loss": out.quality.item(),
-                   "generation_loss": out.generation.item(), "bco_delta": out.delta}
-        return out.total, metrics, ids, int(batch["attention_mask"].sum())
-
-    def _gspo(self, step: int) -> StepOutput:
-        from keye_model.training.rl import gspo_update, progressive_hint_rollout
-
-        spec = self.stage.rl
-        prompts = [examples.rl_prompt(ex) for ex in self.batches.my_examples()]
-        model = self.engine.module
-        groups = [progressive_hint_rollout(model, self.batches.processor, prompt, spec, self.reward_fn,
-                                           generator_seed=self.config.seed + 1000 * step + j)
-                  for j, prompt in enumerate(prompts)]
-        m = gspo_update(self.engine, model, self.batches.processor, groups, spec)
-        metrics = {"mean_reward": m.mean_reward, "ratio_mean": m.ratio_mean, "clipped_fraction": m.clipped_fraction,
-                   **{f"hint_level_{k}": float(v) for k, v in m.hint_levels.items()}}
-        tokens = sum(int(g.response_mask.sum()) for g in groups)
-        return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)
-
-
-def build_reward_fn(config: RunConfig, processor: KeyeProcessor, device: torch.device):
-    """The stage's RewardFunction: rule rewards, plus judge / reward-model scores from a trained judge."""
-    from keye_model.rewards import RewardFunction, versus_reference
-    from keye_model.training.judge import PairwiseJudge
-
-    weights = config.stage.rl.reward_weights
-    needs_judge = any(name in ("judge", "reward_model") for name, _ in weights)
-    if not needs_judge:
-        return RewardFunction(weights=weights)
-    if not config.reward_model_checkpoint:
-        raise ValueError(f"stage {config.stage.name} weighs judge/reward-model rewards but has no "
-                         "reward_model_checkpoint")
-    judge_model = KeyeForConditionalGeneration.from_pretrained(config.reward_model_checkpoint).to(device)
-    score = versus_reference(PairwiseJudge(judge_model, processor))
-    return RewardFunction(weights=weights, judge=score, reward_model=score)
-
 
 # ------------------------------------------------------------------ the run
 

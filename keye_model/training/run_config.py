@@ -1,0 +1,69 @@
+"""What one stage run is given (``RunConfig``) and what it returns (``StageResult``).
+
+Both round-trip through JSON: launchers write the config to a file that every rank reads, and a
+finished stage leaves its result in ``result.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_specs.stages import StageSpec
+from keye_model.fusion import FusionConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one stage run needs; JSON round-trips so launchers can pass it to each rank."""
+
+    stage: StageSpec
+    """What to train (data_specs.stages)."""
+    output_dir: str
+    """Where checkpoints, metrics and the result go."""
+    tokenizer_dir: str
+    """A local tokenizer directory (the tiny one the pipeline trains, or a real one)."""
+    init_checkpoint: str | None = None
+    """HF-format Keye checkpoint to start from; None builds ``preset``'s model from scratch."""
+    preset: str = "tiny"
+    """Model preset used when there is no init checkpoint."""
+    shards: tuple[str, ...] = ()
+    """WebDataset shards of the stage's data."""
+    expert_checkpoints: tuple[str, ...] = ()
+    """Fusion: the expert checkpoints merged into ``init_checkpoint``."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """Fusion: method and weights."""
+    reward_model_checkpoint: str | None = None
+    """GSPO stages weighing judge / reward-model rewards: the trained reward model (a pairwise judge)."""
+    seed: int = 0
+    """Seeds the model init, the shard order and sampling."""
+    stop_after_steps: int | None = None
+    """Stop (without the final checkpoint) after this many steps: how tests simulate a crash."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        data = json.loads(text)
+        data["stage"] = StageSpec.from_json(json.dumps(data["stage"]))
+        data["fusion"] = FusionConfig(**{**data["fusion"], "weights": tuple(data["fusion"]["weights"])})
+        for key in ("shards", "expert_checkpoints"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    checkpoint_dir: str
+    steps: int
+    samples_seen: int
+    tokens_seen: int
+    final_loss: float | None
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
