@@ -124,8 +124,9 @@ def test_preference_shards_feed_mpo_and_the_judge(shards, samples, tmp_path):
         if record.meta["reason"] == "reference-vs-wrong":  # the weak-model problem: reference over a wrong path
             assert record.meta["problem_id"] == "easy-vqa-train-2"
             assert chosen[1]["content"] == no_think_response(_problem(2).reference)
-        first, second = judge_conversations(example)
-        assert (first[1]["content"], second[1]["content"]) == ("A", "B")
+        judged = judge_conversations(example)  # both orders, no_think then think
+        assert [c[1]["content"] for c in judged] == ["A", "B", "A", "B"]
+        assert all("reasoning_content" in c[1] for c in judged[2:])
 
 
 def test_rl_prompt_shards_carry_hints_and_reference(shards, collected, tmp_path):
