@@ -203,6 +203,14 @@ class KeyeForConditionalGeneration(nn.Module):
         if pixel_values is None or pixel_values.numel() == 0:
             if num_placeholders:
                 raise ValueError(f"input_ids hold {num_placeholders} visual placeholder tokens but no pixel_values")
+            if _several_ranks():
+                # ZeRO-3 gathers parameters collectively, module by module: a rank whose batch has no image
+                # must still run the vision path, or the ranks' collectives stop matching. One dummy
+                # 28x28 image, added times zero, keeps them in step and changes nothing.
+                patch_dim = self.config.vision.patch_dim
+                dummy = self.get_visual_features(embeds_BLE.new_zeros(4, patch_dim),
+                                                 torch.tensor([[2, 2]], device=embeds_BLE.device))
+                embeds_BLE = embeds_BLE + 0.0 * dummy.sum().to(embeds_BLE.dtype)
             return embeds_BLE
         if grid_hw is None:
             raise ValueError("pixel_values were given without grid_hw")
@@ -250,10 +258,18 @@ class KeyeForConditionalGeneration(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         # Visual placeholders are inputs only: a generated one would claim visual features that do not exist.
         suppress = sorted(set(generate_kwargs.pop("suppress_tokens", None) or ()) | set(self.config.placeholder_token_ids))
+        # Ranks stop generating at different lengths; under ZeRO-3 each decoding step gathers parameters
+        # collectively, so every rank keeps stepping until all are done.
+        generate_kwargs.setdefault("synced_gpus", _several_ranks())
         return self.language_model.generate(
             input_ids=input_ids, inputs_embeds=embeds_BLE, attention_mask=attention_mask, suppress_tokens=suppress,
             **generate_kwargs,
         )
+
+
+def _several_ranks() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
 
 
 def _group_names(groups: str | Iterable[str]) -> set[str]:

@@ -62,3 +62,18 @@ def shard_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shards(shard_dir):
     return tuple(str(p) for p in sorted(shard_dir.glob("*.tar")))
+
+
+@pytest.fixture(scope="session")
+def alternating_shard(tmp_path_factory):
+    """One shard of 8 samples alternating image and text-only."""
+    path = tmp_path_factory.mktemp("alternating") / "mixed-000000.tar"
+    with wds.TarWriter(str(path), mtime=0) as writer:
+        for i in range(8):
+            key = f"m{i:03d}"
+            if i % 2:
+                writer.write({"__key__": key, "json": _record(key, "text", "instruction", "Say hi.", "hi")})
+            else:
+                writer.write({"__key__": key, "json": _record(key, "image", "caption", "What?", "A cat."),
+                              "png": _png("chelsea", (56, 56))})
+    return str(path)

@@ -162,3 +162,14 @@ def test_torchrun_two_ranks_train_disjoint_balanced_shares(tmp_path, tokenizer_d
         assert mine and theirs and not set(mine) & set(theirs)  # each window split between the ranks
     # Two windows of world x micro batch = 4 samples each: all 8 samples trained exactly once.
     assert len({s for step in rank0 + rank1 for s in step}) == 8
+
+
+def test_zero3_two_ranks_when_one_rank_has_no_image(tmp_path, tokenizer_dir, alternating_shard):
+    """Micro batch 1 over alternating image / text samples: every window gives the image to one rank and
+    text only to the other, whose vision path must still take part in ZeRO-3's collectives."""
+    from tasks.train import LaunchConfig, train_stage
+
+    spec = stage("stage2", num_steps=2, zero_stage=3, micro_batch_size=1)
+    config = RunConfig(stage=spec, output_dir=str(tmp_path), tokenizer_dir=tokenizer_dir, shards=(alternating_shard,))
+    result = train_stage(config, LaunchConfig(launcher="torchrun", num_processes=2, timeout_s=300))
+    KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
