@@ -53,5 +53,6 @@ def file_content_cache_key(context, parameters: dict) -> str:
     return digest.hexdigest()
 
 
-#: Options for such tasks: cached across runs by inputs and file contents, results persisted.
-FILE_TASK_OPTIONS = dict(cache_key_fn=file_content_cache_key, persist_result=True)
+#: Options for such tasks: cached across runs by inputs and file contents, results persisted, and
+#: retried (they read and write files, and may call a generator endpoint).
+FILE_TASK_OPTIONS = dict(cache_key_fn=file_content_cache_key, persist_result=True, retries=2, retry_delay_seconds=5)

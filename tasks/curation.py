@@ -125,7 +125,7 @@ def mix_table(shards: StageShards) -> list[dict]:
     return rows
 
 
-@task(name="record-curation-lineage")
+@task(name="record-curation-lineage", retries=2, retry_delay_seconds=5)
 def record_curation_lineage(lineage_db: str, run_id: str, records_by_source: dict[str, list[Record]],
                             report: ValidationReport, shards: list[StageShards]) -> dict[str, int]:
     """Write the curation graph in one go (the flow process is the one writer)."""

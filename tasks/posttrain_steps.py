@@ -36,7 +36,7 @@ def apply_review_task(samples: list[CoTSample], decisions: list[ReviewDecision],
     return str(write_jsonl(kept, kept_path)), str(write_jsonl(rejected, rejected_path))
 
 
-@task(name="record-reviews")
+@task(name="record-reviews", retries=2, retry_delay_seconds=5)
 def record_reviews_task(lineage_db: str, run_id: str, decisions: list[ReviewDecision]) -> int:
     """Each decision with who made it (a person's name, or ``auto``)."""
     rows = [Review(run_id=run_id, reviewer=d.reviewer, decision=d.decision, sample_ids=(d.sample_id,),
@@ -52,7 +52,7 @@ def dataset_artifact(path: str, run_id: str, kind: str = "dataset") -> Artifact:
                     num_bytes=len(data), num_records=data.count(b"\n"), created_by_run=run_id)
 
 
-@task(name="record-generated-lineage")
+@task(name="record-generated-lineage", retries=2, retry_delay_seconds=5)
 def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[str], dataset_path: str,
                                   shards_dir: str | None = None, mix: str | None = None) -> dict[str, list[str]]:
     """A generated dataset made from ``parents`` (checkpoint / dataset ids), and the shards made from it.

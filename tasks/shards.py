@@ -428,7 +428,7 @@ def shard_stage(
     return result
 
 
-@task(name="write-stage-shards", task_run_name="shard-{config.stage}")
+@task(name="write-stage-shards", task_run_name="shard-{config.stage}", retries=2, retry_delay_seconds=5)
 def write_stage_shards(records: list[Record], mix: DataMix, config: ShardConfig) -> StageShards:
     """Prefect entry point for ``shard_stage`` (default word-count token estimate)."""
     return shard_stage(records, mix, config)

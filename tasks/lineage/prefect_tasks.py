@@ -47,7 +47,7 @@ def current_run(*, status: str = "RUNNING", ended_at: dt.datetime | None = None)
                parent_run_id=str(flow_run.parent_flow_run_id) if flow_run.parent_flow_run_id else None)
 
 
-@task(name="record-run-start")
+@task(name="record-run-start", retries=2, retry_delay_seconds=5)
 def record_run_start(db_path: str) -> str:
     """Record the current flow run as RUNNING; returns its run id."""
     run = current_run()
@@ -56,14 +56,14 @@ def record_run_start(db_path: str) -> str:
     return run.run_id
 
 
-@task(name="record-run-end")
+@task(name="record-run-end", retries=2, retry_delay_seconds=5)
 def record_run_end(db_path: str, status: str = "COMPLETED") -> None:
     """Record the current flow run's final status and end time."""
     with LineageStore(db_path) as store:
         store.record_run(current_run(status=status, ended_at=utc_now()))
 
 
-@task(name="record-lineage")
+@task(name="record-lineage", retries=2, retry_delay_seconds=5)
 def record_lineage(db_path: str, *, artifacts: Sequence[Artifact] = (), edges: Sequence[Edge] = (),
                    mix: Sequence[MixRow] = (), metrics: Sequence[Metric] = (),
                    reviews: Sequence[Review] = ()) -> None:

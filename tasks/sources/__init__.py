@@ -52,7 +52,7 @@ def collect_records(spec: SourceSpec, work_dir: str | Path) -> Collected:
     return collected
 
 
-@task(name="collect-source", task_run_name="collect-{spec.name}")
+@task(name="collect-source", task_run_name="collect-{spec.name}", retries=2, retry_delay_seconds=5)
 def collect_source(spec: SourceSpec, work_dir: str) -> Collected:
     """Prefect entry point for ``collect_records``."""
     return collect_records(spec, work_dir)
