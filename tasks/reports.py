@@ -83,28 +83,43 @@ def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> Non
         create_table_artifact(metrics_rows(metrics), key=f"metrics-{key}", description=f"Stage {stage}: metrics per step")
 
 
-def task_time_share(flow_run_id: str) -> tuple[float, int]:
+def task_time_share(flow_run_id: str, *, expected_tasks: int | None = None, timeout_s: float = 60.0
+                    ) -> tuple[float, int]:
     """(seconds, count) of task run time inside the subflows of ``flow_run_id`` (the pipeline's phases).
 
     The phase flows' bodies only order their tasks, so a run's wall time minus this is what Prefect
-    itself cost (task and flow run bookkeeping, state changes, artifacts, the API round trips).
+    itself cost (task and flow run bookkeeping, state changes, artifacts, the API round trips). Prefect
+    records task runs from events, a moment after they end: this reads until every task run found is
+    in a final state and two reads agree (or ``expected_tasks`` are there), for at most ``timeout_s``.
     """
+    import time
     from uuid import UUID
 
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
-    with get_client(sync_client=True) as client:
+    def read(client) -> tuple[float, int, bool]:
         phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(flow_run_id)])))
         ids = [run.id for run in phases]
-        total, count, offset = 0.0, 0, 0
+        runs, offset = [], 0
         while ids:
             page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
                                          limit=200, offset=offset)
-            total += sum(t.total_run_time.total_seconds() for t in page)
-            count += len(page)
+            runs += page
             offset += len(page)
             if len(page) < 200:
                 break
-    return total, count
+        final = all(run.state is not None and run.state.is_final() for run in runs)
+        return sum(run.total_run_time.total_seconds() for run in runs), len(runs), final
+
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    with get_client(sync_client=True) as client:
+        while True:
+            total, count, final = read(client)
+            settled = final and count > 0 and (count == expected_tasks if expected_tasks else count == previous)
+            if settled or time.monotonic() > deadline:
+                return total, count
+            previous = count
+            time.sleep(0.5)
