@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -89,8 +90,12 @@ def resolve(con: duckdb.DuckDBPyConnection, id_or_uri: str) -> str:
     """The artifact id named by an id or a URI; ValueError when unknown or when a URI names several."""
     if con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [id_or_uri]).fetchone():
         return id_or_uri
+    uris = [id_or_uri]
+    if Path(id_or_uri).exists():  # a local path in any form: artifacts record the absolute one
+        uris.append(str(Path(id_or_uri).resolve()))
     ids = [row[0] for row in con.execute(
-        "SELECT artifact_id FROM artifacts WHERE uri = ? ORDER BY created_at DESC", [id_or_uri]).fetchall()]
+        "SELECT DISTINCT artifact_id, created_at FROM artifacts WHERE uri IN (SELECT unnest(?)) "
+        "ORDER BY created_at DESC", [uris]).fetchall()]
     if len(ids) == 1:
         return ids[0]
     if ids:

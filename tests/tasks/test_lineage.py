@@ -349,3 +349,14 @@ def test_prefect_entry_points_write_through_the_store(tmp_path):
     assert code_version(ROOT)
     with pytest.raises(ValueError, match="outside a Prefect flow run"):
         current_run()
+
+
+def test_a_local_path_in_any_form_names_its_artifact(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "stages" / "sft" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    with LineageStore(tmp_path / "lineage.duckdb") as store:
+        store.record_artifacts([Artifact(kind="checkpoint", uri=str(checkpoint.resolve()))])
+        wanted = store.resolve(str(checkpoint.resolve()))
+        monkeypatch.chdir(tmp_path)
+        assert store.resolve("stages/sft/checkpoint") == wanted
+        assert store.resolve("./stages/sft/../sft/checkpoint") == wanted
