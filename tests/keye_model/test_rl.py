@@ -8,7 +8,6 @@ so outcomes must be set by the test to check the control flow around them.
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import pytest
 import torch
@@ -52,18 +51,14 @@ def engine(processor):
     """A ZeRO-2 DeepSpeed engine on CPU around its own tiny policy (so updates do not leak into ``model``)."""
     import deepspeed
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from keye_model.training.runner import init_distributed
+
+    init_distributed()  # a world of one on gloo, as the runner sets it up
     policy = tiny_model(processor, 1)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                               MASTER_PORT=str(port)).items():
-            mp.setenv(key, value)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-        engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config={
-            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": 2}})
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config={
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 2}})
     return engine
 
 
