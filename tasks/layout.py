@@ -6,7 +6,6 @@
     <run_dir>/shards/<mix>/           WebDataset shards and manifest.json of each data mix
     <run_dir>/stages/<stage>/         a stage's deepspeed/, checkpoint/, metrics.jsonl, result.json
     <run_dir>/posttrain/              data made inside the post-training chain (LongCoT, pairs)
-    <run_dir>/eval/                   evaluation inputs and results
 
 Phases find each other's outputs here (a manifest, a result.json), so each phase flow runs alone.
 """
@@ -62,10 +61,6 @@ class RunLayout:
     def posttrain_dir(self) -> str:
         return str(self.root / "posttrain")
 
-    @property
-    def eval_dir(self) -> str:
-        return str(self.root / "eval")
-
 
 @dataclass(frozen=True)
 class MixShards:
@@ -75,6 +70,8 @@ class MixShards:
     manifest_path: str
     paths: tuple[str, ...]
     artifact_ids: tuple[str, ...]
+    sha256s: tuple[str, ...]
+    num_bytes: tuple[int, ...]
 
 
 def read_mix_shards(shards_dir: str, mix: str) -> MixShards:
@@ -84,4 +81,6 @@ def read_mix_shards(shards_dir: str, mix: str) -> MixShards:
     data = json.loads(manifest.read_text())
     paths = tuple(str(Path(s["path"]).resolve()) for s in data["shards"])
     ids = tuple(artifact_id("shard", p, s["sha256"]) for p, s in zip(paths, data["shards"]))
-    return MixShards(mix=mix, manifest_path=str(manifest), paths=paths, artifact_ids=ids)
+    return MixShards(mix=mix, manifest_path=str(manifest), paths=paths, artifact_ids=ids,
+                     sha256s=tuple(s["sha256"] for s in data["shards"]),
+                     num_bytes=tuple(s["num_bytes"] for s in data["shards"]))

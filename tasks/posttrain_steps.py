@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import task
@@ -65,10 +64,9 @@ def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[st
     shard_ids: list[str] = []
     if shards_dir and mix:
         shards = read_mix_shards(shards_dir, mix)
-        for path, shard_id in zip(shards.paths, shards.artifact_ids):
-            data = Path(path).read_bytes()
-            artifacts.append(Artifact(kind="shard", uri=path, sha256=hashlib.sha256(data).hexdigest(),
-                                      num_bytes=len(data), created_by_run=run_id, metadata={"stage": mix}))
+        for path, shard_id, sha, size in zip(shards.paths, shards.artifact_ids, shards.sha256s, shards.num_bytes):
+            artifacts.append(Artifact(kind="shard", uri=path, sha256=sha, num_bytes=size, created_by_run=run_id,
+                                      metadata={"stage": mix}))
             edges.append(Edge(parent_id=dataset.artifact_id, child_id=shard_id, run_id=run_id, relation="sharded_into"))
             shard_ids.append(shard_id)
     with LineageStore(lineage_db) as store:
@@ -112,7 +110,3 @@ def filter_rl_prompts_task(checkpoint_dir: str, records_path: str, out_path: str
 
 def nonempty(path: str | None) -> bool:
     return bool(path) and Path(path).exists() and Path(path).stat().st_size > 0
-
-
-def first_existing(paths: Sequence[str]) -> str | None:
-    return next((p for p in paths if nonempty(p)), None)

@@ -62,15 +62,6 @@ def loss_curve_markdown(stage: str, metrics: Sequence[dict[str, Any]], checkpoin
             f"- steps: {len(metrics)}\n- final loss: {last}\n- checkpoint: `{checkpoint_dir}`\n")
 
 
-def mix_rows(planned: dict[str, float], realized_samples: dict[str, float], realized_tokens: dict[str, float]
-             ) -> list[dict[str, Any]]:
-    """Planned vs realized shares per modality (or source), for a table artifact."""
-    keys = sorted(set(planned) | set(realized_tokens))
-    return [{"part": k, "planned": round(planned.get(k, 0.0), 4),
-             "realized_by_samples": round(realized_samples.get(k, 0.0), 4),
-             "realized_by_tokens": round(realized_tokens.get(k, 0.0), 4)} for k in keys]
-
-
 def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> None:
     """Loss curve + checkpoint location (markdown) and per-step metrics (table) in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact

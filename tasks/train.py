@@ -174,17 +174,21 @@ def run_logged(cmd: Sequence[str], *, timeout_s: float, name: str, env: dict[str
 
 def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
     weights = Path(result.checkpoint_dir) / "model.safetensors"
-    digest = hashlib.sha256()
-    with weights.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     metadata = {"stage": result.stage, "steps": result.steps, "samples_seen": result.samples_seen,
                 "tokens_seen": result.tokens_seen, "final_loss": result.final_loss}
     written = Path(result.checkpoint_dir).parent / "result.json"
-    if written.exists():  # a fusion stage also wrote its method, weights and experts there
-        extra = json.loads(written.read_text())
-        metadata.update({k: extra[k] for k in ("fusion", "experts") if k in extra})
-    return Artifact(kind="checkpoint", uri=str(Path(result.checkpoint_dir).resolve()), sha256=digest.hexdigest(),
+    extra = json.loads(written.read_text()) if written.exists() else {}
+    metadata.update({k: extra[k] for k in ("fusion", "experts") if k in extra})  # what a fusion stage merged
+    sha256 = extra.get("weights_sha256")
+    if sha256 is None:  # hashed once (16 GB at 8B), then kept beside the result for every later lookup
+        digest = hashlib.sha256()
+        with weights.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+        if written.exists():
+            written.write_text(json.dumps({**extra, "weights_sha256": sha256}, indent=2))
+    return Artifact(kind="checkpoint", uri=str(Path(result.checkpoint_dir).resolve()), sha256=sha256,
                     num_bytes=weights.stat().st_size, created_by_run=run_id, metadata=metadata)
 
 
