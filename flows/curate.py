@@ -23,6 +23,7 @@ from tasks.sources import SourceSpec, collect_source
 from tasks.validate import validate_batch
 
 DEFAULT_SOURCES = ("easy-vqa", "skimage", "scene-videos", "text-instructions")
+TASK_RUNNERS = ("thread", "dask")
 
 
 @flow(name="curate")
@@ -66,3 +67,18 @@ def curate(run_dir: str = "runs/demo", preset: str = "tiny", sources: list[str] 
                               description=f"Data mix `{stage_shards.stage}`: planned vs realized shares")
     record_run_end(layout.lineage_db)
     return {s.stage: s.manifest_path for s in shards}
+
+
+def curate_on(task_runner: str = "thread"):
+    """The curate flow on a task runner: ``thread`` (this process) or ``dask`` (a Dask cluster at
+    ``PREFECT_DASK_ADDRESS``, or a local one when unset)."""
+    if task_runner not in TASK_RUNNERS:
+        raise ValueError(f"task runner {task_runner!r} not in {TASK_RUNNERS}")
+    if task_runner == "thread":
+        return curate
+    import os
+
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get("PREFECT_DASK_ADDRESS")
+    return curate.with_options(task_runner=DaskTaskRunner(address=address) if address else DaskTaskRunner())

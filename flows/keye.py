@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from data_specs.stages import stages as all_stages
-from flows.curate import curate
+from flows.curate import curate_on
 from flows.evaluate import evaluate
 from flows.posttrain import posttrain
 from flows.pretrain import pretrain
@@ -21,15 +21,16 @@ def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | N
          review_mode: str = "auto", review_timeout_s: int = 3600, sources: list[str] | None = None,
          local_folder: str | None = None, records_per_source: int = 16, launcher: str = "inprocess",
          num_processes: int = 1, gpu_limit: str | None = None, evaluate_stages: list[str] | None = None,
-         seed: int = 0) -> dict:
-    """The whole pipeline; ``stages`` limits training to those stages (all by default)."""
+         task_runner: str = "thread", seed: int = 0) -> dict:
+    """The whole pipeline; ``stages`` limits training to those stages (all by default); ``task_runner``
+    is where curation's tasks run (``thread`` or ``dask``)."""
     names = {s.name: s.phase for s in all_stages(preset)}
     unknown = set(stages or ()) - set(names)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; preset {preset!r} has {list(names)}")
     wanted = list(stages or names)
-    curated = curate(run_dir=run_dir, preset=preset, sources=sources, local_folder=local_folder,
-                     records_per_source=records_per_source, seed=seed)
+    curated = curate_on(task_runner)(run_dir=run_dir, preset=preset, sources=sources,
+                                     local_folder=local_folder, records_per_source=records_per_source, seed=seed)
     train = dict(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit, seed=seed)
     pre = [n for n in wanted if names[n] == "pretrain"]
     post = [n for n in wanted if names[n] == "posttrain"]

@@ -38,16 +38,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     prefect_environment()
     from flows.keye import keye
 
-    flow = keye
-    if args.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        address = os.environ.get("PREFECT_DASK_ADDRESS")
-        flow = keye.with_options(task_runner=DaskTaskRunner(address=address) if address else DaskTaskRunner())
     started = time.monotonic()
-    result = flow(run_dir=args.run_dir, preset=args.preset, stages=args.stages, review_mode=args.review_mode,
+    result = keye(run_dir=args.run_dir, preset=args.preset, stages=args.stages, review_mode=args.review_mode,
                   local_folder=args.local_folder, records_per_source=args.records_per_source,
-                  launcher=args.launcher, num_processes=args.num_processes)
+                  launcher=args.launcher, num_processes=args.num_processes, task_runner=args.task_runner)
     wall_s = time.monotonic() - started
     train_s = sum(json.loads(p.read_text())["wall_s"]
                   for p in Path(result["run_dir"], "stages").glob("*/result.json"))
