@@ -23,17 +23,21 @@ def num_tokens(height: int, width: int, factor: int = TOKEN_SIDE_PX) -> int:
     return (height // factor) * (width // factor)
 
 
-def fit_size(
+def smart_resize(
     height: int,
     width: int,
     min_tokens: int,
     max_tokens: int,
     factor: int = TOKEN_SIDE_PX,
 ) -> tuple[int, int]:
-    """Aspect-preserving size with sides multiples of ``factor`` and min_tokens <= tokens <= max_tokens.
+    """The released keye-vl-utils resize rule (its ``smart_resize``), counted in tokens instead of pixels.
 
-    Never exceeds ``max_tokens`` (rounding goes down when shrinking); monotone non-decreasing in
-    ``max_tokens``, which the Slow-Fast binary search relies on. Raises ValueError for a degenerate input.
+    Rounds each side to the nearest multiple of ``factor``; if that is over max_tokens, scales by
+    beta = sqrt(h*w / max_px) and floors both sides; if under min_tokens, scales up and ceils both. Sides
+    are at least ``factor``. It can land ABOVE max_tokens: when a side floors to 0 and is lifted back to
+    ``factor`` (very elongated sources), and when ceiling both sides overshoots a narrow [min, max]
+    window (sources smaller than min_tokens). ``fit_size`` removes that excess; the ``keye-release``
+    Slow-Fast allocation keeps it, as the release does. Raises ValueError for a degenerate input.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -45,23 +49,37 @@ def fit_size(
     min_px = min_tokens * factor * factor
     h = max(factor, round(height / factor) * factor)
     w = max(factor, round(width / factor) * factor)
+    # The float expressions are the release's, operation for operation: x.9999... must floor the same way.
     if h * w > max_px:
         beta = math.sqrt(height * width / max_px)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-        # A side clamped up to one block can push the product over; shrink the other side.
-        while h * w > max_px and max(h, w) > factor:
-            if h >= w:
-                h -= factor
-            else:
-                w -= factor
+        h = math.floor(height / beta / factor) * factor
+        w = math.floor(width / beta / factor) * factor
     elif h * w < min_px:
         beta = math.sqrt(min_px / (height * width))
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
-        while h * w > max_px:  # ceil on both sides can overshoot a narrow [min, max] window
-            if h >= w:
-                h -= factor
-            else:
-                w -= factor
+    return max(h, factor), max(w, factor)
+
+
+def fit_size(
+    height: int,
+    width: int,
+    min_tokens: int,
+    max_tokens: int,
+    factor: int = TOKEN_SIDE_PX,
+) -> tuple[int, int]:
+    """Aspect-preserving size with sides multiples of ``factor`` and min_tokens <= tokens <= max_tokens.
+
+    ``smart_resize``, then the larger side shrinks by one block while the size is over max_tokens. So it
+    never exceeds ``max_tokens`` (rounding goes down when shrinking), and it is monotone non-decreasing
+    in ``max_tokens``, which the Slow-Fast binary search relies on. Raises ValueError for a degenerate
+    input.
+    """
+    h, w = smart_resize(height, width, min_tokens, max_tokens, factor)
+    max_px = max_tokens * factor * factor
+    while h * w > max_px and max(h, w) > factor:
+        if h >= w:
+            h -= factor
+        else:
+            w -= factor
     return h, w

@@ -4,19 +4,19 @@
 2. Frame 0 is Slow. Every later frame is compared with the LATEST Slow frame: both at an analysis size of
    at most ``analysis_max_tokens`` (256) tokens, cut into 28x28 patches; the frame's similarity is the
    fraction of patches that are alike. Similarity > threshold -> Fast; else Slow, the new reference.
-3. A Slow frame gets T_s tokens, a Fast frame floor(fast_token_ratio * T_s), each rounded down to what an
-   aspect-preserving frame with 28-multiple sides gives (geometry.fit_size; frame_sizes says what happens
-   for sources too small to fill T_s). T_s is the LARGEST value in [min_tokens, max_tokens] whose actual
-   total fits the budget (binary search; fit_size is monotone), so the total never exceeds it -- unlike
-   the released bisection, which returns the first count above the budget.
+3. A Slow frame gets T_s tokens, a Fast frame max(floor(fast_token_ratio * T_s), min_tokens), each rounded
+   down to what an aspect-preserving frame with 28-multiple sides gives (geometry.fit_size). T_s is the
+   LARGEST value in [min_tokens, max_tokens] whose actual total fits the budget, so the total never exceeds
+   it -- unlike the released bisection, which returns the first count above the budget (the
+   ``keye-release`` preset reproduces that rule; keye_model.token_allocation holds both).
 4. If even min_tokens does not fit, Fast frames are dropped first, then Slow ones, evenly spread.
 
 Worked example (SPEC): 384 frames, 30% Slow -> n_s = 115, n_f = 269, budget 75,000. Ignoring frame-size
 rounding, T_s = 383: 115 * 383 + 269 * floor(0.3 * 383) = 44,045 + 269 * 114 = 74,711 <= 75,000, while
 T_s = 384 gives 44,160 + 269 * 115 = 75,095 > 75,000. So "about 384 tokens per Slow frame, 115 per
 Fast". With real sizes (a 1280x720 source) the search lands on T_s = 410: a Slow frame is
-fit_size(720, 1280, 48, 410) = 420x728 = 15 x 26 = 390 tokens, a Fast frame (limit floor(0.3 * 410) =
-123) 224x392 = 8 x 14 = 112 tokens; 115 * 390 + 269 * 112 = 74,978 <= 75,000.
+fit_size(720, 1280, 48, 410) = 420x728 = 15 x 26 = 390 tokens, a Fast frame (limit max(floor(0.3 * 410),
+48) = 123) 224x392 = 8 x 14 = 112 tokens; 115 * 390 + 269 * 112 = 74,978 <= 75,000.
 
 The released code (``keye-release`` preset) compares raw HSV patch vectors by cosine > 0.7. All HSV values
 are positive, so two different scenes with alike colour statistics score as "similar" and the cut is
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,14 +40,14 @@ import numpy as np
 
 from keye_model.frame_similarity import classify_frames, frame_similarity
 from keye_model.geometry import TOKEN_SIDE_PX, fit_size, num_tokens
-from keye_model.video import decode_frames, probe_video, resize_frames, uniform_indices
+from keye_model.token_allocation import ALLOCATIONS, TokenAllocation, allocate_tokens, frame_sizes
+from keye_model.video import decode_frames, probe_video, resize_frames
 
 __all__ = ["SlowFastConfig", "FramePlan", "VideoPlan", "TokenAllocation", "allocate_tokens", "classify_frames",
            "frame_similarity", "frame_sizes", "load_planned_frames", "plan_and_load_video", "plan_frames",
            "plan_video"]
 
 MEASURES = ("cell-mad", "hsv-cosine")
-KINDS = ("slow", "fast")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,9 +65,10 @@ class SlowFastConfig:
     similarity_threshold: float = 0.95
     """A frame whose similarity to the latest Slow frame is above this is Fast."""
     fast_token_ratio: float = 0.3
-    """A Fast frame gets floor(ratio * T_s) tokens (before rounding to the 28-pixel grid)."""
+    """A Fast frame gets max(floor(ratio * T_s), min_tokens) tokens (before rounding to the 28-pixel grid)."""
     min_tokens: int = 48
-    """Fewest tokens of a Slow frame; below this, frames are dropped instead."""
+    """Fewest tokens asked for any frame, Slow or Fast (rounding to the grid may give a few less: 42 for a
+    364x476 frame); when even this does not fit the budget, frames are dropped instead."""
     max_tokens: int = 768
     """Most tokens of any frame; also the size frames are decoded at."""
     analysis_max_tokens: int = 256
@@ -83,6 +83,10 @@ class SlowFastConfig:
     """cell-mad: each patch is summarised by cells_per_side x cells_per_side cell means per channel."""
     patch_cosine_threshold: float = 0.7
     """hsv-cosine: a patch is alike when the cosine of the two HSV patch vectors exceeds this."""
+    allocation: str = "fit"
+    """Token allocation rule (keye_model.token_allocation): "fit" (ours: the largest T_s whose actual total
+    fits, never over budget) or "release" (keye-vl-utils 1.5.2's size-blind bisection, which returns the
+    first count above the budget)."""
 
     def __post_init__(self):
         problems = []
@@ -100,6 +104,8 @@ class SlowFastConfig:
             problems.append(f"analysis_max_tokens must be >= 1, got {self.analysis_max_tokens}")
         if self.measure not in MEASURES:
             problems.append(f"measure must be one of {MEASURES}, got {self.measure!r}")
+        if self.allocation not in ALLOCATIONS:
+            problems.append(f"allocation must be one of {sorted(ALLOCATIONS)}, got {self.allocation!r}")
         if TOKEN_SIDE_PX % self.cells_per_side:
             problems.append(f"cells_per_side must divide {TOKEN_SIDE_PX}, got {self.cells_per_side}")
         if problems:
@@ -114,12 +120,14 @@ class SlowFastConfig:
 
 
 def keye_release() -> SlowFastConfig:
-    """The released keye-vl-utils constants and HSV-cosine measure (65,536 = VIDEO_TOTAL_PIXELS / 28^2).
+    """The released keye-vl-utils constants, HSV-cosine measure and token allocation rule.
 
-    Our reading of its HSV: OpenCV's 8-bit scale (H/2 in [0, 180), S and V in [0, 255]).
+    65,536 = VIDEO_TOTAL_PIXELS / 28^2. Our reading of its HSV: OpenCV's 8-bit scale (H/2 in [0, 180), S and
+    V in [0, 255]).
     """
     return dataclasses.replace(
-        SlowFastConfig(), name="keye-release", budget_tokens=65_536, similarity_threshold=0.9, measure="hsv-cosine"
+        SlowFastConfig(), name="keye-release", budget_tokens=65_536, similarity_threshold=0.9, measure="hsv-cosine",
+        allocation="release",
     )
 
 
@@ -134,107 +142,6 @@ PRESETS: dict[str, Callable[[], SlowFastConfig]] = {
     "keye-release": keye_release,
     "tiny": tiny,
 }
-
-
-# ---- token allocation ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class TokenAllocation:
-    """Result of allocate_tokens for one frame size."""
-
-    kept: tuple[int, ...]
-    """Positions (into the kinds given) of the frames kept; all of them unless the budget forced drops."""
-    tokens_per_slow_frame: int
-    """T_s: the largest per-Slow-frame token limit in [min_tokens, max_tokens] that fits the budget."""
-    slow_size: tuple[int, int]
-    """(height, width) of every Slow frame."""
-    fast_size: tuple[int, int]
-    """(height, width) of every Fast frame."""
-    slow_tokens: int
-    """Actual tokens of one Slow frame (<= T_s)."""
-    fast_tokens: int
-    """Actual tokens of one Fast frame (<= floor(fast_token_ratio * T_s))."""
-    total_tokens: int
-    """Sum over kept frames; <= budget_tokens."""
-    notes: tuple[str, ...] = ()
-    """Human-readable remarks, e.g. what was dropped and why."""
-
-
-def frame_sizes(height: int, width: int, tokens_per_slow_frame: int, config: SlowFastConfig):
-    """((slow h, w), (fast h, w)) for a source of height x width when a Slow frame may use T_s tokens.
-
-    The Fast limit is floor(ratio * T_s), except that T_s is first capped at what a Slow frame can
-    actually get from this source (our choice: fit_size never enlarges past the source's own 28-grid, so
-    for a 640x360 source Slow frames stop at 23 x 13 = 299 tokens however large T_s grows, and Fast
-    frames stay at 30% of THAT rather than creeping up to floor(0.3 * 768) = 230 tokens).
-    """
-    slow_cap = num_tokens(*fit_size(height, width, config.min_tokens, config.max_tokens))
-    fast_limit = max(1, math.floor(config.fast_token_ratio * min(tokens_per_slow_frame, slow_cap)))
-    return (
-        fit_size(height, width, config.min_tokens, tokens_per_slow_frame),
-        fit_size(height, width, 1, fast_limit),
-    )
-
-
-def _total(n_slow: int, n_fast: int, height: int, width: int, t_s: int, config: SlowFastConfig) -> int:
-    slow, fast = frame_sizes(height, width, t_s, config)
-    return n_slow * num_tokens(*slow) + n_fast * num_tokens(*fast)
-
-
-def allocate_tokens(kinds: Sequence[str], height: int, width: int, config: SlowFastConfig) -> TokenAllocation:
-    """Binary-search T_s for frames of source size height x width; drop frames if min_tokens cannot fit.
-
-    Worked example (budget 1,000, 448x448 source, ratio 0.3, min 48): kinds = 2 slow + 10 fast.
-    T_s = 213: a Slow frame is 392x392 = 14 x 14 = 196 tokens (15 x 15 = 225 > 213), the Fast limit is
-    floor(0.3 * 213) = 63 -> 196x196 = 7 x 7 = 49 tokens: 2 * 196 + 10 * 49 = 882 <= 1,000.
-    T_s = 214: Fast limit 64 -> 224x224 = 64 tokens: 392 + 640 = 1,032 > 1,000. So T_s = 213, total 882.
-    """
-    kinds = list(kinds)
-    if not kinds or any(k not in KINDS for k in kinds):
-        raise ValueError(f"kinds must be a non-empty list of {KINDS}, got {kinds[:5]}...")
-    slow_at = [i for i, k in enumerate(kinds) if k == "slow"]
-    fast_at = [i for i, k in enumerate(kinds) if k == "fast"]
-    budget, notes = config.budget_tokens, []
-    at_min = _total(len(slow_at), len(fast_at), height, width, config.min_tokens, config)
-    if at_min > budget:
-        slow_size, fast_size = frame_sizes(height, width, config.min_tokens, config)
-        cost_s, cost_f = num_tokens(*slow_size), num_tokens(*fast_size)
-        if len(slow_at) * cost_s <= budget:
-            keep_fast = min(len(fast_at), (budget - len(slow_at) * cost_s) // cost_f)
-            keep_slow = len(slow_at)
-        else:
-            keep_fast, keep_slow = 0, budget // cost_s
-        if keep_slow == 0:
-            raise ValueError(f"budget of {budget} tokens cannot hold one frame of {cost_s} tokens ({height}x{width})")
-        notes.append(
-            f"{len(slow_at)} slow + {len(fast_at)} fast frames need {at_min} tokens at min_tokens="
-            f"{config.min_tokens} > budget {budget}: dropped {len(fast_at) - keep_fast} fast and "
-            f"{len(slow_at) - keep_slow} slow frames, evenly spread"
-        )
-        slow_at = [slow_at[i] for i in uniform_indices(len(slow_at), keep_slow)]
-        fast_at = [fast_at[i] for i in uniform_indices(len(fast_at), keep_fast)]
-    # Largest T in [lo, hi] with total(T) <= budget; total is non-decreasing in T (fit_size is monotone).
-    lo, hi = config.min_tokens, config.max_tokens
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _total(len(slow_at), len(fast_at), height, width, mid, config) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    slow_size, fast_size = frame_sizes(height, width, lo, config)
-    total = len(slow_at) * num_tokens(*slow_size) + len(fast_at) * num_tokens(*fast_size)
-    assert total <= budget, (total, budget)
-    return TokenAllocation(
-        kept=tuple(sorted(slow_at + fast_at)),
-        tokens_per_slow_frame=lo,
-        slow_size=slow_size,
-        fast_size=fast_size,
-        slow_tokens=num_tokens(*slow_size),
-        fast_tokens=num_tokens(*fast_size),
-        total_tokens=total,
-        notes=tuple(notes),
-    )
 
 
 # ---- plans -----------------------------------------------------------------------------------------------
@@ -267,11 +174,11 @@ class VideoPlan:
     frames: tuple[FramePlan, ...]
     """Kept frames in time order."""
     total_tokens: int
-    """Sum of frame tokens; never above budget_tokens."""
+    """Sum of frame tokens; never above budget_tokens under the "fit" allocation (see notes otherwise)."""
     budget_tokens: int
     """The budget planned against."""
     tokens_per_slow_frame: int
-    """T_s found by the binary search (a Slow frame's actual tokens are <= T_s)."""
+    """T_s found by the binary search (under "fit", a Slow frame's actual tokens are <= T_s)."""
     fps: float
     """Sampling rate the indices refer to."""
     source_height: int

@@ -128,7 +128,8 @@ def test_budget_never_exceeded_and_search_is_optimal():
         t_s = alloc.tokens_per_slow_frame
         assert DEFAULT.min_tokens <= t_s <= DEFAULT.max_tokens
         assert t_s == config.max_tokens or total_at(kept, height, width, t_s + 1, config) > config.budget_tokens
-        assert alloc.slow_tokens <= t_s and alloc.fast_tokens <= math.floor(0.3 * t_s)
+        # A Fast frame asks for max(floor(0.3 * T_s), 48) tokens (SPEC step 3) and rounds down from there.
+        assert alloc.slow_tokens <= t_s and alloc.fast_tokens <= max(math.floor(0.3 * t_s), DEFAULT.min_tokens)
 
 
 @pytest.mark.parametrize("height,width", [(720, 1280), (1080, 1920), (480, 640), (1000, 1000), (640, 360)])
@@ -148,7 +149,8 @@ def test_fast_frames_get_about_30_percent_of_slow(height, width):
 def test_fast_frames_dropped_first_then_slow_when_min_tokens_cannot_fit():
     kinds = ["slow"] + ["fast"] * 9 + ["slow"] + ["fast"] * 9  # 2 slow + 18 fast
     slow_min, fast_min = (num_tokens(*s) for s in frame_sizes(720, 1280, DEFAULT.min_tokens, DEFAULT))
-    assert (slow_min, fast_min) == (45, 8)
+    # At min_tokens a Fast frame asks for the same 48 tokens as a Slow one (SPEC step 3), both 5 x 9 = 45.
+    assert (slow_min, fast_min) == (45, 45)
     # Room for both slow frames and 5 of the 18 fast ones at min_tokens.
     config = dataclasses.replace(DEFAULT, budget_tokens=2 * slow_min + 5 * fast_min + 3)
     alloc = allocate_tokens(kinds, 720, 1280, config)
@@ -215,9 +217,122 @@ def test_presets_and_validation():
         SlowFastConfig.preset("nope")
     with pytest.raises(ValueError, match="measure"):
         SlowFastConfig(measure="ssim")
+    assert (release.allocation, DEFAULT.allocation) == ("release", "fit")
+    with pytest.raises(ValueError, match="allocation"):
+        SlowFastConfig(allocation="greedy")
 
 
 def test_planning_errors_name_the_video(photos, scene_video):
     video = scene_video([(photos["coffee"], 2)], fps=2.0, name="tiny budget.mp4")
     with pytest.raises(ValueError, match="tiny budget.mp4.*cannot hold one frame"):
         plan_video(video.path, dataclasses.replace(DEFAULT, budget_tokens=10))
+
+
+# ---- the released allocation rule (keye-release) versus ours, when the budget binds ---------------------
+# The released keye-vl-utils 1.5.2 rule, written out here in its own terms (pixels, floats) as an independent
+# reference: the planner must agree with it, not with itself.
+PX = 28 * 28
+
+
+def release_smart_resize(height, width, min_pixels, max_pixels, factor=28):
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return max(h_bar, factor), max(w_bar, factor)
+
+
+def release_allocation(n_slow, n_fast, height, width, budget_tokens, min_pixels=48 * PX, max_pixels=768 * PX):
+    """(slow size, fast size) by the release's search: the first per-frame count whose estimate EXCEEDS it."""
+    min_tokens = int(min_pixels / PX)
+
+    def estimate_pixels(tokens_per_frame):
+        fast_tokens = max(int(0.3 * tokens_per_frame), min_tokens)
+        return n_slow * tokens_per_frame * PX + n_fast * fast_tokens * PX
+
+    left, right = min_pixels / PX, max_pixels / PX
+    while left < right:
+        mid = int(left + right) // 2
+        if estimate_pixels(mid) > budget_tokens * PX:
+            right = mid
+        else:
+            left = mid + 1
+    slow = release_smart_resize(height, width, min_pixels, left * PX)
+    slow_tokens = slow[0] * slow[1] / PX
+    fast = release_smart_resize(height, width, min_pixels, max(int(slow_tokens * 0.3) * PX, 48 * PX))
+    return slow, fast
+
+
+@pytest.fixture(scope="module")
+def clip_480x360(tmp_path_factory):
+    """60 frames at 2 fps, 480x360: three 20-frame shots of real photographs (with sensor noise)."""
+    from tests.keye_model.conftest import build_scene_video, load_photos
+
+    big = load_photos((360, 480))
+    segments = [(big["astronaut"], 20), (big["rocket"], 20), (big["coffee"], 20)]
+    return build_scene_video(tmp_path_factory.mktemp("clip") / "clip.mp4", segments, fps=2.0, noise_std=2.0)
+
+
+def release_sizes_agree(kinds, height, width, budget):
+    """(Slow tokens, Fast tokens, total) of keye-release's allocation, after checking it against the reference."""
+    alloc = allocate_tokens(kinds, height, width, dataclasses.replace(keye_release(), budget_tokens=budget))
+    slow, fast = release_allocation(kinds.count("slow"), kinds.count("fast"), height, width, budget)
+    assert (alloc.slow_size, alloc.fast_size) == (slow, fast) and len(alloc.kept) == len(kinds)
+    assert alloc.total_tokens == kinds.count("slow") * num_tokens(*slow) + kinds.count("fast") * num_tokens(*fast)
+    return alloc.slow_tokens, alloc.fast_tokens, alloc.total_tokens
+
+
+def test_keye_release_reproduces_the_released_allocation_on_a_clip_when_the_budget_binds(clip_480x360):
+    plan = plan_video(clip_480x360.path, dataclasses.replace(keye_release(), budget_tokens=3_000))
+    assert [f.index for f in plan.frames if f.kind == "slow"] == [0, 20, 40] and len(plan.frames) == 60
+    # The release reads a file at its own size (decord), so sizes are computed from 360x480.
+    slow, fast = release_allocation(3, 57, 360, 480, 3_000)
+    assert [(f.height, f.width) for f in plan.frames] == [slow if f.kind == "slow" else fast for f in plan.frames]
+    # T = 89 is the first count whose estimate 3 * 89 + 57 * 48 = 3,003 exceeds 3,000.
+    assert (plan.tokens_per_slow_frame, plan.total_tokens) == (89, 2_976)
+    kinds = [f.kind for f in plan.frames]
+    budgets = (3_000, 3_500, 4_000, 9_000, 65_536)
+    by_budget = {budget: release_sizes_agree(kinds, 360, 480, budget) for budget in budgets}
+    assert by_budget[3_000] == (80, 48, 2_976)
+    assert by_budget[4_000] == (192, 48, 3_312)
+    assert by_budget[65_536] == (221, 63, 4_254)  # loose: every frame at its largest size
+    # Given frames instead of a file, the release first resizes each to its 768-token size (364x476) and sizes
+    # from that: the figures measured with the release that way.
+    assert release_sizes_agree(kinds, 364, 476, 3_000) == (80, 42, 2_634)
+    assert release_sizes_agree(kinds, 364, 476, 4_000) == (192, 48, 3_312)
+
+
+def test_release_rule_matches_the_reference_on_any_source_and_counts():
+    rng = random.Random(1)
+    for _ in range(300):
+        # Small sources (ceil path, may overshoot) and elongated ones (a side floors to 0) included.
+        height, width = rng.randint(20, 2200), rng.randint(20, 2200)
+        if max(height, width) / min(height, width) > 200:
+            continue
+        n_slow, n_fast = rng.randint(1, 200), rng.randint(0, 600)
+        budget = rng.randint(48 * (n_slow + n_fast), 120_000)  # the release never samples more than fits at 48
+        release_sizes_agree(["slow"] * n_slow + ["fast"] * n_fast, height, width, budget)
+
+
+def test_default_gives_fast_frames_the_48_token_minimum_and_stays_within_budget(clip_480x360):
+    plan = plan_video(clip_480x360.path, dataclasses.replace(DEFAULT, budget_tokens=3_000))
+    assert [f.index for f in plan.frames if f.kind == "slow"] == [0, 20, 40]
+    # floor(0.3 * T_s) = 32 < 48, so Fast frames ask for 48: 168x224 = 6 x 8 (before: 5 x 7 = 35).
+    assert {(f.kind, f.tokens) for f in plan.frames} == {("slow", 88), ("fast", 48)}
+    assert plan.total_tokens == 3 * 88 + 57 * 48 == 3_000
+    rng = random.Random(2)
+    for _ in range(300):
+        height, width = rng.randint(60, 2200), rng.randint(60, 2200)
+        kinds = ["slow"] * rng.randint(1, 100) + ["fast"] * rng.randint(1, 600)
+        config = dataclasses.replace(DEFAULT, budget_tokens=rng.randint(3_000, 80_000))
+        alloc = allocate_tokens(kinds, height, width, config)
+        assert alloc.total_tokens <= config.budget_tokens
+        # A Fast frame is never smaller than a frame asked for min_tokens (rounded down).
+        at_min = num_tokens(*frame_sizes(height, width, DEFAULT.min_tokens, DEFAULT)[0])
+        assert alloc.fast_tokens >= at_min and alloc.slow_tokens >= at_min
