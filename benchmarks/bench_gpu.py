@@ -27,7 +27,7 @@ def config_05b():
 def measure(name: str, model_config, batch_tokens: int, steps: int, peak_tflops: float) -> float:
     import deepspeed
 
-    from data_specs.stages import get_stage
+    from data_specs.presets import get_stage
     from keye_model.model import KeyeForConditionalGeneration
     from keye_model.training.runner import deepspeed_config
 

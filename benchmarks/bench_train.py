@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from skimage import data
 
-from data_specs.stages import get_stage
+from data_specs.presets import get_stage
 from keye_model.processor import KeyeProcessor
 from keye_model.tokenizer import tiny_tokenizer
 from keye_model.training import balance

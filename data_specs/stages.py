@@ -1,8 +1,11 @@
 """Training stages as data (SPEC.md sections 3-4): what each stage trains, on what, for how long.
 
-One ``StageSpec`` per stage, built once in ``_keye_8b_stages``; the ``tiny`` preset derives from it by
-``dataclasses.replace`` on the few fields that make a stage run on 2 CPU cores in seconds (steps,
-batch, context). Nothing here imports torch: the runner (``keye_model.training``) reads these.
+One ``StageSpec`` per stage, built once in ``keye_8b_stages``; smaller presets derive from it by
+``dataclasses.replace`` on the fields that make a stage run on 2 CPU cores (steps, batch, context,
+learning rate): see ``data_specs.presets``, which bundles stages with the model, data and evaluation
+sizes. A ``StageSpec`` is the runner's whole input about a stage: its objective (looked up in the
+objective registry, ``keye_model.training.objectives``), what it merges (``fusion``), which stage's
+checkpoint judges its rollouts (``reward_model``). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import json
 from dataclasses import dataclass, field
 
 MODULE_GROUPS = ("vision", "projector", "llm")
+#: Names of the objectives in the registry (``keye_model.training.objectives``; a test checks they agree).
 OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "fusion")
 PHASES = ("pretrain", "posttrain")
+FUSION_METHODS = ("average", "task_arithmetic", "ties")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +41,33 @@ class OptimizerSpec:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"bad optimizer spec: {self}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionSpec:
+    """How a fusion stage merges its input checkpoints (SPEC.md section 3; the rule is our choice).
+
+    ``average``: weighted parameter average, weights normalized to sum to 1; ``task_arithmetic``:
+    base + sum_k w_k * (expert_k - base); ``ties``: TIES-merging of the deltas from the base.
+    """
+
+    method: str = "ties"
+    """One of FUSION_METHODS."""
+    weights: tuple[float, ...] = ()
+    """Per expert (``average``: per model, the base first); empty means equal weights."""
+    density: float = 0.5
+    """TIES: fraction of each delta's entries kept (largest magnitudes)."""
+    scale: float = 1.0
+    """TIES: multiplier on the merged delta."""
+    config_from: int = -1
+    """Which input's model config (RoPE theta, ...) the merged checkpoint keeps: an index into the
+    stage's ``inputs``; -1, the last one (the annealed model, whose context settings come last)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSION_METHODS:
+            raise ValueError(f"fusion method {self.method!r} not in {FUSION_METHODS}")
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"fusion density must be in (0, 1], got {self.density}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +126,10 @@ class StageSpec:
     """Optimizer and schedule."""
     rl: RLSpec | None = None
     """GSPO settings for ``gspo`` stages."""
+    fusion: FusionSpec | None = None
+    """Merge settings for ``fusion`` stages: ``inputs[0]`` is the base, the rest are merged onto it."""
+    reward_model: str | None = None
+    """Stage whose checkpoint scores this stage's rollouts (the ``reward_model`` reward), or None."""
     checkpoint_every: int = 50
     """Steps between resumable DeepSpeed checkpoints (with the loader state)."""
     parallelism_at_scale: str = "DP + ZeRO-2"
@@ -113,6 +149,14 @@ class StageSpec:
             raise ValueError(f"stage {self.name}: zero_stage must be 1, 2 or 3")
         if (self.objective == "gspo") != (self.rl is not None):
             raise ValueError(f"stage {self.name}: rl settings go with the gspo objective only")
+        if (self.objective == "fusion") != (self.fusion is not None):
+            raise ValueError(f"stage {self.name}: fusion settings go with the fusion objective only")
+        if self.fusion is not None and len(self.inputs) < 2:
+            raise ValueError(f"stage {self.name}: fusion needs a base and at least one more input")
+        if self.fusion is not None and not -len(self.inputs) <= self.fusion.config_from < len(self.inputs):
+            raise ValueError(f"stage {self.name}: fusion.config_from {self.fusion.config_from} is not an input")
+        if self.reward_model is not None and self.rl is None:
+            raise ValueError(f"stage {self.name}: a reward_model stage goes with rl settings")
         if min(self.seq_len, self.num_steps, self.micro_batch_size, self.grad_accum_steps) < 1:
             raise ValueError(f"stage {self.name}: sizes and counts must be positive")
 
@@ -125,6 +169,8 @@ class StageSpec:
         data["optimizer"] = OptimizerSpec(**{**data["optimizer"], "betas": tuple(data["optimizer"]["betas"])})
         if data.get("rl"):
             data["rl"] = RLSpec(**{**data["rl"], "reward_weights": tuple(map(tuple, data["rl"]["reward_weights"]))})
+        if data.get("fusion"):
+            data["fusion"] = FusionSpec(**{**data["fusion"], "weights": tuple(data["fusion"]["weights"])})
         for key in ("trainable", "inputs"):
             data[key] = tuple(data[key])
         return cls(**data)
@@ -133,12 +179,12 @@ class StageSpec:
 ALL = ("vision", "projector", "llm")
 
 
-def _keye_8b_stages() -> tuple[StageSpec, ...]:
+def keye_8b_stages() -> tuple[StageSpec, ...]:
     """The report's order and settings; learning rates and step counts are our choices."""
     opt = OptimizerSpec
     return (
         StageSpec(name="stage1", phase="pretrain", objective="lm", trainable=("projector",), seq_len=8192,
-                  data_mix="alignment", rope_theta=1_000_000.0, num_steps=4000, micro_batch_size=1,
+                  data_mix="image_text", rope_theta=1_000_000.0, num_steps=4000, micro_batch_size=1,
                   grad_accum_steps=8, optimizer=opt(lr=1e-3, warmup_steps=200)),
         StageSpec(name="stage2", phase="pretrain", objective="lm", trainable=ALL, seq_len=8192,
                   data_mix="multitask", inputs=("stage1",), num_steps=20000, grad_accum_steps=8,
@@ -154,7 +200,7 @@ def _keye_8b_stages() -> tuple[StageSpec, ...]:
         # Fusion: inputs[0] is the base the deltas are taken from, the rest are merged onto it.
         StageSpec(name="stage4", phase="pretrain", objective="fusion", trainable=(), seq_len=131_072,
                   data_mix="annealing", inputs=("stage2", "stage3", "expert"), num_steps=1,
-                  parallelism_at_scale="none (CPU merge)"),
+                  fusion=FusionSpec(method="ties", config_from=1), parallelism_at_scale="none (CPU merge)"),
         StageSpec(name="sft", phase="posttrain", objective="lm", trainable=ALL, seq_len=32_768,
                   data_mix="sft", inputs=("stage4",), num_steps=10000, grad_accum_steps=8,
                   optimizer=opt(lr=1e-5, warmup_steps=200)),
@@ -168,50 +214,13 @@ def _keye_8b_stages() -> tuple[StageSpec, ...]:
                   data_mix="longcot", inputs=("mpo",), num_steps=3000, grad_accum_steps=8,
                   optimizer=opt(lr=5e-6, warmup_steps=100)),
         StageSpec(name="gspo", phase="posttrain", objective="gspo", trainable=("projector", "llm"),
-                  seq_len=16_384, data_mix="rl", inputs=("coldstart",), num_steps=500, zero_stage=3,
+                  seq_len=16_384, data_mix="rl_prompts", inputs=("coldstart",), num_steps=500, zero_stage=3,
                   optimizer=opt(lr=1e-6, min_lr_ratio=1.0), rl=RLSpec(num_iterations=2)),
         StageSpec(name="alignment", phase="posttrain", objective="gspo", trainable=("projector", "llm"),
                   seq_len=16_384, data_mix="alignment_rl", inputs=("gspo",), num_steps=300, zero_stage=3,
                   optimizer=opt(lr=5e-7, min_lr_ratio=1.0),
                   rl=RLSpec(reward_weights=(("rule", 0.5), ("judge", 0.25), ("reward_model", 0.25)),
-                            max_hint_level=0)),
+                            max_hint_level=0), reward_model="reward"),
     )
 
 
-def _tiny(stage: StageSpec) -> StageSpec:
-    """Same stage, sized to run on 2 CPU cores in seconds.
-
-    ZeRO-3 is capped to 2: one process has nothing to partition, and ZeRO-3 would gather every layer's
-    parameters for each generated token of an RL rollout (the runner tests still cover ZeRO-3).
-    """
-    rl = stage.rl and dataclasses.replace(stage.rl, group_size=4, num_minibatches=2, max_new_tokens=16)
-    return dataclasses.replace(
-        stage,
-        zero_stage=min(stage.zero_stage, 2),
-        seq_len=min(stage.seq_len, 512 if stage.name != "stage3" else 1024),
-        num_steps=1 if stage.objective == "fusion" else 4,
-        micro_batch_size=2,
-        grad_accum_steps=1,
-        checkpoint_every=2,
-        optimizer=dataclasses.replace(stage.optimizer, lr=max(stage.optimizer.lr, 1e-4), warmup_steps=1),
-        rl=rl,
-    )
-
-
-PRESETS = ("tiny", "keye-8b")
-
-
-def stages(preset: str) -> tuple[StageSpec, ...]:
-    """All stages of a preset, in pipeline order."""
-    if preset == "keye-8b":
-        return _keye_8b_stages()
-    if preset == "tiny":
-        return tuple(_tiny(s) for s in _keye_8b_stages())
-    raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
-
-
-def get_stage(preset: str, name: str) -> StageSpec:
-    for stage in stages(preset):
-        if stage.name == name:
-            return stage
-    raise ValueError(f"preset {preset!r} has no stage {name!r}; stages: {[s.name for s in stages(preset)]}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from data_specs.stages import stages
+from data_specs.presets import Preset, as_preset
 from tasks.evaluation.report import publish_comparison_task, record_eval_metrics_task
 from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
 from tasks.layout import RunLayout
@@ -19,19 +19,21 @@ from tasks.train import finished_result
 
 
 @flow(name="evaluate")
-def evaluate(run_dir: str = "runs/demo", preset: str = "tiny", stages_to_eval: list[str] | None = None,
-             vqa_samples: int = 8, videomme_json: str | None = None, videomme_video_dir: str | None = None,
+def evaluate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_to_eval: list[str] | None = None,
+             vqa_samples: int | None = None, videomme_json: str | None = None, videomme_video_dir: str | None = None,
              max_new_tokens: int = 8) -> dict[str, dict[str, float]]:
-    """Metrics of each finished stage (or of ``stages_to_eval``), in pipeline order."""
+    """Metrics of each finished stage (or of ``stages_to_eval``), in pipeline order; ``vqa_samples``
+    defaults to the preset's evaluation size."""
+    preset = as_preset(preset)
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)
     records = Path(layout.records_path)
-    config = EvalConfig(vqa_samples=vqa_samples, temporal_jsonl=str(records) if records.exists() else None,
+    config = EvalConfig(vqa_samples=vqa_samples or preset.eval_vqa_samples, temporal_jsonl=str(records) if records.exists() else None,
                         videomme_json=videomme_json, videomme_video_dir=videomme_video_dir,
                         max_new_tokens=max_new_tokens, tokenizer_dir=layout.tokenizer_dir,
-                        video_preset="tiny" if preset == "tiny" else "default")
+                        video_preset=preset.slow_fast)
     results: dict[str, dict[str, float]] = {}
-    for spec in stages(preset):
+    for spec in preset.stages:
         if stages_to_eval and spec.name not in stages_to_eval:
             continue
         done = finished_result(layout.stage_dir(spec.name))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from data_specs.stages import stages as all_stages
+from data_specs.presets import get_preset
 from flows.curate import curate_on
 from flows.evaluate import evaluate
 from flows.posttrain import posttrain
@@ -19,28 +19,31 @@ from tasks.layout import RunLayout
 @flow(name="keye")
 def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | None = None,
          review_mode: str = "auto", review_timeout_s: int = 3600, sources: list[str] | None = None,
-         local_folder: str | None = None, records_per_source: int = 16, launcher: str = "inprocess",
+         local_folder: str | None = None, records_per_source: int | None = None, launcher: str = "inprocess",
          num_processes: int = 1, gpu_limit: str | None = None, evaluate_stages: list[str] | None = None,
-         task_runner: str = "thread", seed: int = 0) -> dict:
+         task_runner: str = "thread", seed: int = 0, local_folder_limit: int | None = None) -> dict:
     """The whole pipeline; ``stages`` limits training to those stages (all by default); ``task_runner``
-    is where curation's tasks run (``thread`` or ``dask``)."""
-    names = {s.name: s.phase for s in all_stages(preset)}
+    is where curation's tasks run (``thread`` or ``dask``). The preset's name is resolved here, once; the
+    phase flows get the ``Preset`` object."""
+    resolved = get_preset(preset)
+    names = {s.name: s.phase for s in resolved.stages}
     unknown = set(stages or ()) - set(names)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; preset {preset!r} has {list(names)}")
     wanted = list(stages or names)
-    curated = curate_on(task_runner)(run_dir=run_dir, preset=preset, sources=sources,
-                                     local_folder=local_folder, records_per_source=records_per_source, seed=seed)
+    curated = curate_on(task_runner)(run_dir=run_dir, preset=resolved, sources=sources,
+                                     local_folder=local_folder, records_per_source=records_per_source, seed=seed,
+                                     local_folder_limit=local_folder_limit)
     train = dict(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit, seed=seed)
     pre = [n for n in wanted if names[n] == "pretrain"]
     post = [n for n in wanted if names[n] == "posttrain"]
     checkpoints = {}
     if pre:
-        checkpoints.update(pretrain(run_dir=run_dir, preset=preset, stages_to_run=pre, **train))
+        checkpoints.update(pretrain(run_dir=run_dir, preset=resolved, stages_to_run=pre, **train))
     if post:
-        checkpoints.update(posttrain(run_dir=run_dir, preset=preset, stages_to_run=post, review_mode=review_mode,
+        checkpoints.update(posttrain(run_dir=run_dir, preset=resolved, stages_to_run=post, review_mode=review_mode,
                                      review_timeout_s=review_timeout_s, **train))
-    metrics = evaluate(run_dir=run_dir, preset=preset, stages_to_eval=evaluate_stages)
+    metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages)
     layout = RunLayout(run_dir)
     return {"run_dir": str(layout.root), "lineage_db": layout.lineage_db, "manifests": curated,
-            "checkpoints": {k: v["checkpoint_dir"] for k, v in checkpoints.items()}, "evaluation": metrics}
+            "checkpoints": {k: v.checkpoint_dir for k, v in checkpoints.items()}, "evaluation": metrics}

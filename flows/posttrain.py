@@ -16,6 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from data_specs.longcot import LongCoTConfig, PreferenceConfig
+from data_specs.mixes import GENERATED
+from data_specs.presets import Preset, as_preset
 from tasks.generation import GeneratorConfig
 from tasks.layout import RunLayout, read_mix_shards
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
@@ -24,25 +26,27 @@ from tasks.posttrain_data import (
     cot_records_task, pair_records_task, rl_prompt_records_task, write_generated_shards_task,
 )
 from tasks.posttrain_steps import (
-    apply_review_task, filter_rl_prompts_task, load_samples_task, nonempty, record_generated_lineage_task,
-    record_reviews_task,
+    apply_review_task, filter_rl_prompts_task, load_samples_task, nonempty, record_fallbacks_task,
+    record_generated_lineage_task, record_reviews_task,
 )
 from tasks.preference import build_preference_pairs_task
 from tasks.review import request_review
-from tasks.train import LaunchConfig, prepare_tokenizer
+from tasks.train import CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer
 
-from flows.pretrain import finished_checkpoints, run_training_stage, selected
+from flows.pretrain import run_training_stage, selected
 
 
-def make_generated_data(layout: RunLayout, sft: dict, preset: str, review_mode: str, review_timeout_s: int,
-                        seed: int) -> dict[str, dict]:
-    """LongCoT samples, preference pairs and RL prompts from the SFT checkpoint, sharded, with lineage."""
+def make_generated_data(layout: RunLayout, sft: CheckpointRef, preset: Preset, review_mode: str,
+                        review_timeout_s: int, seed: int, fallbacks: list[str]) -> dict[str, dict]:
+    """LongCoT samples, preference pairs and RL prompts from the SFT checkpoint, sharded, with lineage.
+
+    Returns the lineage of each generated mix that has data; a mix left empty is named in ``fallbacks``.
+    """
     out = Path(layout.posttrain_dir)
     shards_dir = str(out / "shards")
     run_id = str(flow_run.id)
-    tiny = preset == "tiny"
-    config = LongCoTConfig(num_paths=4, max_new_tokens=48 if tiny else 4096, seed=seed)
-    generator = GeneratorConfig(kind="transformers", model_dir=sft["checkpoint_dir"])
+    config = LongCoTConfig(num_paths=preset.longcot_paths, max_new_tokens=preset.max_new_tokens, seed=seed)
+    generator = GeneratorConfig(kind="transformers", model_dir=sft.checkpoint_dir)
     problems = collect_problems_task(layout.records_path, str(out / "problems.jsonl"), config)
     paths = generate_paths_task(problems, str(out / "paths.jsonl"), generator, config)
     assessed, rejects = assess_quality_task(problems, paths, str(out / "assessed.jsonl"),
@@ -55,54 +59,62 @@ def make_generated_data(layout: RunLayout, sft: dict, preset: str, review_mode: 
     scored = score_samples_task(kept, str(out / "cot_samples.jsonl"), config)
     pairs = build_preference_pairs_task([scored, rejects, review_rejects], str(out / "pairs.jsonl"),
                                         PreferenceConfig())
-    parents = [sft["artifact_id"]]
+    parents = [sft.artifact_id]
     data: dict[str, dict] = {}
-    for name, items, to_records in (("longcot", scored, cot_records_task), ("preference", pairs, pair_records_task)):
-        records = to_records(items, str(out / f"{name}_records.jsonl"))
+    rl_candidates = rl_prompt_records_task(layout.records_path, str(out / "rl_candidates.jsonl"))
+    rl_kept, rl_fallback = filter_rl_prompts_task(sft.checkpoint_dir, rl_candidates, str(out / "rl_prompts.jsonl"),
+                                                  max_new_tokens=preset.max_new_tokens, seed=seed)
+    if rl_fallback:
+        fallbacks.append("rl_prompts: no prompt had a pass rate strictly between 0 and 1; all were kept")
+    for name, records in (("longcot", cot_records_task(scored, str(out / "longcot_records.jsonl"))),
+                          ("preference", pair_records_task(pairs, str(out / "preference_records.jsonl"))),
+                          ("rl_prompts", rl_kept)):
         if nonempty(records):
-            write_generated_shards_task(records, name, shards_dir, "tiny" if tiny else "default")
+            write_generated_shards_task(records, name, shards_dir, preset.slow_fast)
             data[name] = record_generated_lineage_task(layout.lineage_db, run_id, parents, records, shards_dir, name)
-    rl_records = rl_prompt_records_task(layout.records_path, str(out / "rl_candidates.jsonl"))
-    rl_kept = filter_rl_prompts_task(sft["checkpoint_dir"], rl_records, str(out / "rl_prompts.jsonl"), seed=seed)
-    write_generated_shards_task(rl_kept, "rl_prompts", shards_dir, "tiny" if tiny else "default")
-    data["rl_prompts"] = record_generated_lineage_task(layout.lineage_db, run_id, parents, rl_kept, shards_dir,
-                                                       "rl_prompts")
     return data
 
 
 @flow(name="posttrain")
-def posttrain(run_dir: str = "runs/demo", preset: str = "tiny", stages_to_run: list[str] | None = None,
+def posttrain(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_to_run: list[str] | None = None,
               review_mode: str = "auto", review_timeout_s: int = 3600, launcher: str = "inprocess",
-              num_processes: int = 1, gpu_limit: str | None = None, seed: int = 0) -> dict[str, dict]:
-    """Post-training stages of ``preset``, starting from pre-training's fused checkpoint (stage4)."""
+              num_processes: int = 1, gpu_limit: str | None = None, seed: int = 0) -> dict[str, CheckpointRef]:
+    """Post-training stages of ``preset``, each from the checkpoints its ``StageSpec.inputs`` name.
+
+    A stage whose generated mix came out empty trains on the ``sft`` mix instead; each such fallback
+    is logged, shown as a UI note and counted in the run's ``fallbacks`` metric.
+    """
+    preset = as_preset(preset)
     log = get_run_logger()
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)
-    prepare_tokenizer(layout.tokenizer_dir, preset)
+    prepare_tokenizer(layout.tokenizer_dir, preset.tokenizer_dir)
     launch = LaunchConfig(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit)
     checkpoints = finished_checkpoints(layout, preset, str(flow_run.id))
-    if "stage4" not in checkpoints:
-        raise ValueError(f"post-training starts from stage4's checkpoint; none in {layout.stage_dir('stage4')} "
-                         "(run the pretrain flow first)")
-    generated: dict[str, dict] = {}
+    generated: dict[str, dict] | None = None
+    fallbacks: list[str] = []
     shards_dir = str(Path(layout.posttrain_dir) / "shards")
     for spec in selected("posttrain", preset, stages_to_run):
-        mix_name = {"preference": "preference", "longcot": "longcot", "rl": "rl_prompts"}.get(spec.data_mix)
-        shards, extra = None, ()
-        if mix_name is not None:
-            if not generated and "sft" in checkpoints:
-                generated = make_generated_data(layout, checkpoints["sft"], preset, review_mode, review_timeout_s, seed)
-            if mix_name in generated:
-                shards = read_mix_shards(shards_dir, mix_name)
-                extra = tuple(generated[mix_name]["dataset"])
+        data, extra = None, ()
+        if spec.data_mix in GENERATED:
+            if generated is None:
+                if "sft" not in checkpoints:
+                    raise ValueError(f"stage {spec.name} trains on data generated by the SFT model; no finished "
+                                     f"sft stage in {layout.root} (run it first: --stages sft {spec.name})")
+                generated = make_generated_data(layout, checkpoints["sft"], preset, review_mode, review_timeout_s,
+                                                seed, fallbacks)
+            if spec.data_mix in generated:
+                data = read_mix_shards(shards_dir, spec.data_mix)
+                extra = tuple(generated[spec.data_mix]["dataset"])
             else:
-                log.warning("stage %s: the chain generated no %s data; it trains on the sft mix instead",
-                            spec.name, mix_name)
-                create_markdown_artifact(f"Stage `{spec.name}` had no generated `{mix_name}` data and trained on "
-                                         "the `sft` mix instead.", key=f"fallback-{spec.name}")
-                shards = read_mix_shards(layout.shards_dir, "sft")
-        reward_model = checkpoints.get("reward", {}).get("checkpoint_dir") if spec.name == "alignment" else None
-        checkpoints[spec.name] = run_training_stage(spec, layout, preset, launch, seed, checkpoints,
-                                                    extra_inputs=extra, shards=shards, reward_model=reward_model)
+                note = f"stage {spec.name}: the chain generated no {spec.data_mix} data; it trained on the sft mix"
+                log.warning(note)
+                fallbacks.append(note)
+                create_markdown_artifact(f"Fallback: {note}.", key=f"fallback-{spec.name}")
+                data = read_mix_shards(layout.shards_dir, "sft")
+        else:
+            data = read_mix_shards(layout.shards_dir, spec.data_mix)
+        checkpoints[spec.name] = run_training_stage(spec, layout, preset, launch, seed, checkpoints, data, extra)
+    record_fallbacks_task(layout.lineage_db, str(flow_run.id), fallbacks)
     record_run_end(layout.lineage_db)
     return checkpoints

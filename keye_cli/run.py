@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from data_specs.presets import PRESETS
+
 
 def prefect_environment() -> None:
     """Our libraries log with ``logging``; Prefect shows those logs in the UI when told their names."""
@@ -21,11 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             ("demo", "run the pipeline on the tiny preset and print where its outputs are")):
         p = subparsers.add_parser(name, help=help_text)
         p.add_argument("--run-dir", default="runs/demo", help="folder for data, checkpoints and lineage")
-        p.add_argument("--preset", default="tiny", choices=("tiny", "keye-8b"))
+        p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                       help="stages, model, data and evaluation sizes (data_specs/presets.py)")
         p.add_argument("--stages", nargs="*", default=None, help="train only these stages (default: all)")
         p.add_argument("--review-mode", default="auto", choices=("auto", "ui", "suspend"))
         p.add_argument("--local-folder", default=None, help="also curate your own images/videos/JSONL from here")
-        p.add_argument("--records-per-source", type=int, default=16)
+        p.add_argument("--records-per-source", type=int, default=None,
+                       help="records of each packaged source (default: the preset's sizes)")
+        p.add_argument("--local-folder-limit", type=int, default=None,
+                       help="most records read from --local-folder (default: the whole folder)")
         p.add_argument("--launcher", default="inprocess", choices=("inprocess", "torchrun", "deepspeed"))
         p.add_argument("--num-processes", type=int, default=1, help="ranks per node for torchrun/deepspeed")
         p.add_argument("--task-runner", default="thread", choices=("thread", "dask"),
@@ -41,7 +47,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = keye(run_dir=args.run_dir, preset=args.preset, stages=args.stages, review_mode=args.review_mode,
                   local_folder=args.local_folder, records_per_source=args.records_per_source,
-                  launcher=args.launcher, num_processes=args.num_processes, task_runner=args.task_runner)
+                  launcher=args.launcher, num_processes=args.num_processes, task_runner=args.task_runner,
+                  local_folder_limit=args.local_folder_limit)
     wall_s = time.monotonic() - started
     train_s = sum(json.loads(p.read_text())["wall_s"]
                   for p in Path(result["run_dir"], "stages").glob("*/result.json"))

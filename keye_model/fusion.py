@@ -1,6 +1,7 @@
 """Stage 4 model fusion: merge checkpoints trained on different data mixes or as experts.
 
-The report gives no rule; our choices (SPEC.md section 3), all over plain state dicts:
+The report gives no rule; our choices (SPEC.md section 3), all over plain state dicts, configured by a
+stage's ``FusionSpec``:
 - ``average``: weighted parameter average, weights normalized to sum to 1;
 - ``task_arithmetic``: base + sum_k w_k * (expert_k - base);
 - ``ties``: TIES-merging of the deltas (trim each delta to its top ``density`` fraction by magnitude,
@@ -11,32 +12,11 @@ The report gives no rule; our choices (SPEC.md section 3), all over plain state 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 import torch
 
+from data_specs.stages import FusionSpec
+
 StateDict = Mapping[str, torch.Tensor]
-METHODS = ("average", "task_arithmetic", "ties")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FusionConfig:
-    """How to merge; recorded in lineage with the result."""
-
-    method: str = "ties"
-    """One of METHODS."""
-    weights: tuple[float, ...] = ()
-    """Per expert (``average``: per model, the base first); empty means equal weights."""
-    density: float = 0.5
-    """TIES: fraction of each delta's entries kept (largest magnitudes)."""
-    scale: float = 1.0
-    """TIES: multiplier on the merged delta."""
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"fusion method {self.method!r} not in {METHODS}")
-        if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"fusion density must be in (0, 1], got {self.density}")
 
 
 def _check_keys(base: StateDict, experts: Sequence[StateDict]) -> None:
@@ -70,7 +50,7 @@ def _ties_delta(deltas: list[torch.Tensor], weights: list[float], density: float
     return (trimmed * agree).sum(0) / count
 
 
-def merge(base: StateDict, experts: Sequence[StateDict], config: FusionConfig) -> dict[str, torch.Tensor]:
+def merge(base: StateDict, experts: Sequence[StateDict], config: FusionSpec) -> dict[str, torch.Tensor]:
     """Merge ``experts`` into ``base``; non-floating tensors (buffers of ints) are taken from the base."""
     if not experts:
         raise ValueError("fusion needs at least one expert model")

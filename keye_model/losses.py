@@ -36,16 +36,20 @@ def sequence_logprobs(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torc
     return logp.sum(-1)
 
 
-def weighted_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor, weights_B: torch.Tensor) -> torch.Tensor:
-    """Token-mean cross-entropy per sequence, averaged over sequences with replay weights.
+def weighted_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy per sample, averaged over samples with replay weights.
 
     LongCoT cold-start repeats high-quality samples; a weight w_i counts sample i w_i times:
-    loss = sum_i w_i * ce_i / sum_i w_i.
+    loss = sum_i w_i * ce_i / sum_i w_i. ``weights`` is per row (B,) when each row is one sample, or
+    per position (B, L) as packing lays it out (``Packed.token_weights``: w_i / n_i on each of sample
+    i's n_i counted label positions), which gives the same formula for rows holding several samples.
     """
     logp, mask = token_logprobs(logits_BLV, labels_BL)
-    ce_B = -logp.sum(-1) / mask.sum(-1).clamp_min(1)
-    weights_B = weights_B.to(ce_B.dtype)
-    return (weights_B * ce_B).sum() / weights_B.sum().clamp_min(1e-12)
+    if weights.dim() == 1:
+        per_token = mask * (weights.to(logp.dtype)[:, None] / mask.sum(-1, keepdim=True).clamp_min(1))
+    else:
+        per_token = weights[:, 1:].to(logp.dtype) * mask
+    return -(logp * per_token).sum() / per_token.sum().clamp_min(1e-12)
 
 
 # ---------------------------------------------------------------- MPO (InternVL2.5-MPO)
@@ -133,13 +137,6 @@ def mpo_loss(
     qual = bco_loss(lr_c, lr_r, weights.beta, delta)
     total = weights.preference * pref + weights.quality * qual + weights.generation * generation
     return MPOLoss(total=total, preference=pref, quality=qual, generation=generation, delta=delta)
-
-
-# ---------------------------------------------------------------- reward model
-
-def bradley_terry_loss(score_chosen_B: torch.Tensor, score_rejected_B: torch.Tensor) -> torch.Tensor:
-    """Scalar-head reward model loss -log sigmoid(s_c - s_r), mean over pairs."""
-    return -F.logsigmoid(score_chosen_B - score_rejected_B).mean()
 
 
 # ---------------------------------------------------------------- GSPO

@@ -16,7 +16,7 @@ from prefect import task
 from data_specs.longcot import CoTSample, ReviewDecision, read_jsonl, write_jsonl
 from data_specs.schemas import Record
 from tasks.layout import read_mix_shards
-from tasks.lineage import Artifact, Edge, LineageStore, Review
+from tasks.lineage import Artifact, Edge, LineageStore, Metric, Review
 from tasks.review import apply_decisions
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[st
         shards = read_mix_shards(shards_dir, mix)
         for path, shard_id, sha, size in zip(shards.paths, shards.artifact_ids, shards.sha256s, shards.num_bytes):
             artifacts.append(Artifact(kind="shard", uri=path, sha256=sha, num_bytes=size, created_by_run=run_id,
-                                      metadata={"stage": mix}))
+                                      metadata={"mix": mix}))
             edges.append(Edge(parent_id=dataset.artifact_id, child_id=shard_id, run_id=run_id, relation="sharded_into"))
             shard_ids.append(shard_id)
     with LineageStore(lineage_db) as store:
@@ -77,11 +77,12 @@ def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[st
 
 @task(name="filter-rl-prompts")
 def filter_rl_prompts_task(checkpoint_dir: str, records_path: str, out_path: str, k: int = 4,
-                           max_prompts: int = 64, seed: int = 0) -> str:
+                           max_prompts: int = 64, max_new_tokens: int = 16, seed: int = 0) -> tuple[str, bool]:
     """Keep the RL prompts the current model solves sometimes but not always (0 < pass rate < 1).
 
-    When no prompt qualifies (an early tiny model solves none) every prompt is kept, with a warning,
-    so that the RL stage still has data; the log and the returned file say which happened.
+    Returns the kept prompts' file and whether it fell back: when no prompt qualifies (an early tiny
+    model solves none) every prompt is kept, with a warning, so that the RL stage still has data, and
+    the caller counts the fallback.
     """
     from data_specs.stages import RLSpec
     from keye_model.model import KeyeForConditionalGeneration
@@ -97,15 +98,28 @@ def filter_rl_prompts_task(checkpoint_dir: str, records_path: str, out_path: str
     prompts = [RLPrompt(id=r.id, reference=r.answer, conversation=[{"role": "user", "content": [
         *([{"type": "image", "image": r.media_path}] if r.modality == "image" else []),
         {"type": "text", "text": r.question}]}]) for r in records if r.modality != "video"]
-    result = pass_rate_filter(model, processor, prompts, k, RewardFunction(), spec=RLSpec(max_new_tokens=16),
+    result = pass_rate_filter(model, processor, prompts, k, RewardFunction(), spec=RLSpec(max_new_tokens=max_new_tokens),
                               seed=seed)
     kept_ids = {p.id for p in result.kept}
-    if not kept_ids:
+    fell_back = not kept_ids
+    if fell_back:
         log.warning("no RL prompt has a pass rate strictly between 0 and 1 under %s; keeping all %d",
                     checkpoint_dir, len(records))
         kept_ids = {r.id for r in records}
     log.info("RL prompts: kept %d of %d by pass rate", len(kept_ids), len(records))
-    return str(write_jsonl([r for r in records if r.id in kept_ids], out_path))
+    return str(write_jsonl([r for r in records if r.id in kept_ids], out_path)), fell_back
+
+
+@task(name="record-fallbacks", retries=2, retry_delay_seconds=5)
+def record_fallbacks_task(lineage_db: str, run_id: str, fallbacks: list[str]) -> int:
+    """The run's ``fallbacks`` metric: how many steps had nothing to work on and did something else
+    (each is also in the log and the UI). A healthy run keeps it at 0."""
+    for note in fallbacks:
+        log.warning("fallback taken: %s", note)
+    with LineageStore(lineage_db) as store:
+        store.record_metrics([Metric(run_id=run_id, stage="posttrain", step=0, name="fallbacks",
+                                     value=float(len(fallbacks)))])
+    return len(fallbacks)
 
 
 def nonempty(path: str | None) -> bool:

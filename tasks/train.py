@@ -30,7 +30,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
+from data_specs.presets import Preset
+from data_specs.stages import StageSpec
 from keye_model.training.runner import RunConfig, StageResult
+from tasks.layout import MixShards, RunLayout
 from tasks.lineage import Artifact, Edge, LineageStore, Metric
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,18 @@ class LaunchConfig:
         return cmd + ["--module", "keye_model.training", "--config", str(config_path)]
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointRef:
+    """A finished stage's checkpoint, as later stages, evaluation and lineage refer to it."""
+
+    stage: str
+    """Stage that made it."""
+    checkpoint_dir: str
+    """HF-format directory ``KeyeForConditionalGeneration.from_pretrained`` loads."""
+    artifact_id: str
+    """Its id in the lineage store."""
+
+
 def finished_result(output_dir: str | Path) -> StageResult | None:
     """The result of a finished stage (its ``result.json``), or None."""
     path = Path(output_dir) / "result.json"
@@ -103,6 +118,44 @@ def input_fingerprint(config: RunConfig) -> str:
         stat = Path(shard).stat()
         digest.update(f"{shard}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+def finished_checkpoints(layout: RunLayout, preset: Preset, run_id: str) -> dict[str, CheckpointRef]:
+    """Checkpoints of the stages already finished in this run folder (inputs of the stages to run)."""
+    out = {}
+    for spec in preset.stages:
+        done = finished_result(layout.stage_dir(spec.name))
+        if done is not None and done.checkpoint_dir:
+            out[spec.name] = CheckpointRef(stage=spec.name, checkpoint_dir=done.checkpoint_dir,
+                                           artifact_id=checkpoint_artifact(done, run_id).artifact_id)
+    return out
+
+
+def stage_run_config(spec: StageSpec, preset: Preset, layout: RunLayout, checkpoints: dict[str, CheckpointRef],
+                     data: MixShards | None, seed: int) -> tuple[RunConfig, list[str]]:
+    """The runner's input for ``spec`` and the lineage ids it trains from.
+
+    Everything comes from the spec: its input stages (``inputs[0]`` is the starting checkpoint; a
+    fusion stage merges the rest onto it), its reward model's stage, and ``data`` (the shards of its
+    mix; None for a stage that trains on no data).
+    """
+    missing = [name for name in (*spec.inputs, *([spec.reward_model] if spec.reward_model else []))
+               if name not in checkpoints]
+    if missing:
+        raise ValueError(f"stage {spec.name} starts from {missing}, which have not finished in {layout.root}; "
+                         f"run them first (e.g. --stages {' '.join(missing)} {spec.name})")
+    inputs = [checkpoints[name] for name in spec.inputs]
+    config = RunConfig(
+        stage=spec, output_dir=layout.stage_dir(spec.name), tokenizer_dir=layout.tokenizer_dir,
+        init_checkpoint=inputs[0].checkpoint_dir if inputs else None,
+        expert_checkpoints=tuple(c.checkpoint_dir for c in inputs[1:]) if spec.fusion else (),
+        shards=data.paths if data else (), model_preset=preset.model, seed=seed,
+        shard_sha256s=data.sha256s if data else (), shard_num_bytes=data.num_bytes if data else (),
+        reward_model_checkpoint=checkpoints[spec.reward_model].checkpoint_dir if spec.reward_model else None)
+    lineage_inputs = [*(data.artifact_ids if data else ()), *(c.artifact_id for c in inputs)]
+    if spec.reward_model:
+        lineage_inputs.append(checkpoints[spec.reward_model].artifact_id)
+    return config, lineage_inputs
 
 
 def train_stage(config: RunConfig, launch: LaunchConfig = LaunchConfig(),
@@ -210,7 +263,7 @@ def stage_lineage(result: StageResult, run_id: str, inputs: Sequence[str]) -> tu
 # ------------------------------------------------------------------ Prefect entry point
 
 @task(name="train-stage", task_run_name="train-{config.stage.name}")
-def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, inputs: list[str]) -> dict[str, Any]:
+def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, inputs: list[str]) -> CheckpointRef:
     """Train (or skip a finished) stage and record its checkpoint, edges and metrics; UI progress per step."""
     stage = config.stage
     progress_id = create_progress_artifact(0.0, key=f"progress-{stage.name}",
@@ -230,19 +283,19 @@ def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, i
         store.record_artifacts(artifacts)
         store.record_edges(edges)
         store.record_metrics(metrics)
-    return {"stage": stage.name, "checkpoint_dir": result.checkpoint_dir, "artifact_id": artifacts[0].artifact_id,
-            "steps": result.steps, "final_loss": result.final_loss, "wall_s": result.wall_s}
+    return CheckpointRef(stage=stage.name, checkpoint_dir=result.checkpoint_dir, artifact_id=artifacts[0].artifact_id)
 
 
 @task(name="prepare-tokenizer")
-def prepare_tokenizer(tokenizer_dir: str, preset: str, source_dir: str | None = None) -> str:
-    """The run's tokenizer: a local one copied in (``source_dir``), or the tiny one trained here."""
+def prepare_tokenizer(tokenizer_dir: str, source_dir: str | None = None) -> str:
+    """The run's tokenizer: a local one copied in (``source_dir``, a preset's ``tokenizer_dir``), or
+    the small byte-level BPE trained here when the preset names none."""
     from keye_model.tokenizer import load_tokenizer, tiny_tokenizer
 
     if source_dir:
+        if not Path(source_dir).is_dir():
+            raise ValueError(f"tokenizer directory {source_dir} does not exist")
         load_tokenizer(source_dir).save_pretrained(tokenizer_dir)
-    elif preset == "tiny":
-        tiny_tokenizer(tokenizer_dir)
     else:
-        raise ValueError(f"preset {preset!r} needs a tokenizer directory (tokenizer_dir=...), e.g. a local Qwen3 one")
+        tiny_tokenizer(tokenizer_dir)
     return tokenizer_dir

@@ -1,4 +1,6 @@
-"""A rank's micro batches: balanced windows of the shard stream, encoded by the processor and packed."""
+"""A rank's share of the shard stream: balanced windows of examples, and the processor calls that encode and
+pack them. What an example becomes (a conversation, a preference pair, a judging prompt, an RL prompt) is
+the objective's business (``keye_model.training.objectives``)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from keye_model.processor import KeyeProcessor
 from keye_model.training import balance, examples
-from keye_model.training.loader import ShardStream, assign_window, media_of
+from keye_model.training.loader import ShardStream, assign_window, media_of, sample_record
 from keye_model.training.packing import Encoded, Packed, pack
 from keye_model.training.run_config import RunConfig
 
@@ -24,7 +24,8 @@ class Batches:
         self.stage = config.stage
         self.processor = processor
         self.rank, self.world_size = rank, world_size
-        self.stream = ShardStream(config.shards, seed=config.seed)
+        self.stream = ShardStream(config.shards, seed=config.seed, sha256s=config.shard_sha256s,
+                                  num_bytes=config.shard_num_bytes)
         self.media_cache = Path(config.output_dir) / "media-cache"
         self._iter: Iterator[dict[str, Any]] | None = None
 
@@ -48,24 +49,9 @@ class Batches:
     def encode(self, conversation: examples.Conversation, sample_id: str, weight: float = 1.0) -> Encoded:
         return Encoded.from_batch(sample_id, self.processor([conversation], sample_ids=[sample_id]), weight)
 
-    def next_packed(self) -> Packed:
-        """Micro batch for lm / weighted_lm / reward objectives."""
-        encoded = []
-        for ex in self.my_examples():
-            if self.stage.objective == "reward":
-                for i, conv in enumerate(examples.judge_conversations(ex)):
-                    encoded.append(self.encode(conv, f"{ex.sample_id}-judge{i}"))
-            else:
-                encoded.append(self.encode(examples.sft_conversation(ex), ex.sample_id, ex.weight))
+    def pack(self, encoded: list[Encoded]) -> Packed:
+        """Pack encoded samples into rows of the stage's ``seq_len``."""
         return pack(encoded, self.stage.seq_len, self.processor.tokenizer.pad_token_id)
-
-    def next_pairs(self) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """Micro batch for MPO: chosen rows then rejected rows, padded (no packing: log-probs per row)."""
-        exs = self.my_examples()
-        pairs = [examples.preference_conversations(ex) for ex in exs]
-        convs = [c for c, _ in pairs] + [r for _, r in pairs]
-        ids = [ex.sample_id for ex in exs]
-        return self.processor(convs, sample_ids=[f"{i}-chosen" for i in ids] + [f"{i}-rejected" for i in ids]), ids
 
 
 def estimate_cost(sample: dict[str, Any], model: balance.CostModel = balance.CostModel()) -> float:
@@ -75,7 +61,7 @@ def estimate_cost(sample: dict[str, Any], model: balance.CostModel = balance.Cos
     per visual token: per frame for a video (from its plan), and for an image all of the sample's tokens
     (its text is short next to its visual tokens).
     """
-    record = json.loads(sample.get("json", b"{}"))
+    record = sample_record(sample)
     tokens = int(record.get("tokens", len(sample.get("json", b"")) // 4))
     if "plan.json" in sample:
         patches = [4 * frame["tokens"] for frame in json.loads(sample["plan.json"])["frames"]]

@@ -1,15 +1,28 @@
-"""One optimizer step of each objective: lm, weighted_lm (replay weights), mpo, reward (judge data
-through lm), gspo (rollouts with progressive hints, then mini-batch updates)."""
+"""The objective registry: each training objective is one class holding its batch building and its loss.
+
+A stage names its objective (``StageSpec.objective``); the runner looks the class up once with
+``get_objective`` and calls ``train_step`` per optimizer step. Adding an objective is one class here
+with ``@register`` (its ``name`` also goes into ``data_specs.stages.OBJECTIVES``, which validates stage
+specs without importing torch; a test checks both agree) and its test.
+
+    lm           next-token loss on the assistant turns of curated samples
+    weighted_lm  the same, each sample weighted by its replay weight (LongCoT cold-start)
+    reward       the pairwise judge (Keye-Reward) trained through lm on judging conversations
+    mpo          preference + quality + generation loss against a frozen reference (InternVL2.5-MPO)
+    gspo         rollouts with progressive hints, then sequence-level clipped updates
+    fusion       no training: merges its input checkpoints (``trains = False``)
+"""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from keye_model import losses
+from keye_model.fusion import merge
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor
 from keye_model.training import examples
@@ -25,21 +38,127 @@ class StepOutput:
     tokens: int
 
 
+@dataclass
+class MicroStep:
+    """One forward of a micro batch: the loss to back-propagate and what to log about it."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    sample_ids: list[str]
+    tokens: int
+
+
 class Objective:
-    """One optimizer step of the stage's objective (backward and engine steps included)."""
+    """One optimizer step of a stage's objective (backward and engine steps included).
+
+    Subclasses give ``micro_step`` (one micro batch's loss); the default ``train_step`` accumulates
+    ``grad_accum_steps`` of them. State that must survive a resume goes in ``state_dict``.
+    """
+
+    name: ClassVar[str]
+    trains: ClassVar[bool] = True
+    """False for objectives that make their checkpoint without an optimizer (fusion)."""
 
     def __init__(self, config: RunConfig, engine, batches: Batches) -> None:
         self.config, self.engine, self.batches = config, engine, batches
         self.stage = config.stage
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def micro_step(self) -> MicroStep:
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> StepOutput:
+        outs = []
+        for _ in range(self.stage.grad_accum_steps):
+            out = self.micro_step()
+            self.engine.backward(out.loss)
+            self.engine.step()
+            outs.append(out)
+        merged: dict[str, float] = {}
+        for out in outs:
+            merged.update(out.metrics)
+        return StepOutput(loss=sum(o.loss.item() for o in outs) / len(outs), metrics=merged,
+                          sample_ids=[i for o in outs for i in o.sample_ids], tokens=sum(o.tokens for o in outs))
+
+
+REGISTRY: dict[str, type[Objective]] = {}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    assert cls.name not in REGISTRY, f"two objectives are named {cls.name!r}"
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_objective(name: str) -> type[Objective]:
+    """The objective class of that name; ValueError naming the known ones otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown objective {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+@register
+class LM(Objective):
+    """Next-token loss on the assistant turns of curated samples, packed."""
+
+    name = "lm"
+
+    def conversations(self, example: examples.Example) -> list[examples.Conversation]:
+        return [examples.sft_conversation(example)]
+
+    def loss(self, inputs: dict[str, torch.Tensor], packed) -> torch.Tensor:
+        return self.engine(**inputs).loss
+
+    def micro_step(self) -> MicroStep:
+        encoded = []
+        for ex in self.batches.my_examples():
+            convs = self.conversations(ex)
+            for i, conv in enumerate(convs):
+                sample_id = ex.sample_id if len(convs) == 1 else f"{ex.sample_id}-{i}"
+                encoded.append(self.batches.encode(conv, sample_id, ex.weight))
+        packed = self.batches.pack(encoded)
+        inputs = {k: v.to(self.engine.device) for k, v in packed.model_inputs().items()}
+        return MicroStep(self.loss(inputs, packed), {"packing_efficiency": packed.efficiency}, packed.sample_ids,
+                         packed.num_real_tokens)
+
+
+@register
+class WeightedLM(LM):
+    """LongCoT cold-start: each sample's token-mean loss weighted by its replay weight."""
+
+    name = "weighted_lm"
+
+    def loss(self, inputs: dict[str, torch.Tensor], packed) -> torch.Tensor:
+        labels = inputs.pop("labels")
+        logits = self.engine(**inputs).logits
+        return losses.weighted_lm_loss(logits, labels, packed.token_weights.to(logits.device))
+
+
+@register
+class Reward(LM):
+    """The pairwise judge: both orders of each preference pair, in no_think and think modes, through lm."""
+
+    name = "reward"
+
+    def conversations(self, example: examples.Example) -> list[examples.Conversation]:
+        return examples.judge_conversations(example)
+
+
+@register
+class MPO(Objective):
+    """MPO against a frozen copy of the starting policy; rows are chosen then rejected, padded."""
+
+    name = "mpo"
+
+    def __init__(self, config: RunConfig, engine, batches: Batches) -> None:
+        super().__init__(config, engine, batches)
+        self.reference = copy.deepcopy(engine.module).eval().requires_grad_(False)
         self.reward_mean = losses.RunningRewardMean()
-        self.reference: KeyeForConditionalGeneration | None = None
-        self.reward_fn = None
-        if self.stage.objective == "mpo":
-            self.reference = copy.deepcopy(engine.module).eval().requires_grad_(False)
-        if self.stage.objective == "gspo":
-            if self.stage.grad_accum_steps != 1:
-                raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
-            self.reward_fn = build_reward_fn(config, batches.processor, engine.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"reward_mean": self.reward_mean.state_dict()}
@@ -47,36 +166,12 @@ class Objective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reward_mean.load_state_dict(state["reward_mean"])
 
-    def train_step(self, step: int) -> StepOutput:
-        if self.stage.objective == "gspo":
-            return self._gspo(step)
-        micro = self._mpo if self.stage.objective == "mpo" else self._lm
-        outs = []
-        for _ in range(self.stage.grad_accum_steps):
-            loss, metrics, ids, tokens = micro()
-            self.engine.backward(loss)
-            self.engine.step()
-            outs.append((loss.item(), metrics, ids, tokens))
-        merged: dict[str, float] = {}
-        for _, metrics, _, _ in outs:
-            merged.update(metrics)
-        return StepOutput(loss=sum(o[0] for o in outs) / len(outs), metrics=merged,
-                          sample_ids=[i for o in outs for i in o[2]], tokens=sum(o[3] for o in outs))
-
-    def _lm(self) -> tuple[torch.Tensor, dict[str, float], list[str], int]:
-        packed = self.batches.next_packed()
-        inputs = {k: v.to(self.engine.device) for k, v in packed.model_inputs().items()}
-        if self.stage.objective == "weighted_lm":
-            labels = inputs.pop("labels")
-            logp, _ = losses.token_logprobs(self.engine(**inputs).logits, labels)
-            weights = packed.token_weights[:, 1:].to(logp.device)
-            loss = -(logp * weights).sum() / weights.sum().clamp_min(1e-12)
-        else:
-            loss = self.engine(**inputs).loss
-        return loss, {"packing_efficiency": packed.efficiency}, packed.sample_ids, packed.num_real_tokens
-
-    def _mpo(self) -> tuple[torch.Tensor, dict[str, float], list[str], int]:
-        batch, ids = self.batches.next_pairs()
+    def micro_step(self) -> MicroStep:
+        exs = self.batches.my_examples()
+        pairs = [examples.preference_conversations(ex) for ex in exs]
+        ids = [ex.sample_id for ex in exs]
+        batch = self.batches.processor([c for c, _ in pairs] + [r for _, r in pairs],
+                                       sample_ids=[f"{i}-chosen" for i in ids] + [f"{i}-rejected" for i in ids])
         batch = {k: v.to(self.engine.device) for k, v in batch.items()}
         n = len(ids)
         labels = batch.pop("labels")
@@ -90,10 +185,26 @@ class Objective:
                               ref_chosen_B=ref_logp[:n], ref_rejected_B=ref_logp[n:], generation=generation,
                               reward_mean=self.reward_mean)
         metrics = {"preference_loss": out.preference.item(), "quality_loss": out.quality.item(),
-                   "generation_loss": out.generation.item(), "bco_delta": out.delta}
-        return out.total, metrics, ids, int(batch["attention_mask"].sum())
+                   "generation_loss": out.generation.item(), "bco_delta": out.delta,
+                   "reward_accuracy": float((seq_logp[:n] - ref_logp[:n] > seq_logp[n:] - ref_logp[n:]).float()
+                                            .mean())}
+        return MicroStep(out.total, metrics, ids, int(batch["attention_mask"].sum()))
 
-    def _gspo(self, step: int) -> StepOutput:
+
+@register
+class GSPO(Objective):
+    """GSPO: a group of rollouts per prompt (progressive hints when all are wrong), then one update per
+    mini-batch of the rollout batch; the optimizer steps inside ``gspo_update``."""
+
+    name = "gspo"
+
+    def __init__(self, config: RunConfig, engine, batches: Batches) -> None:
+        super().__init__(config, engine, batches)
+        if self.stage.grad_accum_steps != 1:
+            raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
+        self.reward_fn = build_reward_fn(config, batches.processor, engine.device)
+
+    def train_step(self, step: int) -> StepOutput:
         from keye_model.training.rl import gspo_update, progressive_hint_rollout
 
         spec = self.stage.rl
@@ -109,6 +220,29 @@ class Objective:
         return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)
 
 
+@register
+class Fusion(Objective):
+    """Stage 4: merge the input checkpoints by the stage's ``FusionSpec``; no optimizer, no data."""
+
+    name = "fusion"
+    trains = False
+
+    @staticmethod
+    def merged_model(config: RunConfig) -> KeyeForConditionalGeneration:
+        """``init_checkpoint`` is the base; ``expert_checkpoints`` are merged onto it. The merged model
+        keeps the config (RoPE theta, ...) of the input ``FusionSpec.config_from`` names."""
+        spec = config.stage.fusion
+        if not config.init_checkpoint or not config.expert_checkpoints:
+            raise ValueError(f"fusion stage {config.stage.name} needs init_checkpoint (the base) and "
+                             "expert_checkpoints")
+        paths = [config.init_checkpoint, *config.expert_checkpoints]
+        models = [KeyeForConditionalGeneration.from_pretrained(p) for p in paths]
+        merged = merge(models[0].state_dict(), [m.state_dict() for m in models[1:]], spec)
+        keeper = models[spec.config_from]
+        keeper.load_state_dict(merged)
+        return keeper
+
+
 def build_reward_fn(config: RunConfig, processor: KeyeProcessor, device: torch.device):
     """The stage's RewardFunction: rule rewards, plus judge / reward-model scores from a trained judge."""
     from keye_model.rewards import RewardFunction, versus_reference
@@ -120,7 +254,7 @@ def build_reward_fn(config: RunConfig, processor: KeyeProcessor, device: torch.d
         return RewardFunction(weights=weights)
     if not config.reward_model_checkpoint:
         raise ValueError(f"stage {config.stage.name} weighs judge/reward-model rewards but has no "
-                         "reward_model_checkpoint")
+                         "reward_model_checkpoint (set StageSpec.reward_model)")
     judge_model = KeyeForConditionalGeneration.from_pretrained(config.reward_model_checkpoint).to(device)
     score = versus_reference(PairwiseJudge(judge_model, processor))
     return RewardFunction(weights=weights, judge=score, reward_model=score)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from data_specs.stages import StageSpec
-from keye_model.fusion import FusionConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,16 +26,19 @@ class RunConfig:
     """A local tokenizer directory (the tiny one the pipeline trains, or a real one)."""
     init_checkpoint: str | None = None
     """HF-format Keye checkpoint to start from; None builds ``preset``'s model from scratch."""
-    preset: str = "tiny"
-    """Model preset used when there is no init checkpoint."""
+    model_preset: str = "tiny"
+    """Model shape (a ``KeyeConfig.preset`` name) built when there is no init checkpoint."""
     shards: tuple[str, ...] = ()
     """WebDataset shards of the stage's data."""
+    shard_sha256s: tuple[str, ...] = ()
+    """The manifest's sha256 of each shard; the stage refuses to start on a shard that differs. Empty: the
+    shards are read unchecked (logged)."""
+    shard_num_bytes: tuple[int, ...] = ()
+    """The manifest's size of each shard in bytes, checked with the sha256s."""
     expert_checkpoints: tuple[str, ...] = ()
     """Fusion: the expert checkpoints merged into ``init_checkpoint``."""
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    """Fusion: method and weights."""
     reward_model_checkpoint: str | None = None
-    """GSPO stages weighing judge / reward-model rewards: the trained reward model (a pairwise judge)."""
+    """The checkpoint of the stage's ``reward_model`` stage (a trained pairwise judge), if it names one."""
     seed: int = 0
     """Seeds the model init, the shard order and sampling."""
     stop_after_steps: int | None = None
@@ -49,8 +51,7 @@ class RunConfig:
     def from_json(cls, text: str) -> "RunConfig":
         data = json.loads(text)
         data["stage"] = StageSpec.from_json(json.dumps(data["stage"]))
-        data["fusion"] = FusionConfig(**{**data["fusion"], "weights": tuple(data["fusion"]["weights"])})
-        for key in ("shards", "expert_checkpoints"):
+        for key in ("shards", "expert_checkpoints", "shard_sha256s", "shard_num_bytes"):
             data[key] = tuple(data[key])
         return cls(**data)
 

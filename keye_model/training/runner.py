@@ -29,12 +29,11 @@ import torch
 
 from data_specs.stages import StageSpec
 from keye_model.config import KeyeConfig
-from keye_model.fusion import merge
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor
 from keye_model.tokenizer import load_tokenizer
 from keye_model.training.batches import Batches
-from keye_model.training.objectives import Objective
+from keye_model.training.objectives import Objective, get_objective
 from keye_model.training.run_config import RunConfig, StageResult
 
 __all__ = ["RunConfig", "StageResult", "build_model", "deepspeed_config", "init_distributed", "lr_lambda",
@@ -103,12 +102,13 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
         model = KeyeForConditionalGeneration.from_pretrained(config.init_checkpoint)
     else:
         torch.manual_seed(config.seed)
-        base = KeyeConfig.preset(config.preset)
+        base = KeyeConfig.preset(config.model_preset)
         model_config = dataclasses.replace(
             base, image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
             video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
         if len(tokenizer) > model_config.text.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than preset {config.preset!r}'s "
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than model preset "
+                             f"{config.model_preset!r}'s "
                              f"vocabulary of {model_config.text.vocab_size}")
         model = KeyeForConditionalGeneration(model_config)
     if config.stage.rope_theta is not None:
@@ -116,8 +116,6 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
     model.set_trainable(config.stage.trainable)
     return model
 
-
-# ------------------------------------------------------------------ batches
 
 # ------------------------------------------------------------------ the run
 
@@ -127,8 +125,9 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(config.tokenizer_dir)
-    if config.stage.objective == "fusion":
-        return _run_fusion(config, tokenizer, started)
+    objective_cls = get_objective(config.stage.objective)
+    if not objective_cls.trains:
+        return _run_merge(config, objective_cls, tokenizer, started)
     if not config.shards:
         raise ValueError(f"stage {config.stage.name} has no shards")
 
@@ -145,7 +144,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
                                            config=deepspeed_config(config.stage))
     processor = KeyeProcessor(tokenizer)
     batches = Batches(config, processor, rank, world_size)
-    objective = Objective(config, engine, batches)
+    objective = objective_cls(config, engine, batches)
 
     ds_dir = out / "deepspeed"
     step = _resume(engine, ds_dir, batches, objective, out)
@@ -218,18 +217,15 @@ def _save_final(engine, model: KeyeForConditionalGeneration, tokenizer, director
         torch.distributed.barrier()
 
 
-def _run_fusion(config: RunConfig, tokenizer, started: float) -> StageResult:
-    if not config.init_checkpoint or not config.expert_checkpoints:
-        raise ValueError(f"fusion stage {config.stage.name} needs init_checkpoint (the base) and expert_checkpoints")
-    base = KeyeForConditionalGeneration.from_pretrained(config.init_checkpoint)
-    experts = [KeyeForConditionalGeneration.from_pretrained(p).state_dict() for p in config.expert_checkpoints]
-    base.load_state_dict(merge(base.state_dict(), experts, config.fusion))
+def _run_merge(config: RunConfig, objective_cls, tokenizer, started: float) -> StageResult:
+    """A stage that makes its checkpoint without training (fusion): save it and its result."""
+    model = objective_cls.merged_model(config)
     directory = Path(config.output_dir) / "checkpoint"
-    base.save_pretrained(directory)
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     result = StageResult(config.stage.name, str(directory), 1, 0, 0, None, time.monotonic() - started)
     (Path(config.output_dir) / "result.json").write_text(json.dumps(
-        {**result.to_dict(), "fusion": dataclasses.asdict(config.fusion),
+        {**result.to_dict(), "fusion": dataclasses.asdict(config.stage.fusion),
          "experts": list(config.expert_checkpoints)}, indent=2))
     return result
 

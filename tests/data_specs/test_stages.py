@@ -4,49 +4,49 @@ import dataclasses
 
 import pytest
 
-from data_specs import stages
+from data_specs import presets, stages
 
 
-@pytest.mark.parametrize("preset", stages.PRESETS)
+@pytest.mark.parametrize("preset", presets.PRESETS)
 def test_every_stage_round_trips_and_inputs_point_backwards(preset):
     seen = set()
-    for stage in stages.stages(preset):
+    for stage in presets.stages(preset):
         assert stages.StageSpec.from_json(stage.to_json()) == stage
         assert set(stage.inputs) <= seen, f"{stage.name} starts from a later stage"
         seen.add(stage.name)
 
 
 def test_keye_8b_follows_the_report():
-    s = {st.name: st for st in stages.stages("keye-8b")}
+    s = {st.name: st for st in presets.stages("keye-8b")}
     assert s["stage1"].trainable == ("projector",)
     assert set(s["stage2"].trainable) == {"vision", "projector", "llm"} and s["stage2"].seq_len == 8192
     assert s["stage3"].rope_theta == 8_000_000 and s["stage3"].seq_len == 131_072
     assert s["stage3"].data_mix == "annealing"
     assert s["stage4"].objective == "fusion" and s["stage4"].inputs == ("stage2", "stage3", "expert")
-    assert [st.name for st in stages.stages("keye-8b")][5:] == ["sft", "mpo", "reward", "coldstart", "gspo", "alignment"]
+    assert [st.name for st in presets.stages("keye-8b")][5:] == ["sft", "mpo", "reward", "coldstart", "gspo", "alignment"]
     assert s["gspo"].rl.clip_low == 3e-4 and s["gspo"].rl.clip_high == 4e-4 and s["gspo"].rl.num_minibatches == 4
 
 
 def test_tiny_keeps_what_a_stage_is_and_shrinks_how_long():
-    for big, tiny in zip(stages.stages("keye-8b"), stages.stages("tiny")):
+    for big, tiny in zip(presets.stages("keye-8b"), presets.stages("tiny")):
         assert (tiny.name, tiny.objective, tiny.trainable, tiny.rope_theta, tiny.data_mix) == (
             big.name, big.objective, big.trainable, big.rope_theta, big.data_mix)
         assert tiny.num_steps <= 4
 
 
 def test_bad_specs_name_the_stage():
-    good = stages.get_stage("tiny", "stage1")
+    good = presets.get_stage("tiny", "stage1")
     with pytest.raises(ValueError, match="stage1.*groups"):
         dataclasses.replace(good, trainable=("decoder",))
     with pytest.raises(ValueError, match="rl settings"):
         dataclasses.replace(good, objective="gspo")
     with pytest.raises(ValueError, match="no stage"):
-        stages.get_stage("tiny", "stage9")
+        presets.get_stage("tiny", "stage9")
 
 
-@pytest.mark.parametrize("preset", stages.PRESETS)
+@pytest.mark.parametrize("preset", presets.PRESETS)
 def test_every_stage_names_a_known_data_mix(preset):
     from data_specs import mixes
 
-    for stage in stages.stages(preset):
+    for stage in presets.stages(preset):
         assert stage.data_mix in mixes.PRESETS or stage.data_mix in mixes.GENERATED, stage.name

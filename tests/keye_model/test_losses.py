@@ -64,11 +64,6 @@ def test_running_reward_mean_state_round_trips():
     assert b.update(0.4) == pytest.approx(0.3)
 
 
-def test_bradley_terry():
-    got = losses.bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]))
-    assert got.item() == pytest.approx(-(logsig(1.0) + logsig(-1.0)) / 2)
-
-
 def test_group_advantages_use_unbiased_std():
     adv = losses.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]))
     std = math.sqrt(sum((r - 0.5) ** 2 for r in [1, 0, 0, 1]) / 3)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from data_specs.stages import get_stage
+from data_specs.presets import get_stage
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.training.runner import RunConfig, run_stage
 

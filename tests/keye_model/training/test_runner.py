@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_specs.stages import get_stage
-from keye_model.fusion import FusionConfig
+from data_specs.presets import get_stage
+from data_specs.stages import FusionSpec
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.tokenizer import load_tokenizer
 from keye_model.training.runner import RunConfig, build_model, run_stage
@@ -79,10 +79,10 @@ def test_fusion_merges_the_base_with_an_expert(stage1, tmp_path, tokenizer_dir, 
     _, first = stage1
     expert = run_stage(RunConfig(stage=stage("sft", num_steps=1), output_dir=str(tmp_path / "expert"),
                                  tokenizer_dir=tokenizer_dir, shards=shards, init_checkpoint=first.checkpoint_dir))
-    config = RunConfig(stage=get_stage("tiny", "stage4"), output_dir=str(tmp_path / "fused"),
-                       tokenizer_dir=tokenizer_dir, init_checkpoint=first.checkpoint_dir,
-                       expert_checkpoints=(expert.checkpoint_dir,),
-                       fusion=FusionConfig(method="average", weights=(0.5, 0.5)))
+    spec = dataclasses.replace(get_stage("tiny", "stage4"), inputs=("stage1", "sft"),
+                               fusion=FusionSpec(method="average", weights=(0.5, 0.5)))
+    config = RunConfig(stage=spec, output_dir=str(tmp_path / "fused"), tokenizer_dir=tokenizer_dir,
+                       init_checkpoint=first.checkpoint_dir, expert_checkpoints=(expert.checkpoint_dir,))
     fused = KeyeForConditionalGeneration.from_pretrained(run_stage(config).checkpoint_dir).state_dict()
     base = KeyeForConditionalGeneration.from_pretrained(first.checkpoint_dir).state_dict()
     other = KeyeForConditionalGeneration.from_pretrained(expert.checkpoint_dir).state_dict()

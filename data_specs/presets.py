@@ -1,0 +1,131 @@
+"""Presets: one frozen object per way of running the whole pipeline.
+
+A ``Preset`` bundles everything that differs between a unit-test run, the CPU demo and the report's
+8B recipe: the stages, the model shape, the Slow-Fast setting, how much data each source gives, the
+tokenizer, and the sizes of generation and evaluation. The ``keye`` flow resolves a preset's name
+once (``get_preset``) and passes the object down; nothing below it asks which preset it is.
+
+    tiny      every stage runs a few steps on 2 CPU cores in seconds: the test preset.
+    keye-8b   the report's recipe (SigLIP-so400m + Qwen3-8B); needs a tokenizer directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from data_specs.stages import RLSpec, StageSpec, keye_8b_stages
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """Everything a pipeline run needs to know beyond its run folder and its seed."""
+
+    name: str
+    """Preset id (``tiny``, ``keye-8b``)."""
+    stages: tuple[StageSpec, ...]
+    """All stages, in pipeline order."""
+    model: str
+    """Model shape: a preset name of ``keye_model.config.KeyeConfig.preset``."""
+    slow_fast: str
+    """Video token budgeting: a preset name of ``keye_model.slow_fast.SlowFastConfig.preset``."""
+    tokenizer_dir: str | None = None
+    """A local tokenizer directory (e.g. Qwen3's); None trains the small byte-level BPE of
+    ``keye_model.tokenizer`` into the run folder."""
+    records_per_source: int = 16
+    """Records each packaged source gives (the user's own folder is read whole)."""
+    source_limits: tuple[tuple[str, int], ...] = ()
+    """Per-source overrides of ``records_per_source``, e.g. ``(("easy-vqa", 40_000),)``."""
+    max_side_px: int = 256
+    """Longest side of the images and video frames sources render themselves."""
+    longcot_paths: int = 4
+    """Reasoning paths sampled per LongCoT problem."""
+    max_new_tokens: int = 48
+    """Generation cap for LongCoT paths, RL prompt filtering and evaluation answers."""
+    eval_vqa_samples: int = 8
+    """easy-vqa test questions per evaluated checkpoint."""
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"preset {self.name}: stage names repeat: {names}")
+        for stage in self.stages:
+            missing = set(stage.inputs) - set(names[: names.index(stage.name)])
+            if missing:
+                raise ValueError(f"preset {self.name}: stage {stage.name} starts from {sorted(missing)}, "
+                                 "which no earlier stage makes")
+            if stage.reward_model is not None and stage.reward_model not in names[: names.index(stage.name)]:
+                raise ValueError(f"preset {self.name}: stage {stage.name}'s reward model {stage.reward_model!r} "
+                                 "is not an earlier stage")
+        if min(self.records_per_source, self.max_new_tokens, self.eval_vqa_samples, self.longcot_paths) < 1:
+            raise ValueError(f"preset {self.name}: sizes must be positive")
+
+    def stage(self, name: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ValueError(f"preset {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def records_for(self, source: str) -> int:
+        """How many records ``source`` gives under this preset."""
+        return dict(self.source_limits).get(source, self.records_per_source)
+
+
+def _tiny_stage(stage: StageSpec) -> StageSpec:
+    """Same stage, sized to run on 2 CPU cores in seconds.
+
+    ZeRO-3 is capped to 2: one process has nothing to partition, and ZeRO-3 would gather every layer's
+    parameters for each generated token of an RL rollout (the runner tests still cover ZeRO-3).
+    """
+    rl = stage.rl and dataclasses.replace(stage.rl, group_size=4, num_minibatches=2, max_new_tokens=16)
+    return dataclasses.replace(
+        stage,
+        zero_stage=min(stage.zero_stage, 2),
+        seq_len=min(stage.seq_len, 1024 if stage.rope_theta and stage.rope_theta > 1e6 else 512),
+        num_steps=1 if stage.fusion else 4,
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        checkpoint_every=2,
+        optimizer=dataclasses.replace(stage.optimizer, lr=max(stage.optimizer.lr, 1e-4), warmup_steps=1),
+        rl=rl,
+    )
+
+
+def tiny() -> Preset:
+    return Preset(name="tiny", stages=tuple(_tiny_stage(s) for s in keye_8b_stages()), model="tiny",
+                  slow_fast="tiny", records_per_source=16, max_side_px=256, longcot_paths=4, max_new_tokens=48,
+                  eval_vqa_samples=8)
+
+
+def keye_8b() -> Preset:
+    return Preset(name="keye-8b", stages=keye_8b_stages(), model="keye-8b", slow_fast="default",
+                  records_per_source=100_000, max_side_px=2048, longcot_paths=8, max_new_tokens=4096,
+                  eval_vqa_samples=1000)
+
+
+PRESETS = {"tiny": tiny, "keye-8b": keye_8b}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset of that name; ValueError naming the known ones otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def as_preset(preset: Preset | str) -> Preset:
+    """A phase flow run alone gets a name; one called by the ``keye`` flow gets the resolved object."""
+    return preset if isinstance(preset, Preset) else get_preset(preset)
+
+
+def stages(preset: str) -> tuple[StageSpec, ...]:
+    """All stages of the named preset, in pipeline order."""
+    return get_preset(preset).stages
+
+
+def get_stage(preset: str, name: str) -> StageSpec:
+    """One stage of the named preset."""
+    return get_preset(preset).stage(name)
+
+
+__all__ = ["PRESETS", "Preset", "RLSpec", "as_preset", "get_preset", "get_stage", "stages"]
