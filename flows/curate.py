@@ -14,6 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from data_specs.mixes import PRESETS, get_mix
+from data_specs.presets import Preset, as_preset
 from tasks.caching import mark_run_folder
 from tasks.curation import mix_table, record_curation_lineage, write_records_jsonl
 from tasks.layout import RunLayout
@@ -27,13 +28,16 @@ TASK_RUNNERS = ("thread", "dask")
 
 
 @flow(name="curate")
-def curate(run_dir: str = "runs/demo", preset: str = "tiny", sources: list[str] | None = None,
-           local_folder: str | None = None, records_per_source: int = 16, mixes: list[str] | None = None,
-           seed: int = 0, reuse: bool = True) -> dict[str, str]:
+def curate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", sources: list[str] | None = None,
+           local_folder: str | None = None, records_per_source: int | None = None, mixes: list[str] | None = None,
+           seed: int = 0, reuse: bool = True, local_folder_limit: int | None = None) -> dict[str, str]:
     """Curated, validated, sharded data for every data mix; returns the manifest of each mix.
 
     With ``reuse`` a run folder whose records and every manifest exist is not curated again.
+    ``records_per_source`` bounds packaged sources (None: the preset's sizes); ``local_folder`` is read
+    whole unless ``local_folder_limit``.
     """
+    preset = as_preset(preset)
     layout = RunLayout(run_dir)
     mark_run_folder(layout.root)
     record_run_start(layout.lineage_db)
@@ -44,9 +48,9 @@ def curate(run_dir: str = "runs/demo", preset: str = "tiny", sources: list[str] 
         record_run_end(layout.lineage_db)
         return {name: str(p) for name, p in existing.items()}
     names = list(sources or DEFAULT_SOURCES) + (["local-folder"] if local_folder else [])
-    specs = [SourceSpec(name=name, limit=records_per_source, seed=seed,
-                        root=local_folder if name == "local-folder" else None,
-                        max_side_px=256 if preset == "tiny" else 2048) for name in names]
+    specs = [SourceSpec(name=name, limit=records_per_source or preset.records_for(name), seed=seed,
+                        root=local_folder if name == "local-folder" else None, folder_limit=local_folder_limit,
+                        max_side_px=preset.max_side_px) for name in names]
     collected = {spec.name: future.result()
                  for spec, future in zip(specs, [collect_source.submit(s, layout.data_dir) for s in specs])}
     records = [r for c in collected.values() for r in c.records]
@@ -54,19 +58,19 @@ def curate(run_dir: str = "runs/demo", preset: str = "tiny", sources: list[str] 
     report = validate_batch(records, layout.quarantine_path, rejected)
     write_records_jsonl(report.passed, layout.records_path)
 
-    slow_fast = "tiny" if preset == "tiny" else "default"
+    slow_fast = preset.slow_fast
     futures = [write_stage_shards.submit(report.passed, get_mix(name),
-                                         ShardConfig(stage=name, out_dir=layout.shards_dir, slow_fast=slow_fast,
+                                         ShardConfig(mix=name, out_dir=layout.shards_dir, slow_fast=slow_fast,
                                                      seed=seed))
                for name in wanted]
     shards = [f.result() for f in futures]
     record_curation_lineage(layout.lineage_db, str(flow_run.id), {k: v.records for k, v in collected.items()},
                             report, shards)
-    for stage_shards in shards:
-        create_table_artifact(mix_table(stage_shards), key=f"mix-{stage_shards.stage.replace('_', '-')}",
-                              description=f"Data mix `{stage_shards.stage}`: planned vs realized shares")
+    for mix_shards in shards:
+        create_table_artifact(mix_table(mix_shards), key=f"mix-{mix_shards.mix.replace('_', '-')}",
+                              description=f"Data mix `{mix_shards.mix}`: planned vs realized shares")
     record_run_end(layout.lineage_db)
-    return {s.stage: s.manifest_path for s in shards}
+    return {s.mix: s.manifest_path for s in shards}
 
 
 def curate_on(task_runner: str = "thread"):
