@@ -7,8 +7,10 @@ quarantined the same way.
 
 Checks, all run on every record so that a quarantine line lists every problem at once:
 * duplicate ids (the first occurrence is kept, later ones are quarantined);
-* decode: an image must open and fully load with PIL and have a usable aspect ratio; a video must probe
-  and decode its first frame through ``keye_model.video``;
+* decode: an image must open and fully load with PIL and have a usable aspect ratio; its size is read
+  from the header first, and one over ``MAX_IMAGE_PIXELS`` is refused before any pixel is decoded (a
+  30000x30000 PNG of a few KB would otherwise take GBs); a video must probe and decode its first frame
+  through ``keye_model.video``;
 * the ``record`` suite of ``data_specs.expectations`` (schema, ids, modality, blank answers...).
 """
 
@@ -31,6 +33,9 @@ from tasks.sources.spec import Rejected
 log = logging.getLogger(__name__)
 #: Frame size a video is decoded at for the decode check; small because only decodability matters.
 CHECK_FRAME_SIZE = (28, 28)
+#: Largest image accepted (8192 x 8192): the processor downsizes anything bigger to at most ~16M pixels
+#: (20,480 tokens of 28x28), so more only costs decode memory (4 bytes a pixel) and is an attack surface.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,10 +71,15 @@ def check_image(path: str) -> Problem | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image.load()
+        with Image.open(path) as image:  # reads the header only
             width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return Problem(check="decode", reason="image too large",
+                               detail=f"{path}: {width}x{height} pixels > {MAX_IMAGE_PIXELS}, refused before decoding")
+            image.load()
         fit_size(height, width, 4, 20480)
+    except Image.DecompressionBombError as exc:  # PIL's own header check, for sizes far past ours
+        return Problem(check="decode", reason="image too large", detail=f"{path}: {exc}")
     except FileNotFoundError as exc:
         return Problem(check="decode", reason="media file missing", detail=str(exc))
     except ValueError as exc:
@@ -178,10 +188,11 @@ def validate_records(
     counts: Counter[str] = Counter()
     lines = []
     for item in rejected:
-        problem = Problem(check="collect", reason="not a valid record", detail=item.reason)
+        problem = Problem(check="collect", reason=item.kind, detail=f"{item.where}: {item.reason}")
         lines.append(_quarantine_line(item_id=item.where, source=item.source, problems=[problem], record=None,
                                       raw=item.raw))
         counts[problem.reason] += 1
+        log.warning("quarantined %s (%s): %s: %s", item.where, item.source, problem.reason, item.reason)
     passed = []
     for record, found in zip(records, problems):
         if not found:

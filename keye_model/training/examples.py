@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from keye_model.slow_fast import VideoPlan
-from keye_model.training.loader import media_of, open_image, sample_record
+from keye_model.training.loader import media_of, open_image, sample_name, sample_record
 from keye_model.training.rl import RLPrompt
 
 Conversation = list[dict[str, Any]]
@@ -53,7 +53,7 @@ def to_example(sample: dict[str, Any], media_cache: str | Path) -> Example:
     if media is not None:
         kind, ext, data = media
         if kind == "image":
-            parts.append({"type": "image", "image": open_image(data)})
+            parts.append({"type": "image", "image": open_image(data, sample_name(sample))})
         else:
             path = Path(media_cache) / f"{key}.{ext}"
             if not path.exists():

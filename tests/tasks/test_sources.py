@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,134 @@ def test_local_folder_reads_media_sidecars_and_jsonl(tmp_path):
     again = collect_records(SourceSpec(name="local-folder", root=str(root), limit=50), tmp_path / "work")
     assert [r.id for r in again.records] == [r.id for r in collected.records]
     assert len({r.id for r in collected.records}) == len(collected.records) == 6
+
+
+def photo(path, name: str = "coffee") -> None:
+    import skimage.data
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(getattr(skimage.data, name)()[::16, ::16]).save(path)
+
+
+def by_where(collected) -> dict[str, object]:
+    """Rejected inputs by ``<file name>[:<line>]``."""
+    return {r.where.rsplit("/", 1)[-1]: r for r in collected.rejected}
+
+
+def test_local_folder_quarantines_a_non_utf8_line_and_reads_the_rest(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "chat.jsonl").write_bytes(b"\n".join([
+        json.dumps({"question": "First?", "answer": "one"}).encode(),
+        b'{"question": "caf\xe9 latin-1", "answer": "x"}',  # Latin-1, not UTF-8
+        json.dumps({"question": "Third?", "answer": "three"}).encode(),
+    ]) + b"\n")
+    (root / "cup.png").parent.mkdir(exist_ok=True)
+    photo(root / "cup.png")
+    (root / "cup.txt").write_bytes(b"A cup \xff")  # a sidecar that is not UTF-8: its item only
+    collected = collect_records(SourceSpec(name="local-folder", root=str(root)), tmp_path / "work")
+    assert [r.answer for r in collected.records] == ["one", "three"]
+    bad = by_where(collected)
+    assert set(bad) == {"chat.jsonl:2", "cup.png"}
+    assert bad["chat.jsonl:2"].kind == "line is not UTF-8" and "byte 17" in bad["chat.jsonl:2"].reason
+    assert bad["chat.jsonl:2"].raw == '{"question": "caf\\xe9 latin-1", "answer": "x"}'
+    assert bad["cup.png"].kind == "sidecar is not UTF-8" and "cup.txt" in bad["cup.png"].reason
+
+
+def test_local_folder_media_must_resolve_inside_the_folder(tmp_path):
+    root, outside = tmp_path / "mine", tmp_path / "elsewhere"
+    photo(outside / "x.jpg")
+    (outside / "secret.txt").write_text("the neighbour's caption")
+    (outside / "theirs.jsonl").write_text(json.dumps({"question": "Q?", "answer": "theirs"}) + "\n")
+    photo(root / "ok.png")
+    (root / "ok.txt").write_text("Mine.")
+    (root / "link-out.jpg").symlink_to(outside / "x.jpg")
+    (root / "link-in.png").symlink_to(root / "ok.png")  # a symlink that stays inside is fine
+    (root / "link-in.txt").write_text("Mine too.")
+    photo(root / "stolen-caption.png")
+    (root / "stolen-caption.txt").symlink_to(outside / "secret.txt")
+    (root / "linked.jsonl").symlink_to(outside / "theirs.jsonl")
+    (root / "chat.jsonl").write_text("\n".join(json.dumps(line) for line in [
+        {"question": "Which?", "answer": "ok", "media": "ok.png"},
+        {"question": "Which?", "answer": "up", "media": "../elsewhere/x.jpg"},
+        {"question": "Which?", "answer": "abs", "media": str(outside / "x.jpg")},
+        {"question": "Which?", "answer": "llava", "image": "sub/../../elsewhere/x.jpg"},
+    ]) + "\n")
+    collected = collect_records(SourceSpec(name="local-folder", root=str(root)), tmp_path / "work")
+    assert sorted(r.answer for r in collected.records) == ["Mine too.", "Mine.", "ok"]
+    for record in collected.records:
+        assert Path(record.media_path).resolve().is_relative_to(root.resolve())
+    bad = by_where(collected)
+    assert set(bad) == {"chat.jsonl:2", "chat.jsonl:3", "chat.jsonl:4", "link-out.jpg", "stolen-caption.png",
+                        "linked.jsonl"}
+    for item in bad.values():
+        assert item.kind == "media outside the folder", item
+        assert "outside the source folder" in item.reason and str(outside) in item.reason
+    assert "theirs" not in json.dumps([r.raw for r in collected.rejected])  # the outside file was never read
+    assert "neighbour" not in json.dumps([r.raw for r in collected.rejected])
+
+
+def test_local_folder_is_read_whole_unless_its_own_limit_is_set(tmp_path, caplog):
+    root = tmp_path / "mine"
+    for i in range(3):
+        photo(root / f"p{i}.png")
+        (root / f"p{i}.txt").write_text(f"photo {i}")
+    (root / "text.jsonl").write_text("".join(json.dumps({"question": f"{i}?", "answer": str(i)}) + "\n"
+                                             for i in range(10)))
+    whole = collect_records(SourceSpec(name="local-folder", root=str(root), limit=4), tmp_path / "work")
+    assert len(whole.records) == 13 and whole.num_dropped == 0  # ``limit`` (--records-per-source) is not ours
+    with caplog.at_level("WARNING"):
+        some = collect_records(SourceSpec(name="local-folder", root=str(root), folder_limit=4), tmp_path / "work")
+    assert [r.answer for r in some.records] == ["photo 0", "photo 1", "photo 2", "0"]
+    assert some.num_dropped == 9
+    assert "folder_limit=4 reached, 9 items" in caplog.text
+    with pytest.raises(ValueError, match="folder_limit must be >= 1"):
+        SourceSpec(name="local-folder", root=str(root), folder_limit=0)
+
+
+def test_local_folder_accepts_llava_lines_and_names_the_keys_to_use(tmp_path):
+    root = tmp_path / "mine"
+    photo(root / "imgs" / "cat.jpg", "chelsea")
+    scene = collect_records(SourceSpec(name="scene-videos", limit=1, max_side_px=64), tmp_path / "work").records[0]
+    shutil.copy(scene.media_path, root / "clip.mp4")
+    human, gpt = "human", "gpt"
+    (root / "llava.jsonl").write_text("\n".join(json.dumps(line) for line in [
+        {"id": "000123", "image": "imgs/cat.jpg", "conversations": [
+            {"from": human, "value": "<image>\nWhat animal is this?"}, {"from": gpt, "value": "A cat."}]},
+        {"id": "v1", "video": "clip.mp4", "conversations": [
+            {"from": human, "value": "What happens?\n<video>"}, {"from": gpt, "value": "Photos cut together."},
+            {"from": human, "value": "How many cuts?"}, {"from": gpt, "value": "Two."}]},
+        {"image": ["imgs/cat.jpg"], "conversations": [{"from": "user", "value": "<image> Colour?"},
+                                                        {"from": "assistant", "value": "Brown."}]},
+        {"conversations": [{"from": human, "value": "Say hi."}, {"from": gpt, "value": "Hi."}]},
+        {"prompt": "Q?", "response": "A."},
+        {"media": "imgs/cat.jpg", "image": "imgs/cat.jpg", "answer": "A cat."},
+        {"image": "imgs/cat.jpg", "conversations": [{"from": gpt, "value": "A cat."}]},
+        {"conversations": [{"from": human, "value": "<image>\nWhat?"}, {"from": gpt, "value": "A cat."}]},
+        {"image": "clip.mp4", "conversations": [{"from": human, "value": "What?"}, {"from": gpt, "value": "x"}]},
+        {"image": ["imgs/cat.jpg", "imgs/cat.jpg"], "conversations": [
+            {"from": human, "value": "Same?"}, {"from": gpt, "value": "Yes."}]},
+    ]) + "\n")
+    collected = collect_records(SourceSpec(name="local-folder", root=str(root)), tmp_path / "work")
+    got = {(r.meta["from"], r.meta.get("turn")): r for r in collected.records if "from" in r.meta}
+    assert sorted(got) == [("llava.jsonl:1", None), ("llava.jsonl:2", 1), ("llava.jsonl:2", 2),
+                           ("llava.jsonl:3", None), ("llava.jsonl:4", None)]
+    cat = got["llava.jsonl:1", None]
+    assert (cat.modality, cat.task, cat.question, cat.answer) == ("image", "vqa", "What animal is this?", "A cat.")
+    assert cat.media_path == str(root / "imgs" / "cat.jpg")
+    first, second = got["llava.jsonl:2", 1], got["llava.jsonl:2", 2]
+    assert (first.modality, first.question, second.question, second.answer) == (
+        "video", "What happens?", "How many cuts?", "Two.")
+    assert first.id != second.id and first.media_path == second.media_path
+    assert got["llava.jsonl:3", None].question == "Colour?"
+    assert got["llava.jsonl:4", None].modality == "text"
+    bad = by_where(collected)
+    assert set(bad) == {f"llava.jsonl:{n}" for n in range(5, 11)}
+    assert bad["llava.jsonl:5"].kind == "unknown JSONL keys"
+    assert "['prompt', 'response']" in bad["llava.jsonl:5"].reason
+    assert "'answer'" in bad["llava.jsonl:5"].reason and "'conversations'" in bad["llava.jsonl:5"].reason
+    assert bad["llava.jsonl:6"].kind == "ambiguous media" and "['media', 'image']" in bad["llava.jsonl:6"].reason
+    assert "starting with a human" in bad["llava.jsonl:7"].reason
+    assert "names no media" in bad["llava.jsonl:8"].reason
+    assert "has a video suffix; use 'media' or 'video'" in bad["llava.jsonl:9"].reason
+    assert "one media file per line" in bad["llava.jsonl:10"].reason

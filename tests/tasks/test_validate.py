@@ -86,3 +86,45 @@ def test_the_rest_of_the_batch_is_sharded(batch):
     seen = {s["json"]["id"] for s in wds.WebDataset([s.path for s in result.shards], shardshuffle=False).decode()}
     assert seen == {r.id for r in good}
     assert not seen & {"bad-image", "bad-video", "bad-answer", "gone"}
+
+
+def png_header(path, width: int, height: int) -> None:
+    """A PNG that declares ``width`` x ``height`` 1-bit pixels but holds one short row of data: any attempt to
+    decode it fails, so a "too large" verdict proves the size was read from the header before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_an_oversized_image_is_refused_from_its_header(tmp_path):
+    from tasks.validate import MAX_IMAGE_PIXELS, check_image
+
+    huge, big, fine = tmp_path / "huge.png", tmp_path / "big.png", tmp_path / "fine.png"
+    png_header(huge, 30000, 30000)  # past PIL's own bomb limit
+    png_header(big, 9000, 9000)  # 81M pixels: under PIL's limit (89M), over ours
+    png_header(fine, 64, 64)
+    assert 9000 * 9000 > MAX_IMAGE_PIXELS
+    for path, size in ((huge, "900000000 pixels"), (big, "9000x9000 pixels")):
+        problem = check_image(str(path))
+        assert problem.reason == "image too large", problem
+        assert str(path) in problem.detail and size in problem.detail
+    assert check_image(str(fine)).reason == "image does not decode"  # the same file shape, decoded: it fails
+
+
+def test_rejected_inputs_are_counted_under_their_kind(tmp_path):
+    quarantine = tmp_path / "q.jsonl"
+    rejected = [Rejected(source="local-folder", where="/d/chat.jsonl:2", reason="Unusable: byte 3 is not UTF-8",
+                         raw="ab\\xff", kind="line is not UTF-8"),
+                Rejected(source="local-folder", where="/d/x.jpg", reason="Unusable: /d/x.jpg resolves to /e/x.jpg",
+                         raw="x.jpg", kind="media outside the folder")]
+    report = validate_batch.fn([], str(quarantine), rejected)
+    assert report.reasons == {"line is not UTF-8": 1, "media outside the folder": 1}
+    lines = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["/d/chat.jsonl:2", "/d/x.jpg"]
+    assert lines[0]["problems"][0]["detail"] == "/d/chat.jsonl:2: Unusable: byte 3 is not UTF-8"
