@@ -19,6 +19,8 @@ Rendering rules (our choices where the report is silent):
   prompt pre-fills it, and in training it sits outside the ``{% generation %}`` span so it gets no loss.
 - The response span (``{% generation %}``) covers the assistant content and its closing ``<|im_end|>``,
   not the newline after it: the loss trains the model to stop.
+- A decoded response is split back into (reasoning, answer) by ``keye_model.answers.split_thinking``, the
+  one think-tag splitter (shared with the rewards and LongCoT).
 
 Example: [user "what shape? /no_think", assistant "circle"] renders as
 ``<|im_start|>user\\nwhat shape? /no_think<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n``
@@ -103,22 +105,6 @@ CHAT_TEMPLATE = (
     "".join(f"{{%- set {name} = '{token}' -%}}" for name, token in _TOKEN_VARIABLES.items())
     + _TEMPLATE_BODY.strip()
 )
-
-
-def split_thinking(text: str) -> tuple[str | None, str]:
-    """Split a decoded response into (reasoning, answer).
-
-    ``"<think>\\nbecause\\n</think>\\n\\nblue"`` -> ``("because", "blue")``; an empty block gives ``("", ...)``;
-    a response without ``</think>`` gives ``(None, text)``. An unclosed ``<think>`` (generation cut off)
-    gives ``(rest, "")``.
-    """
-    stripped = text.strip()
-    if st.THINK_END in stripped:
-        head, answer = stripped.split(st.THINK_END, 1)
-        return head.replace(st.THINK_START, "", 1).strip(), answer.strip()
-    if stripped.startswith(st.THINK_START):
-        return stripped[len(st.THINK_START):].strip(), ""
-    return None, stripped
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

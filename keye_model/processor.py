@@ -48,7 +48,8 @@ from PIL import Image, UnidentifiedImageError
 from transformers import PreTrainedTokenizerBase
 
 from keye_model import special_tokens as st
-from keye_model.chat import CHAT_TEMPLATE, split_thinking, stop_token_ids, token_id
+from keye_model.answers import split_thinking
+from keye_model.chat import CHAT_TEMPLATE, stop_token_ids, token_id
 from keye_model.geometry import fit_size, num_tokens
 from keye_model.losses import IGNORE_INDEX
 from keye_model.slow_fast import SlowFastConfig, VideoPlan, load_planned_frames, plan_and_load_video
@@ -186,7 +187,7 @@ class KeyeProcessor:
         return self.tokenizer.decode(ids[:end], skip_special_tokens=False).strip()
 
     def parse_response(self, ids: Sequence[int] | torch.Tensor) -> tuple[str | None, str]:
-        """Generated ids -> (reasoning or None, answer); see keye_model.chat.split_thinking."""
+        """Generated ids -> (reasoning or None, answer); see keye_model.answers.split_thinking."""
         return split_thinking(self.decode_response(ids))
 
     def load_image(self, image: Any, where: str) -> tuple[np.ndarray, tuple[int, int]]:

@@ -3,7 +3,8 @@
 Rule rewards are pure functions of text that return a ``RuleScore`` (a score in [0, 1] and the reason):
 - ``think_format``: with thinking requested, ``<think>reasoning</think>`` then a non-empty answer; with
   ``/no_think`` (the template pre-fills the empty block in the prompt) no think tags in the response;
-- ``answer_match``: the answer against a reference, equal after normalization, numerically, or fuzzily;
+- correctness: the answer against the reference, judged by ``keye_model.answers.judge_answer`` (the one
+  matcher that LongCoT and evaluation use too, so RL optimizes what evaluation measures);
 - constraints (``CONSTRAINTS``): structure (JSON, markdown heading / list, fenced code) and hard
   instruction constraints (keywords, punctuation, word counts, case, ...), each a function of the answer
   text and its parameters, named by a ``Constraint(kind=..., params=...)``.
@@ -19,19 +20,16 @@ turns a pairwise preference model (query, answer_a, answer_b) -> P(a better) int
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import math
 import re
-import string
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from keye_model import special_tokens as st
-from keye_model.chat import split_thinking
+from keye_model.answers import judge_answer, split_thinking
 
 #: Reward sources a ``RewardFunction`` may weigh.
 SOURCES = ("rule", "judge", "reward_model")
@@ -79,95 +77,6 @@ def think_format(response: str, *, thinking: bool) -> RuleScore:
     if not answer:
         return _fail("empty answer after </think>")
     return _pass("think block then answer")
-
-
-# ---------------------------------------------------------------- correctness
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_ANSWER_PREFIX = re.compile(r"^(?:final answer|the answer|answer)(?:\s+is\b)?\s*:?\s+", re.IGNORECASE)
-_FRAC = re.compile(r"\\d?frac\{([^{}]+)\}\{([^{}]+)\}")
-_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
-
-
-def extract_answer(text: str) -> str:
-    r"""The final answer inside a response: the last ``\boxed{...}`` if any, else the text after think.
-
-    Example: ``"<think>..</think> so \boxed{\frac{1}{2}}"`` -> ``"\frac{1}{2}"``.
-    """
-    _, answer = split_thinking(text)
-    start = answer.rfind("\\boxed{")
-    if start < 0:
-        return _ANSWER_PREFIX.sub("", answer.strip())
-    depth, begin = 0, start + len("\\boxed{")
-    for i in range(begin, len(answer)):
-        if answer[i] == "{":
-            depth += 1
-        elif answer[i] == "}":
-            if depth == 0:
-                return answer[begin:i].strip()
-            depth -= 1
-    return answer[begin:].strip()  # unbalanced: take the rest
-
-
-def normalize_answer(text: str) -> str:
-    r"""Lowercase, NFKC, no $ or trailing period, \frac{a}{b} as a/b, no articles, punctuation dropped
-    except . - / %.
-
-    Example: ``"The (B) Circle."`` -> ``"b circle"``; ``" $1,234$ "`` -> ``"1234"``; ``\frac{1}{2}`` -> ``1/2``.
-    """
-    text = unicodedata.normalize("NFKC", text).lower().strip().strip("$").strip()
-    text = _FRAC.sub(r"\1/\2", text)
-    text = text.rstrip(".").replace(",", "")
-    text = _ARTICLES.sub(" ", text)
-    drop = "".join(c for c in string.punctuation if c not in ".-/%")
-    text = text.translate(str.maketrans(drop, " " * len(drop)))
-    return " ".join(text.split())
-
-
-def parse_number(text: str) -> set[float] | None:
-    r"""The values a normalized answer may denote, or None when it is not a number.
-
-    ``"3/4"`` -> {0.75}; ``"50%"`` -> {50.0, 0.5} (a percentage matches either way of writing it);
-    ``"1e3"`` -> {1000.0}.
-    """
-    text = text.replace(" ", "")
-    percent = text.endswith("%")
-    text = text.rstrip("%")
-    if "/" in text:
-        num, _, den = text.partition("/")
-        if not (_NUMBER.match(num) and _NUMBER.match(den)) or float(den) == 0:
-            return None
-        value = float(num) / float(den)
-    elif _NUMBER.match(text):
-        value = float(text)
-    else:
-        return None
-    return {value, value / 100} if percent else {value}
-
-
-def answer_match(answer: str, reference: str, *, fuzzy_threshold: float = 0.9) -> RuleScore:
-    """1 when the response's final answer is equivalent to the reference, else 0.
-
-    Tried in order: equal after ``normalize_answer``; numerically equal (``parse_number``, relative
-    tolerance 1e-6); fuzzy (difflib ratio of the normalized strings >= ``fuzzy_threshold``, for
-    non-numeric answers only, so 12 never fuzzily matches 13).
-    """
-    got, want = normalize_answer(extract_answer(answer)), normalize_answer(extract_answer(reference))
-    if not got:
-        return _fail("empty answer")
-    if got == want:
-        return _pass("exact match after normalization")
-    got_num, want_num = parse_number(got), parse_number(want)
-    if got_num is not None and want_num is not None:
-        if any(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for a in got_num for b in want_num):
-            return _pass("numerically equal")
-        return _fail(f"number {got!r} != {want!r}")
-    if got_num is None and want_num is None:
-        ratio = difflib.SequenceMatcher(None, got, want).ratio()
-        if ratio >= fuzzy_threshold:
-            return _pass(f"fuzzy match {ratio:.2f}")
-        return _fail(f"{got!r} vs {want!r}: similarity {ratio:.2f} < {fuzzy_threshold}")
-    return _fail(f"{got!r} vs {want!r}: one is a number, the other not")
 
 
 # ---------------------------------------------------------------- constraints (structure and hard)
@@ -358,7 +267,8 @@ def rule_reward(sample: RewardSample) -> RuleScore | None:
     """
     checks: list[tuple[str, RuleScore]] = []
     if sample.reference is not None:
-        checks.append(("answer", answer_match(sample.response, sample.reference)))
+        verdict = judge_answer(sample.response, sample.reference)
+        checks.append(("answer", RuleScore(score=float(verdict.match), reason=verdict.reason)))
     if sample.constraints:
         _, answer = split_thinking(sample.response)
         checks.append(("constraints", check_constraints(answer, sample.constraints)))

@@ -29,10 +29,10 @@ from data_specs.longcot import (
     fit_id, read_jsonl, write_jsonl,
 )
 from data_specs.schemas import Record
+from keye_model.answers import answers_match, normalize_answer, parse_number
 from keye_model.special_tokens import THINK_END, THINK_START
-from tasks.answers import (  # noqa: F401  (re-exported: the step functions' vocabulary)
-    answers_match, normalize_answer, numeric_value, path_confidence, reasoning_steps, repeated_ngram_fraction,
-    split_response,
+from tasks.answers import (  # noqa: F401  (split_response re-exported: review reads edited responses with it)
+    path_confidence, reasoning_steps, repeated_ngram_fraction, split_response,
 )
 from tasks.caching import FILE_TASK_OPTIONS
 from tasks.generation import (
@@ -55,8 +55,11 @@ def _locate_first(question: str, answer: str) -> tuple[str, str] | None:
 
 def _compare_count(question: str, answer: str) -> tuple[str, str] | None:
     """A counting twist: ask whether the count exceeds a threshold next to it (answer computed)."""
-    value = numeric_value(answer)
-    if value is None or value != int(value):
+    values = parse_number(answer)
+    if values is None or len(values) != 1:
+        return None
+    (value,) = values
+    if value != int(value):
         return None
     threshold = int(value) - 1 if int(value) % 2 else int(value)
     return f"{question} Is that number greater than {threshold}? Answer yes or no.", "yes" if value > threshold else "no"
@@ -77,7 +80,7 @@ def _category(record: Record) -> str:
     if domain in ("math", "stem"):
         return domain
     if record.task == "reasoning":
-        return "math" if numeric_value(record.answer) is not None else "stem"
+        return "math" if parse_number(record.answer) is not None else "stem"
     return _CATEGORIES.get(record.task, record.task)
 
 
@@ -89,7 +92,7 @@ def collect_problems(records: Sequence[Record], config: LongCoTConfig) -> list[C
     for record in records:
         if record.task not in config.reasoning_tasks or not record.question.strip() or not record.answer.strip():
             continue
-        key = (" ".join(normalize_answer(record.question)), record.media_path)
+        key = (normalize_answer(record.question), record.media_path)
         if key in seen:
             continue
         seen.add(key)

@@ -35,9 +35,9 @@ from prefect import task
 from data_specs.longcot import CoTSample, PreferencePair, QualityTier, fit_id, read_jsonl, write_jsonl
 from data_specs.mixes import DataMix
 from data_specs.schemas import MODALITIES, Record
+from keye_model.answers import parse_number
 from keye_model.special_tokens import THINK_END, THINK_START
 from tasks.caching import FILE_TASK_OPTIONS
-from tasks.longcot import numeric_value
 from tasks.shards import ShardConfig, StageShards, Tokenizer, estimate_samples, shard_stage
 from tasks.sources.local_folder import modality_of
 from tasks.validate import validate_records
@@ -175,7 +175,7 @@ def hint_kind(record: Record) -> str:
     if record.task in ("ocr", "grounding"):
         return record.task
     if record.task == "reasoning":
-        return "math" if numeric_value(record.answer) is not None else "general"
+        return "math" if parse_number(record.answer) is not None else "general"
     if _YES_NO_START.match(question):
         return "presence"
     if "color" in question or "colour" in question:

@@ -2,15 +2,16 @@
 
 Everything here is pure (strings and numbers in, numbers out) so each rule has a known-answer test.
 
-- VQA: a prediction matches when it equals one reference after ``normalize_answer`` (lower case, no
-  punctuation, no articles, number words as digits): "Two." and "2" match; "red" and "dark red" do not.
+- VQA: ``vqa_accuracy`` counts the answers that ``keye_model.answers.answers_match`` (the one matcher, shared
+  with the RL reward and LongCoT) judges right: "Two." and "2" match; "red" and "dark red" do not.
 - Temporal localization: ``parse_span`` reads a (start, end) in seconds out of model text, in the
   special-token form ``<|clip_time_start|>[2.5, 3.0]<|clip_time_end|>`` or in words ("from 2.5 to 3.0
   seconds", "2.5 - 3.0 s", "[2.5, 3.0]"); ``temporal_scores`` gives mean absolute errors of start, end
   and centre, mean IoU and recall at IoU 0.3 / 0.5.
   Worked example: predicted [2.0, 4.0], true [3.0, 5.0]: start and end errors 1.0 s, centre error
   |3.0 - 4.0| = 1.0 s, intersection 1.0 s, union 3.0 s, IoU 0.333 -> a hit at 0.3, a miss at 0.5.
-- Multiple choice: ``extract_choice`` finds the option letter in "The answer is (B)", "B.", "b".
+- Multiple choice: ``multiple_choice_accuracy`` scores the letters ``keye_model.answers.extract_choice``
+  finds in "The answer is (B)", "B.", "b".
 """
 
 from __future__ import annotations
@@ -20,42 +21,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from keye_model.answers import answers_match
 from keye_model.special_tokens import CLIP_TIME_END, CLIP_TIME_START, THINK_END
 
 # ---- VQA ------------------------------------------------------------------------------------------
 
-ARTICLES = ("a", "an", "the")
-NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13",
-    "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18",
-    "nineteen": "19", "twenty": "20",
-}
-#: A period between digits is a decimal point and stays; every other punctuation mark becomes a space.
-_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")
-
-
-def normalize_answer(text: str) -> str:
-    """Canonical form of a short answer: "The Two Circles!" -> "2 circles"; "3.5" stays "3.5"."""
-    text = _PUNCTUATION.sub(" ", text.lower())
-    words = [NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES]
-    return " ".join(words)
-
-
-def vqa_match(prediction: str, answers: str | Sequence[str]) -> bool:
-    """True when the normalized prediction equals one normalized reference answer."""
-    references = [answers] if isinstance(answers, str) else list(answers)
-    predicted = normalize_answer(prediction)
-    return bool(predicted) and any(predicted == normalize_answer(ref) for ref in references)
-
-
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str | Sequence[str]]) -> float:
-    """Share of predictions matching their references (``vqa_match``); 0.0 for no samples."""
+    """Share of predictions matching their references (``answers_match``: one reference or any of several);
+    0.0 for no samples."""
     if len(predictions) != len(answers):
         raise ValueError(f"{len(predictions)} predictions for {len(answers)} reference answers")
     if not predictions:
         return 0.0
-    return sum(vqa_match(p, a) for p, a in zip(predictions, answers)) / len(predictions)
+    return sum(answers_match(p, a) for p, a in zip(predictions, answers)) / len(predictions)
 
 
 # ---- temporal localization -----------------------------------------------------------------------
@@ -154,51 +132,6 @@ def temporal_scores(predicted: Sequence[tuple[float, float] | None],
 
 
 # ---- multiple choice -----------------------------------------------------------------------------
-
-LETTERS = "ABCDEFGHIJ"
-
-
-def extract_choice(text: str, num_options: int = 4, options: Sequence[str] = ()) -> str | None:
-    """The option letter a response picks (upper case), or None.
-
-    Tried in order: "answer is (b)" / "Answer: B"; the whole reply is one letter ("b", "(C)", "D.");
-    a reply starting "B." / "(B)" / "B)" / "B:"; a "(B)" anywhere; the reply equal to one option's text
-    (``options`` as "A. text"); a single capital option letter standing alone ("Option C is right"; an
-    article "A" or pronoun "I" before a lower-case word does not count).
-    Only the text after a ``</think>`` is read.
-    """
-    valid = LETTERS[:num_options]
-    text = text.rsplit(THINK_END, 1)[-1].strip()
-    letter = f"([{valid}])"
-    answer_is = r"(?i:answer\s*(?:is|:)?\s*[:\-]?\s*(?:option\s*)?)"
-    rules = (
-        re.compile(rf"{answer_is}\(?{letter}\)?(?![A-Za-z])"),
-        re.compile(rf"{answer_is}(?:\({letter.lower()}\)|{letter.lower()}\)?[.!]?\s*$)"),
-        re.compile(rf"^\(?{letter}\)?[.:)]?$", re.I),
-        re.compile(rf"^\(?{letter}(?:\)|[.:])"),
-        re.compile(rf"\({letter}\)"),
-    )
-    for rule in rules:
-        match = rule.search(text)
-        if match:
-            return next(group for group in match.groups() if group).upper()
-    said = normalize_answer(text)
-    by_text = [_option_letter(o) for o in options if said and normalize_answer(_option_text(o)) == said]
-    if len(by_text) == 1 and by_text[0] in valid:
-        return by_text[0]
-    alone = {m.group(1) for m in re.finditer(rf"(?<![A-Za-z]){letter}(?![A-Za-z])", text)
-             if not (m.group(1) in "AI" and re.match(r"\s+[a-z]", text[m.end():]))}  # "A dog", "I think"
-    return alone.pop() if len(alone) == 1 else None
-
-
-def _option_letter(option: str) -> str:
-    return option.strip()[:1].upper()
-
-
-def _option_text(option: str) -> str:
-    """"B. a red car" -> "a red car"."""
-    return re.sub(r"^\s*\(?[A-Za-z][.):]\s*", "", option)
-
 
 def multiple_choice_accuracy(predicted: Sequence[str | None], truth: Sequence[str]) -> float:
     """Share of predicted letters equal to the true ones (None = no letter found = wrong); 0.0 if empty."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.evaluation.answering import EvalModel, answer_all, as_eval_model
-from tasks.evaluation.metrics import parse_span, temporal_scores, vqa_match
+from tasks.evaluation.metrics import parse_span, temporal_scores, vqa_accuracy
 from tasks.evaluation.probes import probe_set_named, run_probe, vit_features
 from tasks.evaluation.videomme import load_videomme, score_videomme, videomme_prompt
 
@@ -36,7 +36,7 @@ def _user_turn(media: dict, text: str) -> list[dict]:
 
 def evaluate_vqa(checkpoint: Checkpoint, num_samples: int, *, seed: int = 0, max_new_tokens: int = 8,
                  tokenizer_dir: str | None = None) -> dict[str, float]:
-    """Greedy answers to ``num_samples`` easy-vqa test questions (picked by ``seed``), scored by ``vqa_match``.
+    """Greedy answers to ``num_samples`` easy-vqa test questions (picked by ``seed``), scored by ``vqa_accuracy``.
 
     Returns ``vqa/accuracy``, ``vqa/num_samples`` and, per question kind, ``vqa/accuracy/yes_no`` and
     ``vqa/accuracy/open`` (shape or colour words).
@@ -50,17 +50,13 @@ def evaluate_vqa(checkpoint: Checkpoint, num_samples: int, *, seed: int = 0, max
     conversations = [_user_turn({"type": "image", "image": paths[image_ids[i]]}, questions[i]) for i in picked]
     responses = answer_all(evaluator, conversations, [f"easy-vqa-test-{i}" for i in picked],
                            max_new_tokens=max_new_tokens)
-    hits = [vqa_match(r, answers[i]) for r, i in zip(responses, picked)]
-    metrics = {"vqa/accuracy": _share(hits), "vqa/num_samples": float(len(picked))}
+    references = [answers[i] for i in picked]
+    metrics = {"vqa/accuracy": vqa_accuracy(responses, references), "vqa/num_samples": float(len(picked))}
     for kind, is_kind in (("yes_no", True), ("open", False)):
-        chosen = [h for h, i in zip(hits, picked) if (answers[i] in ("yes", "no")) == is_kind]
+        chosen = [(r, a) for r, a in zip(responses, references) if (a in ("yes", "no")) == is_kind]
         if chosen:
-            metrics[f"vqa/accuracy/{kind}"] = _share(chosen)
+            metrics[f"vqa/accuracy/{kind}"] = vqa_accuracy([r for r, _ in chosen], [a for _, a in chosen])
     return metrics
-
-
-def _share(flags: Sequence[bool]) -> float:
-    return sum(flags) / len(flags) if flags else 0.0
 
 
 # ---- temporal localization -----------------------------------------------------------------------

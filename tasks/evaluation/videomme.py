@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.evaluation.metrics import LETTERS, extract_choice, multiple_choice_accuracy
+from keye_model.answers import LETTERS, extract_choice
+from tasks.evaluation.metrics import multiple_choice_accuracy
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from keye_model import special_tokens as st
-from keye_model.chat import CHAT_TEMPLATE, split_thinking, stop_token_ids
+from keye_model.answers import split_thinking
+from keye_model.chat import CHAT_TEMPLATE, stop_token_ids
 from keye_model.tokenizer import (
     RECIPE_FILE,
     TINY_MAX_VOCAB,
