@@ -6,6 +6,7 @@ tokenizer, and the sizes of generation and evaluation. The ``keye`` flow resolve
 once (``get_preset``) and passes the object down; nothing below it asks which preset it is.
 
     tiny      every stage runs a few steps on 2 CPU cores in seconds: the test preset.
+    demo      the tiny model trained long enough to learn: ``make demo``, minutes on 2 CPU cores.
     keye-8b   the report's recipe (SigLIP-so400m + Qwen3-8B); needs a tokenizer directory.
 """
 
@@ -103,7 +104,30 @@ def keye_8b() -> Preset:
                   eval_vqa_samples=1000)
 
 
-PRESETS = {"tiny": tiny, "keye-8b": keye_8b}
+#: Optimizer steps of each stage in the demo (our choice): most of the budget goes to the stages that
+#: teach the task (multi-task pre-training and SFT); the rest move the model a little each.
+DEMO_STEPS = {"stage1": 40, "stage2": 250, "stage3": 40, "expert": 40, "stage4": 1, "sft": 350, "mpo": 40,
+              "reward": 60, "coldstart": 40, "gspo": 8, "alignment": 4}
+
+
+def _demo_stage(stage: StageSpec) -> StageSpec:
+    """The tiny stage with real batches and enough steps to learn: 32 samples a step, constant-ish LR."""
+    tiny_stage = _tiny_stage(stage)
+    lr = 2e-3 if stage.phase == "pretrain" or stage.objective == "lm" else 5e-4
+    return dataclasses.replace(
+        tiny_stage, num_steps=DEMO_STEPS[stage.name], micro_batch_size=2 if stage.rl else 32,
+        checkpoint_every=100,
+        optimizer=dataclasses.replace(tiny_stage.optimizer, lr=lr, warmup_steps=10 if not stage.rl else 0,
+                                      min_lr_ratio=0.1))
+
+
+def demo() -> Preset:
+    return Preset(name="demo", stages=tuple(_demo_stage(s) for s in keye_8b_stages()), model="tiny",
+                  slow_fast="tiny", records_per_source=32, source_limits=(("easy-vqa", 100_000),), max_side_px=256,
+                  longcot_paths=4, max_new_tokens=48, eval_vqa_samples=1000)
+
+
+PRESETS = {"tiny": tiny, "demo": demo, "keye-8b": keye_8b}
 
 
 def get_preset(name: str) -> Preset:

@@ -78,13 +78,60 @@ def as_eval_model(checkpoint: str | Path | EvalModel, **load_options: Any) -> Ev
 
 
 @torch.no_grad()
+def answer_batch(evaluator: EvalModel, conversations: list[list[dict[str, Any]]], sample_ids: list[str], *,
+                 max_new_tokens: int) -> list[str]:
+    """Greedy answers to several conversations in one batch, the same answers ``EvalModel.answer`` gives.
+
+    Prompts are right-padded into one (B, L) batch; each step runs the whole batch (no KV cache: the
+    answers here are a few tokens) and appends every unfinished row's argmax at its own end. Right
+    padding with causal attention means no real token ever attends to padding, and position ids count
+    from 0 in every row, so each row computes exactly what it would alone. Worked example: prompts of 3
+    and 5 tokens, width 5 + max_new_tokens; step 1 reads row 0's logits at position 2 and row 1's at 4.
+    """
+    tokenizer = evaluator.processor.tokenizer
+    prompts = []
+    for conversation, sample_id in zip(conversations, sample_ids):
+        try:
+            prompts.append(evaluator.processor.build_prompt(conversation))
+        except ValueError as error:
+            raise ValueError(f"sample {sample_id}: {error}") from error
+    lengths = [int(p["input_ids"].shape[1]) for p in prompts]
+    ids = torch.full((len(prompts), max(lengths) + max_new_tokens), tokenizer.pad_token_id, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : lengths[row]] = prompt["input_ids"][0]
+    grids = [p["grid_hw"] for p in prompts if p["grid_hw"].numel()]
+    device = evaluator.model.device
+    pixel_values = torch.cat([p["pixel_values"] for p in prompts if p["grid_hw"].numel()]).to(device) if grids else None
+    grid_hw = torch.cat(grids).reshape(-1, 2).to(device) if grids else None
+    stops = set(stop_token_ids(tokenizer))
+    ends = list(lengths)
+    done = [False] * len(prompts)
+    for _ in range(max_new_tokens):
+        width = max(ends)
+        position_ids = torch.arange(width).expand(len(prompts), width)
+        logits = evaluator.model(input_ids=ids[:, :width].to(device), position_ids=position_ids.to(device),
+                                 pixel_values=pixel_values, grid_hw=grid_hw).logits
+        chosen = logits[torch.arange(len(prompts)), torch.tensor(ends) - 1].argmax(-1).tolist()
+        for row, token in enumerate(chosen):
+            if done[row]:
+                continue
+            if token in stops:
+                done[row] = True
+                continue
+            ids[row, ends[row]] = token
+            ends[row] += 1
+        if all(done):
+            break
+    return [evaluator.processor.parse_response(ids[row, lengths[row]: ends[row]])[1] for row in range(len(prompts))]
+
+
+@torch.no_grad()
 def answer_all(evaluator: EvalModel, conversations: list[list[dict[str, Any]]], sample_ids: list[str], *,
-               max_new_tokens: int) -> list[str]:
-    """``evaluator.answer`` over many conversations, in order, logging progress every tenth."""
-    answers = []
-    step = max(1, len(conversations) // 10)
-    for number, (conversation, sample_id) in enumerate(zip(conversations, sample_ids), start=1):
-        answers.append(evaluator.answer(conversation, max_new_tokens=max_new_tokens, sample_id=sample_id))
-        if number % step == 0 or number == len(conversations):
-            log.info("answered %d / %d", number, len(conversations))
+               max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy answers to many conversations, in order, ``batch_size`` at a time, logging progress."""
+    answers: list[str] = []
+    for start in range(0, len(conversations), batch_size):
+        answers += answer_batch(evaluator, conversations[start: start + batch_size],
+                                sample_ids[start: start + batch_size], max_new_tokens=max_new_tokens)
+        log.info("answered %d / %d", len(answers), len(conversations))
     return answers

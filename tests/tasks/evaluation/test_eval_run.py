@@ -111,3 +111,18 @@ def test_evaluate_checkpoint_runs_the_configured_set(checkpoint_dir, temporal_sa
     only_probe = evaluate_checkpoint(checkpoint_dir, EvalConfig(vqa_samples=0, probe_shots=1, probe_test=1))
     assert set(only_probe) == {"probe/accuracy", "probe/chance", "probe/num_classes", "probe/num_shots",
                                "probe/num_test"}
+
+
+def test_batched_answers_equal_one_at_a_time(eval_model):
+    import easy_vqa
+
+    from tasks.evaluation.answering import answer_all
+
+    questions, _, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    picked = range(0, 70, 7)  # questions of different lengths: the batch is right-padded
+    conversations = [[{"role": "user", "content": [{"type": "image", "image": paths[image_ids[i]]},
+                                                   {"type": "text", "text": questions[i]}]}] for i in picked]
+    ids = [f"q{i}" for i in picked]
+    one_by_one = [eval_model.answer(c, max_new_tokens=6, sample_id=i) for c, i in zip(conversations, ids)]
+    assert answer_all(eval_model, conversations, ids, max_new_tokens=6, batch_size=4) == one_by_one
