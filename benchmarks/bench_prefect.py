@@ -38,7 +38,7 @@ def direct(run_dir: str, records_per_source: int) -> None:
     rejected = [r for c in collected.values() for r in c.rejected]
     report = validate_records(records, quarantine_path=layout.quarantine_path, rejected=rejected)
     write_records_jsonl(report.passed, layout.records_path)
-    shards = [shard_stage(report.passed, get_mix(name), ShardConfig(stage=name, out_dir=layout.shards_dir,
+    shards = [shard_stage(report.passed, get_mix(name), ShardConfig(mix=name, out_dir=layout.shards_dir,
                                                                      slow_fast="tiny"))
               for name in sorted(PRESETS)]
     batch = collection_lineage("direct", {k: v.records for k, v in collected.items()}, report)

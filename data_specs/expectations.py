@@ -71,8 +71,8 @@ PAIR_COLUMNS = {
     "reason": "correct-vs-wrong, score-gap or reference-vs-wrong",
 }
 MANIFEST_COLUMNS = {
-    "shard": "shard file name, <stage>-NNNNNN.tar, unique",
-    "stage": "stage name",
+    "shard": "shard file name, <mix>-NNNNNN.tar, unique",
+    "mix": "data mix name",
     "sha256": "hex sha256 of the shard file",
     "num_bytes": "shard size in bytes; a tar is at least 1,024",
     "num_records": "samples in the shard, >= 1",
@@ -226,9 +226,9 @@ PAIR_CHECKS = (
 MANIFEST_CHECKS = (
     _columns("manifest"),
     Check(expectation="ExpectColumnValuesToMatchRegex", kwargs={"column": "shard", "regex": SHARD_NAME_RE},
-          reason="shard name is not <stage>-NNNNNN.tar"),
+          reason="shard name is not <mix>-NNNNNN.tar"),
     Check(expectation="ExpectColumnValuesToBeUnique", kwargs={"column": "shard"}, reason="duplicate shard"),
-    *_text("stage"),
+    *_text("mix"),
     Check(expectation="ExpectColumnValuesToMatchRegex", kwargs={"column": "sha256", "regex": r"^[0-9a-f]{64}$"},
           reason="sha256 is not 64 hex digits"),
     Check(expectation="ExpectColumnValuesToBeBetween", kwargs={"column": "num_bytes", "min_value": 1024},

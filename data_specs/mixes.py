@@ -1,9 +1,10 @@
-"""Data mixes: the planned token share of each modality (and, optionally, of each source) per stage.
+"""Data mixes: the planned token share of each modality (and, optionally, of each source) of a named mix.
 
 A mix is planned in TOKENS, not samples: one long video can outweigh a hundred captions, and the report
 states the stage-3 annealing mix that way (24% video, 50% image, 26% text, SPEC.md section 3). The
 sharder (``tasks/shards.py``) realizes a mix by choosing and repeating records and writes planned
-vs realized shares into each stage manifest.
+vs realized shares into each mix's manifest. A training stage names its mix
+(``StageSpec.data_mix``); "mix" is always data, "stage" always training.
 
 Worked example: stage 3 with 10,000 planned tokens wants 2,400 video, 5,000 image and 2,600 text tokens.
 With ``source_ratios={"image": {"easy-vqa": 0.2, "skimage": 0.8}}`` the 5,000 image tokens split into
@@ -34,10 +35,10 @@ def _check_ratios(what: str, ratios: dict[str, float]) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class DataMix:
-    """Planned token shares for one training stage."""
+    """Planned token shares of one data mix (a stage trains on the mix its ``StageSpec.data_mix`` names)."""
 
-    stage: str
-    """Stage the mix is for (``stage1``, ``stage2``, ``stage3``, ``tiny``...)."""
+    name: str
+    """Mix name (``image_text``, ``multitask``, ``annealing``...); shards go to ``shards/<name>/``."""
     modality_ratios: dict[str, float]
     """Share of tokens per modality (keys from ``MODALITIES``); sums to 1. A zero share may be omitted."""
     source_ratios: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -47,7 +48,7 @@ class DataMix:
     """Largest allowed |realized - planned| token share per modality (and per source), absolute."""
 
     def __post_init__(self) -> None:
-        what = f"mix for {self.stage!r}"
+        what = f"data mix {self.name!r}"
         unknown = set(self.modality_ratios) - set(MODALITIES)
         if unknown:
             raise ValueError(f"{what}: unknown modalities {sorted(unknown)}; expected {MODALITIES}")
@@ -66,7 +67,7 @@ class DataMix:
     def to_dict(self) -> dict:
         """Plain JSON form (manifests, Prefect parameters)."""
         return {
-            "stage": self.stage,
+            "name": self.name,
             "modality_ratios": dict(self.modality_ratios),
             "source_ratios": {m: dict(t) for m, t in self.source_ratios.items()},
             "tolerance": self.tolerance,
@@ -79,45 +80,40 @@ class DataMix:
 
 def stage1_mix() -> DataMix:
     """Cross-modal alignment: image-text pairs only (SPEC.md section 3)."""
-    return DataMix(stage="alignment", modality_ratios={"image": 1.0})
+    return DataMix(name="image_text", modality_ratios={"image": 1.0})
 
 
 def stage2_mix() -> DataMix:
     """Multi-task pre-training. The report gives no ratios; ours leans on images, as its data list does."""
-    return DataMix(stage="multitask", modality_ratios={"video": 0.2, "image": 0.6, "text": 0.2})
+    return DataMix(name="multitask", modality_ratios={"video": 0.2, "image": 0.6, "text": 0.2})
 
 
 def stage3_mix() -> DataMix:
     """Annealing: the report's token mix, 24% video, 50% image, 26% text."""
-    return DataMix(stage="annealing", modality_ratios={"video": 0.24, "image": 0.50, "text": 0.26})
+    return DataMix(name="annealing", modality_ratios={"video": 0.24, "image": 0.50, "text": 0.26})
 
 
 def expert_mix() -> DataMix:
     """The fusion expert's mix (our choice): vision-heavy, so merging it with the annealed model adds
     something the annealing mix under-weights, as the report's OCR expert does."""
-    return DataMix(stage="vision_expert", modality_ratios={"image": 0.8, "video": 0.2})
+    return DataMix(name="vision_expert", modality_ratios={"image": 0.8, "video": 0.2})
 
 
 def sft_mix() -> DataMix:
     """Supervised fine-tuning over instruction data (our choice; the report gives none)."""
-    return DataMix(stage="sft", modality_ratios={"video": 0.2, "image": 0.5, "text": 0.3})
-
-
-def rl_mix() -> DataMix:
-    """RL prompts with verifiable reference answers (our choice)."""
-    return DataMix(stage="rl", modality_ratios={"video": 0.1, "image": 0.7, "text": 0.2})
+    return DataMix(name="sft", modality_ratios={"video": 0.2, "image": 0.5, "text": 0.3})
 
 
 def alignment_rl_mix() -> DataMix:
     """Alignment RL prompts: instruction following over all modalities (our choice)."""
-    return DataMix(stage="alignment_rl", modality_ratios={"video": 0.1, "image": 0.4, "text": 0.5})
+    return DataMix(name="alignment_rl", modality_ratios={"video": 0.1, "image": 0.4, "text": 0.5})
 
 
 #: Mixes sampled from curated records, by the name a StageSpec's ``data_mix`` uses. The ``preference``
 #: and ``longcot`` sets are generated inside the post-training chain and take the mix they come with.
-PRESETS = {"alignment": stage1_mix, "multitask": stage2_mix, "annealing": stage3_mix,
-           "vision_expert": expert_mix, "sft": sft_mix, "rl": rl_mix, "alignment_rl": alignment_rl_mix}
-GENERATED = ("preference", "longcot")
+PRESETS = {"image_text": stage1_mix, "multitask": stage2_mix, "annealing": stage3_mix,
+           "vision_expert": expert_mix, "sft": sft_mix, "alignment_rl": alignment_rl_mix}
+GENERATED = ("preference", "longcot", "rl_prompts")
 
 
 def get_mix(name: str) -> DataMix:

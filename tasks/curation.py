@@ -46,10 +46,10 @@ def record_artifact(record: Record, run_id: str) -> Artifact:
                     metadata={"modality": record.modality, "task": record.task, "media_path": record.media_path})
 
 
-def shard_artifact(info, stage: str, run_id: str) -> Artifact:
+def shard_artifact(info, mix: str, run_id: str) -> Artifact:
     return Artifact(kind="shard", uri=str(Path(info.path).resolve()), sha256=info.sha256, num_bytes=info.num_bytes,
                     num_records=info.num_records, created_by_run=run_id,
-                    metadata={"stage": stage, "tokens": info.tokens, "modality_counts": info.modality_counts})
+                    metadata={"mix": mix, "tokens": info.tokens, "modality_counts": info.modality_counts})
 
 
 def collection_lineage(run_id: str, records_by_source: Mapping[str, Sequence[Record]], report: ValidationReport
@@ -82,11 +82,11 @@ def shard_lineage(run_id: str, shards: StageShards, records: Sequence[Record]) -
     manifest = Artifact(kind="manifest", uri=str(Path(shards.manifest_path).resolve()),
                         sha256=hashlib.sha256(Path(shards.manifest_path).read_bytes()).hexdigest(),
                         num_records=shards.num_records, created_by_run=run_id,
-                        metadata={"stage": shards.stage, "planned": shards.planned, "realized": shards.realized})
+                        metadata={"mix": shards.mix, "planned": shards.planned, "realized": shards.realized})
     batch.artifacts.append(manifest)
     total_samples = sum(s.num_records for s in shards.shards) or 1
     for info in shards.shards:
-        shard = shard_artifact(info, shards.stage, run_id)
+        shard = shard_artifact(info, shards.mix, run_id)
         batch.artifacts.append(shard)
         batch.edges.append(Edge(parent_id=shard.artifact_id, child_id=manifest.artifact_id, run_id=run_id,
                                 relation="listed_in"))
@@ -95,7 +95,7 @@ def shard_lineage(run_id: str, shards: StageShards, records: Sequence[Record]) -
                                     child_id=shard.artifact_id, run_id=run_id, relation="sharded_into"))
         for modality, count in info.modality_counts.items():
             tokens = info.modality_tokens.get(modality, 0)
-            batch.mix.append(MixRow(run_id=run_id, stage=shards.stage, shard_id=shard.artifact_id, source="*",
+            batch.mix.append(MixRow(run_id=run_id, mix=shards.mix, shard_id=shard.artifact_id, source="*",
                                     modality=modality, planned_ratio=shards.planned.get(modality, 0.0),
                                     realized_ratio_samples=count / max(1, info.num_records),
                                     realized_ratio_tokens=tokens / max(1, info.tokens),
@@ -105,7 +105,7 @@ def shard_lineage(run_id: str, shards: StageShards, records: Sequence[Record]) -
             continue
         count = sum(s.modality_counts.get(modality, 0) for s in shards.shards)
         tokens = sum(s.modality_tokens.get(modality, 0) for s in shards.shards)
-        batch.mix.append(MixRow(run_id=run_id, stage=shards.stage, source="*", modality=modality,
+        batch.mix.append(MixRow(run_id=run_id, mix=shards.mix, source="*", modality=modality,
                                 planned_ratio=shards.planned.get(modality, 0.0),
                                 realized_ratio_samples=count / total_samples,
                                 realized_ratio_tokens=shards.realized.get(modality, 0.0),
@@ -130,8 +130,8 @@ def record_curation_lineage(lineage_db: str, run_id: str, records_by_source: dic
                             report: ValidationReport, shards: list[StageShards]) -> dict[str, int]:
     """Write the curation graph in one go (the flow process is the one writer)."""
     batch = collection_lineage(run_id, records_by_source, report)
-    for stage_shards in shards:
-        part = shard_lineage(run_id, stage_shards, report.passed)
+    for mix_shards in shards:
+        part = shard_lineage(run_id, mix_shards, report.passed)
         batch.artifacts += part.artifacts
         batch.edges += part.edges
         batch.mix += part.mix

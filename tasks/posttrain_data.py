@@ -231,7 +231,7 @@ def generated_mix(name: str, records: Sequence[Record], tokens_of: Callable[[Rec
     total = sum(tokens.values())
     if total <= 0:
         raise ValueError(f"generated set {name!r}: no tokens in {len(records)} records")
-    return DataMix(stage=name, modality_ratios={m: tokens[m] / total for m in MODALITIES if tokens[m] > 0})
+    return DataMix(name=name, modality_ratios={m: tokens[m] / total for m in MODALITIES if tokens[m] > 0})
 
 
 def write_generated_shards(
@@ -241,7 +241,7 @@ def write_generated_shards(
     """Validate ``records`` (record GX suite + decode checks; bad ones go to ``<out_dir>/<name>/quarantine.jsonl``,
     rewritten each run), then write every passing record once into ``<out_dir>/<name>/`` under
     ``generated_mix``. ValueError when nothing passes."""
-    config = ShardConfig(stage=name, out_dir=str(out_dir), slow_fast=slow_fast)
+    config = ShardConfig(mix=name, out_dir=str(out_dir), slow_fast=slow_fast)
     quarantine = Path(out_dir) / name / "quarantine.jsonl"
     quarantine.unlink(missing_ok=True)
     report = validate_records(records, quarantine_path=quarantine)

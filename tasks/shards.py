@@ -1,4 +1,4 @@
-"""WebDataset shards per stage: token estimates, a mix sampler, crash-safe shard writing and a manifest.
+"""WebDataset shards per data mix: token estimates, a mix sampler, crash-safe shard writing and a manifest.
 
 Each sample is one tar group under a key made from the record id (no dots, ``__r<n>`` for the n-th
 repeat): ``json`` (the record plus ``tokens`` and ``repeat``) always; an image adds its encoded file bytes
@@ -7,9 +7,9 @@ under its suffix (``jpg``, ``png``...); a video adds its file bytes (``mp4``...)
 ``webdataset.WebDataset``.
 
 Crash safety: a shard is written to a hidden ``.<name>.partial`` file, flushed, fsynced and renamed to
-``<stage>-NNNNNN.tar`` only when complete, so a killed writer never leaves a partial ``*.tar`` visible;
-the manifest is written (the same way) last, so a stage without a manifest is an unfinished one. A new
-run first removes that stage's old shards, manifest and stale partials.
+``<mix>-NNNNNN.tar`` only when complete, so a killed writer never leaves a partial ``*.tar`` visible;
+the manifest is written (the same way) last, so a mix without a manifest is an unfinished one. A new
+run first removes that mix's old shards, manifest and stale partials.
 
 Mix sampler: records fall in buckets (a modality, or a (modality, source) when the mix splits it), each
 with a planned share of tokens. Starting from nothing, it repeatedly adds the next record of the bucket
@@ -44,7 +44,7 @@ from tasks.tar_sink import TarSink
 
 log = logging.getLogger(__name__)
 
-STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MIX_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WORD_RE = re.compile(r"\w+|[^\w\s]")
 #: Most samples the sampler may choose before it gives up on a mix (it converges far sooner).
 MAX_SAMPLES = 1_000_000
@@ -53,12 +53,12 @@ Tokenizer = Callable[[str], "int | Sequence[int]"]
 
 @dataclass(frozen=True, kw_only=True)
 class ShardConfig:
-    """Where and how one stage's shards are written."""
+    """Where and how one data mix's shards are written."""
 
-    stage: str
-    """Stage name; shards are ``<out_dir>/<stage>/<stage>-NNNNNN.tar``."""
+    mix: str
+    """Data mix name; shards are ``<out_dir>/<mix>/<mix>-NNNNNN.tar``."""
     out_dir: str
-    """Root folder of all stages' shards."""
+    """Root folder of all mixes' shards."""
     max_records_per_shard: int = 256
     """A shard closes after this many samples."""
     max_bytes_per_shard: int = 512 * 2**20
@@ -78,12 +78,12 @@ class ShardConfig:
     process (tested); fsync adds power-loss durability on any filesystem at ~1.5x the writing time."""
 
     def __post_init__(self) -> None:
-        if not STAGE_RE.match(self.stage):
-            raise ValueError(f"shard stage {self.stage!r} must match {STAGE_RE.pattern}")
+        if not MIX_RE.match(self.mix):
+            raise ValueError(f"shard mix name {self.mix!r} must match {MIX_RE.pattern}")
         if self.max_records_per_shard < 1 or self.max_bytes_per_shard < 1:
-            raise ValueError(f"stage {self.stage}: shard limits must be >= 1")
+            raise ValueError(f"mix {self.mix}: shard limits must be >= 1")
         if self.target_tokens is not None and self.target_tokens < 1:
-            raise ValueError(f"stage {self.stage}: target_tokens must be >= 1, got {self.target_tokens}")
+            raise ValueError(f"mix {self.mix}: target_tokens must be >= 1, got {self.target_tokens}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +109,7 @@ class ShardInfo:
     path: str
     """Absolute path of the shard."""
     name: str
-    """File name, ``<stage>-NNNNNN.tar``."""
+    """File name, ``<mix>-NNNNNN.tar``."""
     sha256: str
     """Hex sha256 of the file."""
     num_bytes: int
@@ -134,10 +134,10 @@ class ShardInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class StageShards:
-    """Result of sharding one stage (also written as the manifest)."""
+    """Result of sharding one data mix (also written as the manifest)."""
 
-    stage: str
-    """Stage name."""
+    mix: str
+    """Data mix name."""
     manifest_path: str
     """The manifest JSON."""
     shards: list[ShardInfo]
@@ -159,7 +159,7 @@ class StageShards:
 
     def manifest_rows(self) -> list[dict]:
         """One row per shard in the columns of the ``manifest`` expectation suite."""
-        return [{"shard": s.name, "stage": self.stage, "sha256": s.sha256, "num_bytes": s.num_bytes,
+        return [{"shard": s.name, "mix": self.mix, "sha256": s.sha256, "num_bytes": s.num_bytes,
                  "num_records": s.num_records, "tokens": s.tokens} for s in self.shards]
 
 
@@ -211,7 +211,7 @@ def _buckets(mix: DataMix, samples: dict[str, Sample]) -> dict[str, tuple[float,
         pool = [s for s in samples.values() if s.record.modality == modality]
         if not pool:
             raise ValueError(
-                f"stage {mix.stage}: the mix plans {share:.0%} {modality} tokens but no {modality} records"
+                f"mix {mix.name}: it plans {share:.0%} {modality} tokens but there are no {modality} records"
             )
         sources = mix.source_ratios.get(modality)
         if not sources:
@@ -220,7 +220,7 @@ def _buckets(mix: DataMix, samples: dict[str, Sample]) -> dict[str, tuple[float,
         for source, source_share in sources.items():
             picked = [s for s in pool if s.record.source == source]
             if source_share > 0 and not picked:
-                raise ValueError(f"stage {mix.stage}: the mix plans {modality} from {source!r} but it has no records")
+                raise ValueError(f"mix {mix.name}: it plans {modality} from {source!r} but that source has no records")
             if source_share > 0:
                 buckets[f"{modality}/{source}"] = (share * source_share, picked)
     return buckets
@@ -256,7 +256,7 @@ def sample_mix(
 
     while not within():
         if len(chosen) >= MAX_SAMPLES:
-            raise ValueError(f"stage {mix.stage}: cannot meet the mix within {MAX_SAMPLES} samples")
+            raise ValueError(f"mix {mix.name}: cannot meet its shares within {MAX_SAMPLES} samples")
         scale = max(target_tokens, total)
         name = max(buckets, key=lambda b: buckets[b][0] * scale - tokens[b])
         if not orders[name]:
@@ -333,17 +333,17 @@ def _write_shard(path: Path, entries: list[tuple[Sample, dict]], config: ShardCo
     )
 
 
-def _clear_stage(stage_dir: Path, stage: str) -> None:
+def _clear_mix(mix_dir: Path, mix: str) -> None:
     """Remove a previous run's manifest first (so its shards stop counting), then its shards and partials."""
-    old = [stage_dir / "manifest.json", *stage_dir.glob(f"{stage}-*.tar"), *stage_dir.glob(".*.partial")]
+    old = [mix_dir / "manifest.json", *mix_dir.glob(f"{mix}-*.tar"), *mix_dir.glob(".*.partial")]
     for path in old:
         if path.exists():
             path.unlink()
     if len(old) > 1:
-        log.info("stage %s: removed %d files of an earlier run from %s", stage, len(old), stage_dir)
+        log.info("mix %s: removed %d files of an earlier run from %s", mix, len(old), mix_dir)
 
 
-def _read_ahead(samples: Sequence[Sample], depth: int = 16):
+def read_entries(samples: Sequence[Sample], depth: int = 16):
     """Yield (sample, entry) in order while two threads read the next ``depth`` samples' files."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-read") as pool:
         window = deque()
@@ -358,22 +358,22 @@ def _read_ahead(samples: Sequence[Sample], depth: int = 16):
 
 
 def write_shards(samples: Sequence[Sample], config: ShardConfig, on_sample: Callable[[str], None] | None = None):
-    """Write ``samples`` in order into ``<out_dir>/<stage>/<stage>-NNNNNN.tar``; returns [ShardInfo].
+    """Write ``samples`` in order into ``<out_dir>/<mix>/<mix>-NNNNNN.tar``; returns [ShardInfo].
 
     ``on_sample(key)`` is called after each sample is written (progress reporting).
     """
-    stage_dir = Path(config.out_dir) / config.stage
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stage(stage_dir, config.stage)
+    mix_dir = Path(config.out_dir) / config.mix
+    mix_dir.mkdir(parents=True, exist_ok=True)
+    _clear_mix(mix_dir, config.mix)
     shards, batch, batch_bytes = [], [], 0
 
     def flush() -> None:
         nonlocal batch, batch_bytes
         if batch:
-            shards.append(_write_shard(stage_dir / f"{config.stage}-{len(shards):06d}.tar", batch, config, on_sample))
+            shards.append(_write_shard(mix_dir / f"{config.mix}-{len(shards):06d}.tar", batch, config, on_sample))
             batch, batch_bytes = [], 0
 
-    for sample, entry in _read_ahead(samples):
+    for sample, entry in read_entries(samples):
         size = sum(len(v) + 512 for k, v in entry.items() if k != "__key__")
         if batch and (len(batch) >= config.max_records_per_shard or batch_bytes + size > config.max_bytes_per_shard):
             flush()
@@ -397,7 +397,7 @@ def shard_stage(
     tokenizer: Tokenizer | None = None,
     on_sample: Callable[[str], None] | None = None,
 ) -> StageShards:
-    """Estimate tokens, sample ``mix``, write shards and the stage manifest; returns what was written."""
+    """Estimate tokens, sample ``mix``, write shards and the mix's manifest; returns what was written."""
     estimated = estimate_samples(records, config, tokenizer)
     chosen = sample_mix(estimated, mix, target_tokens=config.target_tokens, seed=config.seed)
     random.Random(config.seed).shuffle(chosen)  # spread modalities over shards
@@ -412,7 +412,7 @@ def shard_stage(
     realized = {**shares(chosen, lambda s: s.record.modality), **shares(chosen, bucket)}
     used = {s.record.id for s in chosen}
     result = StageShards(
-        stage=config.stage, manifest_path=str((Path(config.out_dir) / config.stage / "manifest.json").resolve()),
+        mix=config.mix, manifest_path=str((Path(config.out_dir) / config.mix / "manifest.json").resolve()),
         shards=shards, planned=planned, realized={k: realized.get(k, 0.0) for k in planned},
         realized_sources=shares(chosen, lambda s: s.record.source), total_tokens=sum(s.tokens for s in chosen),
         num_records=len(chosen), num_unique_records=len(used),
@@ -420,15 +420,15 @@ def shard_stage(
     )
     worst = max(abs(result.realized[k] - planned[k]) for k in planned)
     _write_json_atomically(Path(result.manifest_path), {
-        **dataclasses.asdict(result), "mix": mix.to_dict(), "config": dataclasses.asdict(config),
+        **dataclasses.asdict(result), "mix_spec": mix.to_dict(), "config": dataclasses.asdict(config),
         "max_share_error": worst, "within_tolerance": worst <= mix.tolerance,
     })
-    log.info("stage %s: %d samples (%d records) in %d shards, %d tokens, worst share error %.4f",
-             config.stage, len(chosen), len(used), len(shards), result.total_tokens, worst)
+    log.info("mix %s: %d samples (%d records) in %d shards, %d tokens, worst share error %.4f",
+             config.mix, len(chosen), len(used), len(shards), result.total_tokens, worst)
     return result
 
 
-@task(name="write-stage-shards", task_run_name="shard-{config.stage}", retries=2, retry_delay_seconds=5)
+@task(name="write-stage-shards", task_run_name="shard-{config.mix}", retries=2, retry_delay_seconds=5)
 def write_stage_shards(records: list[Record], mix: DataMix, config: ShardConfig) -> StageShards:
     """Prefect entry point for ``shard_stage`` (default word-count token estimate)."""
     return shard_stage(records, mix, config)

@@ -6,7 +6,9 @@ in the flow process, where DuckDB shares one instance per file, so the flow stay
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import importlib.metadata
 import logging
 import subprocess
@@ -42,9 +44,22 @@ def current_run(*, status: str = "RUNNING", ended_at: dt.datetime | None = None)
 
     if not flow_run.id:
         raise ValueError("current_run() called outside a Prefect flow run; build a Run yourself")
-    return Run(run_id=str(flow_run.id), flow_name=flow_run.flow_name, parameters=dict(flow_run.parameters or {}),
+    parent, root = flow_run.parent_flow_run_id, flow_run.root_flow_run_id
+    return Run(run_id=str(flow_run.id), flow_name=flow_run.flow_name, parameters=_plain(flow_run.parameters or {}),
                code_version=code_version(), status=status, ended_at=ended_at,
-               parent_run_id=str(flow_run.parent_flow_run_id) if flow_run.parent_flow_run_id else None)
+               parent_run_id=str(parent) if parent else None, run_name=flow_run.name or None,
+               root_run_id=str(root) if root else None)
+
+
+def _plain(parameters: dict) -> dict:
+    """Flow parameters as JSON types: a frozen dataclass (a resolved ``Preset``) becomes its fields."""
+
+    def default(value):
+        if dataclasses.is_dataclass(value):
+            return dataclasses.asdict(value)
+        return str(value)
+
+    return json.loads(json.dumps(dict(parameters), default=default))
 
 
 @task(name="record-run-start", retries=2, retry_delay_seconds=5)

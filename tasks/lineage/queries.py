@@ -1,4 +1,4 @@
-"""Read-side queries over an open lineage connection: ancestry, descendants, data mix, metrics, reviews.
+"""Read-side queries over an open lineage connection: runs, ancestry, descendants, data mix, metrics, reviews.
 
 Ancestry is one recursive CTE that walks ``edges`` a level per iteration. It keeps distinct
 (artifact, depth, link) rows, so a diamond (two datasets made from the same source) does not multiply
@@ -49,14 +49,14 @@ class LineageNode:
 
 @dataclass(frozen=True, kw_only=True)
 class MixLine:
-    """Planned vs realized share of one (source, modality) in a stage."""
+    """Planned vs realized share of one (source, modality) in a data mix."""
 
     source: str
     """Source adapter name."""
     modality: str
     """``image``, ``video`` or ``text``."""
     planned_ratio: float
-    """Share the data mix asked for."""
+    """Share of TOKENS the data mix asked for (mixes are planned in tokens, not samples)."""
     realized_ratio_samples: float
     """Share of samples written."""
     realized_ratio_tokens: float
@@ -67,23 +67,48 @@ class MixLine:
     """Tokens written."""
 
     @property
-    def drift_samples(self) -> float:
-        """Realized minus planned share of samples (positive: over-represented)."""
-        return self.realized_ratio_samples - self.planned_ratio
+    def drift_tokens(self) -> float:
+        """Realized minus planned share of tokens, the share the plan is about (positive: over-represented).
+
+        The sample share is no measure of the plan: 3 videos of 100 tokens and 60 images of 5 tokens meet
+        a 50/50 token plan exactly while videos are under 5% of the samples."""
+        return self.realized_ratio_tokens - self.planned_ratio
 
 
 @dataclass(frozen=True, kw_only=True)
 class MixReport:
-    """The data mix of one stage in one run."""
+    """One data mix as one run wrote it."""
 
     run_id: str
-    """Run whose mix this is (the latest run that recorded the stage, unless asked for one)."""
-    stage: str
-    """Stage name."""
+    """Run whose mix this is (the latest run that recorded the mix, unless asked for one)."""
+    mix: str
+    """Data mix name."""
     from_shards: bool
-    """True when no stage totals were recorded and the lines were summed from per-shard rows."""
+    """True when no mix totals were recorded and the lines were summed from per-shard rows."""
     lines: tuple[MixLine, ...]
     """One line per (source, modality), largest planned share first."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """One recorded flow run, as ``keye lineage runs`` lists it."""
+
+    run_id: str
+    """Prefect flow run id."""
+    flow_name: str
+    """Flow (``keye``, ``curate``, ``pretrain`` ...)."""
+    run_name: str | None
+    """Prefect's name for the run (what its UI lists), when recorded."""
+    status: str
+    """Last recorded state."""
+    started_at: dt.datetime | None
+    """Start."""
+    ended_at: dt.datetime | None
+    """End; None while running (or when the run died without saying so)."""
+    parent_run_id: str | None
+    """The run it is a subflow of."""
+    root_run_id: str | None
+    """The top-level run of its tree, when recorded."""
 
 
 def resolve(con: duckdb.DuckDBPyConnection, id_or_uri: str) -> str:
@@ -146,47 +171,47 @@ def descendants(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, max_depth: in
     return _walk(con, id_or_uri, upward=False, max_depth=max_depth)
 
 
-def latest_run_for_stage(con: duckdb.DuckDBPyConnection, stage: str) -> str:
+def latest_run_for_mix(con: duckdb.DuckDBPyConnection, name: str) -> str:
     row = con.execute("""
         SELECT m.run_id FROM data_mix m LEFT JOIN runs r USING (run_id)
-        WHERE m.stage = ? GROUP BY m.run_id ORDER BY max(r.started_at) DESC NULLS LAST, m.run_id DESC LIMIT 1
-    """, [stage]).fetchone()
+        WHERE m.mix = ? GROUP BY m.run_id ORDER BY max(r.started_at) DESC NULLS LAST, m.run_id DESC LIMIT 1
+    """, [name]).fetchone()
     if row is None:
-        known = [r[0] for r in con.execute("SELECT DISTINCT stage FROM data_mix ORDER BY 1").fetchall()]
-        raise ValueError(f"no data mix recorded for stage {stage!r}; stages with a mix: {known}")
+        known = [r[0] for r in con.execute("SELECT DISTINCT mix FROM data_mix ORDER BY 1").fetchall()]
+        raise ValueError(f"no data mix {name!r} recorded; mixes recorded: {known}")
     return row[0]
 
 
-def mix(con: duckdb.DuckDBPyConnection, stage: str, *, run_id: str | None = None) -> MixReport:
-    """Planned vs realized ratios of ``stage`` (stage totals, else summed from the per-shard rows)."""
-    run_id = run_id or latest_run_for_stage(con, stage)
+def mix(con: duckdb.DuckDBPyConnection, name: str, *, run_id: str | None = None) -> MixReport:
+    """Planned vs realized shares of data mix ``name`` (mix totals, else summed from the per-shard rows)."""
+    run_id = run_id or latest_run_for_mix(con, name)
     totals = con.execute("""
         SELECT source, modality, planned_ratio, realized_ratio_samples, realized_ratio_tokens,
                num_samples, num_tokens
-        FROM data_mix WHERE run_id = ? AND stage = ? AND shard_id IS NULL
-    """, [run_id, stage]).fetchall()
+        FROM data_mix WHERE run_id = ? AND mix = ? AND shard_id IS NULL
+    """, [run_id, name]).fetchall()
     from_shards = not totals
     if from_shards:
         totals = con.execute("""
             WITH s AS (
                 SELECT source, modality, max(planned_ratio) AS planned_ratio,
                        sum(num_samples) AS num_samples, sum(num_tokens) AS num_tokens
-                FROM data_mix WHERE run_id = ? AND stage = ? GROUP BY source, modality
+                FROM data_mix WHERE run_id = ? AND mix = ? GROUP BY source, modality
             )
             SELECT source, modality, planned_ratio,
                    coalesce(num_samples / nullif(sum(num_samples) OVER (), 0), 0),
                    coalesce(num_tokens / nullif(sum(num_tokens) OVER (), 0), 0),
                    num_samples, num_tokens
             FROM s
-        """, [run_id, stage]).fetchall()
+        """, [run_id, name]).fetchall()
     if not totals:
-        raise ValueError(f"run {run_id} recorded no data mix for stage {stage!r}")
+        raise ValueError(f"run {run_id} recorded no data mix {name!r}")
     lines = sorted(
         (MixLine(source=r[0], modality=r[1], planned_ratio=r[2], realized_ratio_samples=float(r[3]),
                  realized_ratio_tokens=float(r[4]), num_samples=int(r[5]), num_tokens=int(r[6])) for r in totals),
         key=lambda line: (-line.planned_ratio, line.source, line.modality),
     )
-    return MixReport(run_id=run_id, stage=stage, from_shards=from_shards, lines=tuple(lines))
+    return MixReport(run_id=run_id, mix=name, from_shards=from_shards, lines=tuple(lines))
 
 
 def metrics(con: duckdb.DuckDBPyConnection, run_id: str, *, stage: str | None = None,
@@ -207,6 +232,23 @@ def reviews(con: duckdb.DuckDBPyConnection, run_id: str) -> list[Review]:
     """, [run_id]).fetchall()
     return [Review(run_id=r[0], reviewer=r[1], decision=r[2], sample_ids=tuple(r[3] or ()), note=r[4] or "",
                    reviewed_at=r[5]) for r in rows]
+
+
+def runs(con: duckdb.DuckDBPyConnection, *, limit: int | None = None) -> list[RunSummary]:
+    """Recorded flow runs by tree, newest tree first: a top-level run, then its subflows as they started.
+
+    A tree is the root run when recorded, else the parent (files from before ``root_run_id``)."""
+    rows = con.execute("""
+        WITH t AS (SELECT *, coalesce(root_run_id, parent_run_id, run_id) AS tree FROM runs)
+        SELECT t.run_id, t.flow_name, t.run_name, t.status, t.started_at, t.ended_at, t.parent_run_id,
+               t.root_run_id
+        FROM t LEFT JOIN runs root ON root.run_id = t.tree
+        ORDER BY coalesce(root.started_at, t.started_at) DESC NULLS LAST, t.tree, t.run_id <> t.tree,
+                 t.started_at NULLS LAST, t.run_id
+        LIMIT ?
+    """, [limit if limit is not None else 2**62]).fetchall()
+    return [RunSummary(run_id=r[0], flow_name=r[1], run_name=r[2], status=r[3], started_at=r[4], ended_at=r[5],
+                       parent_run_id=r[6], root_run_id=r[7]) for r in rows]
 
 
 def run_row(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:

@@ -77,6 +77,11 @@ class Run:
     """One of RUN_STATUSES."""
     parent_run_id: str | None = None
     """The flow run this one is a subflow of (the phase flows under ``keye``), else None."""
+    run_name: str | None = None
+    """Prefect's name of the flow run, as its UI lists it (``tangerine-bear``); None outside Prefect."""
+    root_run_id: str | None = None
+    """The top-level flow run of the tree this run belongs to (its own id for a top-level run); None when
+    unknown. The run id Prefect's UI shows for a deployment run is this one."""
 
     def __post_init__(self) -> None:
         if not self.run_id or not self.flow_name:
@@ -124,7 +129,7 @@ class Artifact:
     created_by_run: str | None = None
     """Run that made it; None for external inputs (raw sources). The first writer keeps it."""
     metadata: dict[str, Any] = field(default_factory=dict)
-    """Kind-specific extras, JSON-serializable (``{"stage": "stage1"}``, ``{"step": 1200}``)."""
+    """Kind-specific extras, JSON-serializable (``{"mix": "annealing"}``, ``{"step": 1200}``)."""
     created_at: dt.datetime = field(default_factory=utc_now)
     """When it was recorded."""
     artifact_id: str = ""
@@ -161,18 +166,18 @@ class Edge:
 
 @dataclass(frozen=True, kw_only=True)
 class MixRow:
-    """Planned vs realized share of one (source, modality) in a stage, for one shard or the stage total."""
+    """Planned vs realized share of one (source, modality) in a data mix, for one shard or the mix total."""
 
     run_id: str
     """Run that wrote the shards."""
-    stage: str
-    """Stage name (``stage1`` ... ``sft``)."""
+    mix: str
+    """Data mix name (``image_text``, ``annealing`` ...; ``StageSpec.data_mix`` names a stage's)."""
     source: str
     """Source adapter name."""
     modality: str
     """``image``, ``video`` or ``text``."""
     planned_ratio: float
-    """Share the data mix asked for, in [0, 1]."""
+    """Share of TOKENS the data mix asked for, in [0, 1] (mixes are planned in tokens)."""
     realized_ratio_samples: float
     """Share of samples actually written, in [0, 1]."""
     realized_ratio_tokens: float
@@ -182,10 +187,10 @@ class MixRow:
     num_tokens: int
     """Tokens of this (source, modality) written."""
     shard_id: str | None = None
-    """Artifact id of the shard, or None for the stage total."""
+    """Artifact id of the shard, or None for the mix total."""
 
     def __post_init__(self) -> None:
-        where = f"mix row run {self.run_id} stage {self.stage} source {self.source} shard {self.shard_id}"
+        where = f"mix row run {self.run_id} mix {self.mix} source {self.source} shard {self.shard_id}"
         for name in ("planned_ratio", "realized_ratio_samples", "realized_ratio_tokens"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -48,12 +48,13 @@ RUNS = TableSpec(
     name="runs",
     columns=(("run_id", pa.string()), ("flow_name", pa.string()), ("parameters", pa.string()),
              ("code_version", pa.string()), ("started_at", TS), ("ended_at", TS), ("status", pa.string()),
-             ("parent_run_id", pa.string())),
+             ("parent_run_id", pa.string()), ("run_name", pa.string()), ("root_run_id", pa.string())),
     key=("run_id",), on_conflict="update", json_columns=("parameters",),
     update_sql=(("started_at", "LEAST(t.started_at, excluded.started_at)"),),
     ddl="""CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR PRIMARY KEY, flow_name VARCHAR NOT NULL, parameters JSON, code_version VARCHAR,
-        started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, status VARCHAR NOT NULL, parent_run_id VARCHAR)""",
+        started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, status VARCHAR NOT NULL, parent_run_id VARCHAR,
+        run_name VARCHAR, root_run_id VARCHAR)""",
 )
 TASK_RUNS = TableSpec(
     name="task_runs",
@@ -86,12 +87,12 @@ EDGES = TableSpec(
 )
 DATA_MIX = TableSpec(
     name="data_mix",
-    columns=(("run_id", pa.string()), ("stage", pa.string()), ("shard_id", pa.string()), ("source", pa.string()),
+    columns=(("run_id", pa.string()), ("mix", pa.string()), ("shard_id", pa.string()), ("source", pa.string()),
              ("modality", pa.string()), ("planned_ratio", pa.float64()), ("realized_ratio_samples", pa.float64()),
              ("realized_ratio_tokens", pa.float64()), ("num_samples", pa.int64()), ("num_tokens", pa.int64())),
-    key=("run_id", "stage", "shard_id", "source", "modality"), on_conflict="replace",
+    key=("run_id", "mix", "shard_id", "source", "modality"), on_conflict="replace",
     ddl="""CREATE TABLE IF NOT EXISTS data_mix (
-        run_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, shard_id VARCHAR, source VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL, mix VARCHAR NOT NULL, shard_id VARCHAR, source VARCHAR NOT NULL,
         modality VARCHAR NOT NULL, planned_ratio DOUBLE, realized_ratio_samples DOUBLE,
         realized_ratio_tokens DOUBLE, num_samples BIGINT, num_tokens BIGINT)""",
 )
@@ -118,12 +119,26 @@ TABLES = (RUNS, TASK_RUNS, ARTIFACTS, EDGES, DATA_MIX, METRICS, REVIEWS)
 #: Point lookups by URI use this; the ancestry walk is a hash join per level, which an index would not
 #: speed up but would slow every bulk insert, so edges get none beyond their key.
 INDEXES = ("CREATE INDEX IF NOT EXISTS artifacts_uri ON artifacts (uri)",)
+#: Files written before a column was added or renamed are brought up to date on the writer's open.
+ADDED_COLUMNS = (("runs", "run_name", "VARCHAR"), ("runs", "root_run_id", "VARCHAR"))
+RENAMED_COLUMNS = (("data_mix", "stage", "mix"),)  # a data mix is not a training stage
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {row[0] for row in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
+        [table]).fetchall()}
 
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every table and index that does not exist yet; safe to call on every open."""
+    """Create every table and index that does not exist yet, and upgrade older files; safe on every open."""
     for spec in TABLES:
         con.execute(spec.ddl)
+    for table, old, new in RENAMED_COLUMNS:
+        if old in _columns(con, table) and new not in _columns(con, table):
+            con.execute(f"ALTER TABLE {table} RENAME COLUMN {old} TO {new}")
+    for table, column, kind in ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
     for statement in INDEXES:
         con.execute(statement)
 

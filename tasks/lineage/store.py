@@ -7,11 +7,17 @@ naming the file and the holder's PID: the file is never touched, so it cannot be
 
 Every write is a bulk ``INSERT ... SELECT`` from an Arrow table, deduplicated inside the batch and
 idempotent across batches (see ``schema.TableSpec.on_conflict``).
+
+The file is written in DuckDB's v1.4.0 storage format (``STORAGE_VERSION``), which the DuckDB 1.4 and 1.5
+readers on the package index open as well as 2.x: a user's plain ``duckdb`` client, whatever its version,
+reads the lineage. DuckDB keeps the format a file was created with, so a file an earlier version of this
+code wrote in the 2.x format is copied into the 1.x format once, by the writer, when it opens it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -33,6 +39,12 @@ log = logging.getLogger(__name__)
 
 Rows = Sequence[Any] | pd.DataFrame | pa.Table
 _PID = re.compile(r"\(PID (\d+)\)")
+#: Storage format the writer creates files in: the newest that DuckDB 1.4 (LTS) and 1.5 readers open.
+STORAGE_VERSION = "v1.4.0"
+#: The version number DuckDB writes into the file header for that format (1.4 readers open 64 ... 67,
+#: 1.5 readers 64 ... 68; 2.x writes larger numbers). Bytes 12-19 of the file, little-endian.
+STORAGE_NUMBER = 67
+_HEADER_MAGIC = b"DUCK"
 
 
 class LineageLockedError(RuntimeError):
@@ -50,9 +62,53 @@ class LineageLockedError(RuntimeError):
         )
 
 
+def storage_number(path: str | Path) -> int | None:
+    """The storage version number in a DuckDB file's header; None for a file that is not DuckDB's.
+
+    Layout: an 8-byte checksum, ``DUCK``, then the version as an unsigned 64-bit little-endian integer.
+    """
+    with open(path, "rb") as file:
+        head = file.read(20)
+    if len(head) < 20 or head[8:12] != _HEADER_MAGIC:
+        return None
+    return int.from_bytes(head[12:20], "little")
+
+
+def _to_readable_format(path: Path) -> None:
+    """Copy a lineage file written in a newer storage format into ``STORAGE_VERSION``, in place.
+
+    The copy goes to a hidden file that replaces the original only when complete. Attaching the old file
+    read-write takes DuckDB's lock (a writer elsewhere makes this fail as a locked store) and checkpoints
+    its write-ahead log on detach, so no stale ``.wal`` is left beside the new file.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH '{_quoted(path)}' AS old_format")
+        con.execute(f"ATTACH '{_quoted(partial)}' AS new_format (STORAGE_VERSION '{STORAGE_VERSION}')")
+        con.execute("COPY FROM DATABASE old_format TO new_format")
+        con.execute("DETACH new_format")
+        con.execute("DETACH old_format")
+    finally:
+        con.close()
+    os.replace(partial, path)
+    log.warning("lineage store %s: rewrote it in DuckDB storage format %s so DuckDB 1.x clients can read it",
+                path, STORAGE_VERSION)
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        if read_only:
+            return duckdb.connect(str(path), read_only=True)
+        if path.exists() and (storage_number(path) or 0) > STORAGE_NUMBER:
+            _to_readable_format(path)
+        # Only a new file takes this format from the setting; an existing one keeps its own (see above).
+        return duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise
@@ -171,7 +227,7 @@ class LineageStore:
         return self._write(EDGES, edges)
 
     def record_mix(self, rows: Sequence[MixRow] | pd.DataFrame) -> int:
-        """Replace the mix rows with the same (run, stage, shard, source, modality)."""
+        """Replace the mix rows with the same (run, mix, shard, source, modality)."""
         return self._write(DATA_MIX, rows)
 
     def record_metrics(self, metrics: Sequence[Metric] | pd.DataFrame) -> int:
@@ -201,9 +257,14 @@ class LineageStore:
         with self._lock:
             return queries.descendants(self.con, id_or_uri, max_depth=max_depth)
 
-    def mix(self, stage: str, *, run_id: str | None = None) -> queries.MixReport:
+    def mix(self, name: str, *, run_id: str | None = None) -> queries.MixReport:
+        """Planned vs realized shares of data mix ``name`` in ``run_id`` (default: the latest run that wrote it)."""
         with self._lock:
-            return queries.mix(self.con, stage, run_id=run_id)
+            return queries.mix(self.con, name, run_id=run_id)
+
+    def runs(self, *, limit: int | None = None) -> list[queries.RunSummary]:
+        with self._lock:
+            return queries.runs(self.con, limit=limit)
 
     def metrics(self, run_id: str, *, stage: str | None = None, name: str | None = None) -> list[Metric]:
         with self._lock:

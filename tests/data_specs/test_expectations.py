@@ -143,12 +143,12 @@ def test_pair_suite(gx):
 
 
 def test_manifest_suite(gx):
-    good = {"shard": "stage3-000000.tar", "stage": "stage3", "sha256": "ab" * 32, "num_bytes": 10240,
+    good = {"shard": "stage3-000000.tar", "mix": "stage3", "sha256": "ab" * 32, "num_bytes": 10240,
             "num_records": 3, "tokens": 120}
     rows = [good, {**good, "shard": "stage3-000001.tar", "sha256": "xyz"},
             {**good, "shard": "stage3.v2-1.tar"}, {**good, "shard": "stage3-000003.tar", "num_records": 0}]
     found = run_suite("manifest", rows)
     assert found[0] == []
     assert found[1] == ["sha256 is not 64 hex digits"]
-    assert found[2] == ["shard name is not <stage>-NNNNNN.tar"]
+    assert found[2] == ["shard name is not <mix>-NNNNNN.tar"]
     assert found[3] == ["shard without samples"]

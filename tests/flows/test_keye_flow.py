@@ -51,7 +51,7 @@ def test_fusion_method_and_weights_are_in_lineage(pipeline):
 def test_each_pretraining_mix_is_recorded_planned_and_realized(pipeline):
     run_dir, _ = pipeline
     with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:
-        for mix in ("alignment", "multitask", "annealing", "vision_expert", "sft"):
+        for mix in ("image_text", "multitask", "annealing", "vision_expert", "sft"):
             report = store.mix(mix)
             by_modality = {line.modality: line for line in report.lines}
             assert by_modality, mix

@@ -20,6 +20,7 @@ from tasks.lineage import (
     Artifact, Edge, LineageLockedError, LineageStore, Metric, MixRow, Review, Run, TaskRun, artifact_id,
 )
 from tasks.lineage.schema import TABLES
+from tasks.lineage.store import STORAGE_NUMBER, STORAGE_VERSION, storage_number
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -62,14 +63,14 @@ def graph() -> dict[str, list]:
                       "shard": shard, "ckpt": ckpt}}
 
 
-def mix_rows(run_id: str, stage: str, scale: float = 1.0) -> list[MixRow]:
+def mix_rows(run_id: str, mix: str, scale: float = 1.0) -> list[MixRow]:
     shard = graph()["named"]["shard"].artifact_id
     rows = []
     for shard_id in (None, shard):
-        rows += [MixRow(run_id=run_id, stage=stage, shard_id=shard_id, source="easy-vqa", modality="image",
+        rows += [MixRow(run_id=run_id, mix=mix, shard_id=shard_id, source="easy-vqa", modality="image",
                         planned_ratio=0.6, realized_ratio_samples=0.5 * scale, realized_ratio_tokens=0.55,
                         num_samples=50, num_tokens=5500),
-                 MixRow(run_id=run_id, stage=stage, shard_id=shard_id, source="skimage", modality="image",
+                 MixRow(run_id=run_id, mix=mix, shard_id=shard_id, source="skimage", modality="image",
                         planned_ratio=0.4, realized_ratio_samples=0.5, realized_ratio_tokens=0.45,
                         num_samples=50, num_tokens=4500)]
     return rows
@@ -81,7 +82,7 @@ def write_all(store: LineageStore) -> None:
     store.record_task_runs(g["task_runs"])
     store.record_artifacts(g["artifacts"])
     store.record_edges(g["edges"])
-    store.record_mix(mix_rows(CURATE, "stage1"))
+    store.record_mix(mix_rows(CURATE, "image_text"))
     store.record_metrics([Metric(run_id=PRETRAIN, stage="stage1", step=s, name="loss", value=2.0 / (s + 1))
                           for s in range(5)])
     store.record_reviews([Review(run_id=CURATE, reviewer="Ada Lovelace", decision="reject",
@@ -211,25 +212,93 @@ def test_bulk_dataframes_match_dataclasses(tmp_path):
 def test_mix_planned_vs_realized(db):
     later = "44444444-4444-4444-4444-444444444444"
     with LineageStore(db) as store:
-        report = store.mix("stage1")
+        report = store.mix("image_text")
         assert (report.run_id, report.from_shards) == (CURATE, False)
         assert [(m.source, m.planned_ratio, m.realized_ratio_samples) for m in report.lines] == [
             ("easy-vqa", 0.6, 0.5), ("skimage", 0.4, 0.5)]
-        assert report.lines[0].drift_samples == pytest.approx(-0.1)
+        assert report.mix == "image_text"
+        assert report.lines[0].drift_tokens == pytest.approx(0.55 - 0.6)  # the plan is a share of tokens
         # Re-recording replaces the rows, NULL shard ids included, instead of adding new ones.
-        store.record_mix(mix_rows(CURATE, "stage1", scale=0.8))
+        store.record_mix(mix_rows(CURATE, "image_text", scale=0.8))
         assert store.count("data_mix") == 4
-        assert store.mix("stage1").lines[0].realized_ratio_samples == pytest.approx(0.4)
-        # Only per-shard rows: the stage total is summed from them.
+        assert store.mix("image_text").lines[0].realized_ratio_samples == pytest.approx(0.4)
+        # Only per-shard rows: the mix total is summed from them.
         store.record_run(Run(run_id=later, flow_name="curate", started_at=T0 + dt.timedelta(days=1)))
         store.record_mix([dataclasses.replace(r, run_id=later, shard_id=f"shard:{i}", num_samples=30 + 10 * i)
-                          for i, r in enumerate(x for x in mix_rows(later, "stage1") if x.shard_id is None)])
-        latest = store.mix("stage1")
+                          for i, r in enumerate(x for x in mix_rows(later, "image_text") if x.shard_id is None)])
+        latest = store.mix("image_text")
         assert (latest.run_id, latest.from_shards) == (later, True)
         assert [m.realized_ratio_samples for m in latest.lines] == pytest.approx([30 / 70, 40 / 70])
-        assert store.mix("stage1", run_id=CURATE).run_id == CURATE
-        with pytest.raises(ValueError, match="no data mix recorded for stage 'stage9'.*stage1"):
+        assert store.mix("image_text", run_id=CURATE).run_id == CURATE
+        with pytest.raises(ValueError, match="no data mix 'stage9' recorded; mixes recorded: \\['image_text'\\]"):
             store.mix("stage9")
+
+
+def test_runs_are_listed_by_tree_newest_first(db):
+    later = "55555555-5555-5555-5555-555555555555"
+    with LineageStore(db) as store:
+        store.record_run(Run(run_id=later, flow_name="keye", run_name="tangerine-bear", root_run_id=later,
+                             started_at=T0 + dt.timedelta(days=1), status="COMPLETED",
+                             ended_at=T0 + dt.timedelta(days=1, hours=1)))
+        runs = store.runs()
+        assert [r.run_id for r in store.runs(limit=2)] == [later, PARENT]
+    # the newest top-level run first; then the older tree: its root, then its subflows as they started
+    assert [(r.run_id, r.flow_name) for r in runs] == [
+        (later, "keye"), (PARENT, "keye"), (CURATE, "curate"), (PRETRAIN, "pretrain")]
+    assert (runs[0].run_name, runs[0].root_run_id, runs[0].status) == ("tangerine-bear", later, "COMPLETED")
+    assert runs[2].parent_run_id == PARENT and runs[2].run_name is None
+
+
+def test_the_file_is_in_a_storage_format_duckdb_1x_reads(db):
+    # DuckDB 1.5 readers open header versions 64..68, 1.4 readers 64..67 (their "can only read versions
+    # between" errors); 2.x writes larger numbers unless told otherwise.
+    assert storage_number(db) == STORAGE_NUMBER <= 67
+    con = duckdb.connect(str(db), read_only=True)
+    tags = con.execute("SELECT tags FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    con.close()
+    assert tags[0]["storage_version"] == f"{STORAGE_VERSION}+"
+
+
+OLD_RUNS = """CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, flow_name VARCHAR NOT NULL, parameters JSON,
+    code_version VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, status VARCHAR NOT NULL,
+    parent_run_id VARCHAR)"""
+OLD_MIX = """CREATE TABLE data_mix (run_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, shard_id VARCHAR,
+    source VARCHAR NOT NULL, modality VARCHAR NOT NULL, planned_ratio DOUBLE, realized_ratio_samples DOUBLE,
+    realized_ratio_tokens DOUBLE, num_samples BIGINT, num_tokens BIGINT)"""
+
+
+def test_a_file_from_before_is_rewritten_readable_and_upgraded(tmp_path):
+    """A file written by DuckDB 2's default format with the old columns (data_mix.stage, no run_name):
+    the writer converts it to the 1.x format once, keeping every row, and renames/adds the columns."""
+    path = tmp_path / "lineage.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(OLD_RUNS)
+    con.execute(OLD_MIX)
+    con.execute("INSERT INTO runs VALUES (?, 'curate', '{}', NULL, ?, NULL, 'RUNNING', NULL)", [CURATE, T0])
+    con.execute("INSERT INTO data_mix VALUES (?, 'alignment', NULL, '*', 'image', 1.0, 1.0, 1.0, 3, 30)", [CURATE])
+    con.close()
+    assert storage_number(path) > STORAGE_NUMBER  # what DuckDB 2 writes by default: 1.x cannot open it
+    with LineageStore(path) as store:
+        store.record_run(Run(run_id=PARENT, flow_name="keye", run_name="tangerine-bear", started_at=T0))
+        assert store.mix("alignment").lines[0].num_tokens == 30
+        assert {r.run_id for r in store.runs()} == {CURATE, PARENT}
+    assert storage_number(path) == STORAGE_NUMBER
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lineage.duckdb"]  # no partial copy, no stale WAL
+    with LineageStore(path, read_only=True) as store:
+        assert [r.run_name for r in store.runs() if r.run_id == PARENT] == ["tangerine-bear"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("KEYE_DUCKDB1_PYTHON"),
+                    reason="set KEYE_DUCKDB1_PYTHON to a python with duckdb 1.x installed (a separate venv)")
+def test_a_real_duckdb_1x_client_reads_the_file(db):
+    script = ("import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
+              "print(duckdb.__version__, con.execute('SELECT count(*) FROM edges').fetchone()[0])")
+    out = subprocess.run([os.environ["KEYE_DUCKDB1_PYTHON"], "-c", script, str(db)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    version, edges = out.stdout.split()
+    assert version.startswith("1.") and edges == "11"
 
 
 def test_metrics_upsert_and_filter(db):
@@ -343,7 +412,7 @@ def test_prefect_entry_points_write_through_the_store(tmp_path):
 
     g = graph()
     path = tmp_path / "l.duckdb"
-    record_lineage.fn(str(path), artifacts=g["artifacts"], edges=g["edges"], mix=mix_rows(CURATE, "stage1"))
+    record_lineage.fn(str(path), artifacts=g["artifacts"], edges=g["edges"], mix=mix_rows(CURATE, "image_text"))
     with LineageStore(path, read_only=True) as store:
         assert (store.count("artifacts"), store.count("edges"), store.count("data_mix")) == (9, 11, 4)
     assert code_version(ROOT)

@@ -165,7 +165,7 @@ def test_rule_hints_by_question_kind_and_never_leak_below_l5(collected):
 def test_generated_mix_is_the_sets_own_token_shares(collected):
     text = Record(id="t", source="text-instructions", modality="text", task="instruction", question="q", answer="a")
     mix = generated_mix("preference", [*collected[:3], text, text], lambda r: 5 if r.modality == "text" else 30)
-    assert mix.stage == "preference" and mix.planned() == pytest.approx({"image": 0.9, "text": 0.1})
+    assert mix.name == "preference" and mix.planned() == pytest.approx({"image": 0.9, "text": 0.1})
     with pytest.raises(ValueError, match="generated set 'longcot': no tokens"):
         generated_mix("longcot", [], lambda r: 1)
 

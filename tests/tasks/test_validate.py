@@ -80,8 +80,8 @@ def test_each_bad_input_is_quarantined_with_its_reason(batch):
 
 def test_the_rest_of_the_batch_is_sharded(batch):
     good, report, _, work = batch
-    mix = DataMix(stage="tiny", modality_ratios={"video": 0.24, "image": 0.5, "text": 0.26})
-    result = shard_stage(report.passed, mix, ShardConfig(stage="tiny", out_dir=str(work / "shards"),
+    mix = DataMix(name="tiny", modality_ratios={"video": 0.24, "image": 0.5, "text": 0.26})
+    result = shard_stage(report.passed, mix, ShardConfig(mix="tiny", out_dir=str(work / "shards"),
                                                          slow_fast="tiny", max_records_per_shard=16))
     seen = {s["json"]["id"] for s in wds.WebDataset([s.path for s in result.shards], shardshuffle=False).decode()}
     assert seen == {r.id for r in good}
