@@ -110,11 +110,20 @@ class KeyeForConditionalGeneration(nn.Module):
             model.vision.load_siglip(vision_dir)
         return model._cast(dtype)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``keye_config.json`` and ``model.safetensors`` into ``directory``; returns it."""
+    def save_pretrained(self, directory: str | Path, *, hf_files: bool = True) -> Path:
+        """Write ``keye_config.json`` and ``model.safetensors`` into ``directory``; returns it.
+
+        With ``hf_files`` (the default) also the Hugging Face layout (keye_model.hf_export): config.json
+        with model_type "keye_vl", remote code for AutoConfig / AutoModel / AutoProcessor with
+        trust_remote_code, and ``language_model/``, the LLM as a plain Qwen3 checkpoint.
+        """
         path = Path(directory)
         self.config.save(path)
         save_model(self, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+        if hf_files:
+            from keye_model.hf_export import write_hf_files
+
+            write_hf_files(self, path)
         return path
 
     @classmethod
