@@ -39,6 +39,9 @@ class Preset:
     """Per-source overrides of ``records_per_source``, e.g. ``(("easy-vqa", 40_000),)``."""
     max_side_px: int = 256
     """Longest side of the images and video frames sources render themselves."""
+    mix_tokens_per_sample: int | None = None
+    """Size each curated mix to what its stages consume: steps x samples per step x this many tokens.
+    None: a mix holds every record of its modalities at least once (however many steps read it)."""
     longcot_paths: int = 4
     """Reasoning paths sampled per LongCoT problem."""
     max_new_tokens: int = 48
@@ -66,6 +69,14 @@ class Preset:
             if stage.name == name:
                 return stage
         raise ValueError(f"preset {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def mix_target_tokens(self, mix: str) -> int | None:
+        """Tokens to shard for ``mix`` (see ``mix_tokens_per_sample``); None when unsized or unused."""
+        samples = sum(s.num_steps * s.micro_batch_size * s.grad_accum_steps for s in self.stages
+                      if s.data_mix == mix and s.fusion is None)
+        if self.mix_tokens_per_sample is None or not samples:
+            return None
+        return samples * self.mix_tokens_per_sample
 
     def records_for(self, source: str) -> int:
         """How many records ``source`` gives under this preset."""
@@ -116,6 +127,7 @@ def _demo_stage(stage: StageSpec) -> StageSpec:
     lr = 2e-3 if stage.phase == "pretrain" or stage.objective == "lm" else 5e-4
     return dataclasses.replace(
         tiny_stage, num_steps=DEMO_STEPS[stage.name], micro_batch_size=2 if stage.rl else 32,
+        seq_len=max(tiny_stage.seq_len, 1024),
         checkpoint_every=100,
         optimizer=dataclasses.replace(tiny_stage.optimizer, lr=lr, warmup_steps=10 if not stage.rl else 0,
                                       min_lr_ratio=0.1))
@@ -124,6 +136,7 @@ def _demo_stage(stage: StageSpec) -> StageSpec:
 def demo() -> Preset:
     return Preset(name="demo", stages=tuple(_demo_stage(s) for s in keye_8b_stages()), model="tiny",
                   slow_fast="tiny", records_per_source=32, source_limits=(("easy-vqa", 100_000),), max_side_px=256,
+                  mix_tokens_per_sample=40,
                   longcot_paths=4, max_new_tokens=48, eval_vqa_samples=1000)
 
 

@@ -61,6 +61,7 @@ def curate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", sources: l
     slow_fast = preset.slow_fast
     futures = [write_stage_shards.submit(report.passed, get_mix(name),
                                          ShardConfig(mix=name, out_dir=layout.shards_dir, slow_fast=slow_fast,
+                                                     target_tokens=preset.mix_target_tokens(name),
                                                      seed=seed))
                for name in wanted]
     shards = [f.result() for f in futures]

@@ -14,6 +14,7 @@ from flows.evaluate import evaluate
 from flows.posttrain import posttrain
 from flows.pretrain import pretrain
 from tasks.layout import RunLayout
+from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 
 
 @flow(name="keye")
@@ -31,6 +32,8 @@ def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | N
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; preset {preset!r} has {list(names)}")
     wanted = list(stages or names)
+    layout = RunLayout(run_dir)
+    record_run_start(layout.lineage_db)  # the run id the Prefect UI shows; the phases are its children
     curated = curate_on(task_runner)(run_dir=run_dir, preset=resolved, sources=sources,
                                      local_folder=local_folder, records_per_source=records_per_source, seed=seed,
                                      local_folder_limit=local_folder_limit)
@@ -44,6 +47,6 @@ def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | N
         checkpoints.update(posttrain(run_dir=run_dir, preset=resolved, stages_to_run=post, review_mode=review_mode,
                                      review_timeout_s=review_timeout_s, **train))
     metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages)
-    layout = RunLayout(run_dir)
+    record_run_end(layout.lineage_db)
     return {"run_dir": str(layout.root), "lineage_db": layout.lineage_db, "manifests": curated,
             "checkpoints": {k: v.checkpoint_dir for k, v in checkpoints.items()}, "evaluation": metrics}

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PretrainedConfig, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from keye_model import special_tokens as st
 from keye_model.chat import CHAT_TEMPLATE
@@ -153,7 +153,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if not path.is_dir():
         raise ValueError(f"tokenizer directory {path} does not exist")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # A checkpoint folder's config.json names our remote code for AutoModel; the tokenizer needs none
+        # of it, so an empty config keeps transformers from asking whether to run that code.
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                  config=PretrainedConfig())
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load a tokenizer from {path}: {error}") from error
     vocab = tokenizer.get_vocab()

@@ -171,13 +171,17 @@ def validate_records(
     records, rejected = list(records), list(rejected)
     problems: list[list[Problem]] = [[] for _ in records]
     first_seen: dict[str, Record] = {}
+    checked: dict[tuple[str, str | None], Problem | None] = {}  # many questions share one image: decode it once
     for record, found in zip(records, problems):
         if record.id in first_seen:
             found.append(Problem(check="unique", reason="duplicate id",
                                  detail=f"first seen from source {first_seen[record.id].source}"))
         else:
             first_seen[record.id] = record
-        media_problem = check_media(record)
+        key = (record.modality, record.media_path)
+        if key not in checked:
+            checked[key] = check_media(record)
+        media_problem = checked[key]
         if media_problem is not None:
             found.append(media_problem)
     unique = [i for i, found in enumerate(problems) if not any(p.check == "unique" for p in found)]

@@ -8,9 +8,13 @@ Each ``evaluate_*`` takes a checkpoint directory (or an already loaded ``EvalMod
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import random
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +55,60 @@ def evaluate_vqa(checkpoint: Checkpoint, num_samples: int, *, seed: int = 0, max
     responses = answer_all(evaluator, conversations, [f"easy-vqa-test-{i}" for i in picked],
                            max_new_tokens=max_new_tokens)
     references = [answers[i] for i in picked]
-    metrics = {"vqa/accuracy": vqa_accuracy(responses, references), "vqa/num_samples": float(len(picked))}
+    accuracy = vqa_accuracy(responses, references)
+    low, high = wilson_interval(accuracy, len(picked))
+    baseline = majority_by_question_type()
+    majority = [baseline.get(question_type(questions[i]), "") for i in picked]
+    metrics = {"vqa/accuracy": accuracy, "vqa/num_samples": float(len(picked)), "vqa/ci95_low": low,
+               "vqa/ci95_high": high, "vqa/majority_baseline": vqa_accuracy(majority, references)}
     for kind, is_kind in (("yes_no", True), ("open", False)):
         chosen = [(r, a) for r, a in zip(responses, references) if (a in ("yes", "no")) == is_kind]
         if chosen:
             metrics[f"vqa/accuracy/{kind}"] = vqa_accuracy([r for r, _ in chosen], [a for _, a in chosen])
     return metrics
+
+
+def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion measured on ``n`` samples.
+
+    Example: 0.9 on 1,000 questions -> (0.880, 0.917); two stages whose intervals overlap this much
+    have not been shown to differ.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def question_type(question: str) -> str:
+    """An easy-vqa question with its shape and colour words blanked: its template.
+
+    Example: "is there a red circle?" -> "is there a _ _?"; "what color is the triangle?" -> "what color is
+    the _?".
+    """
+    words = _content_words()
+    return re.sub(r"[a-z]+", lambda m: "_" if m.group(0) in words else m.group(0), question.lower())
+
+
+@functools.cache
+def _content_words() -> frozenset[str]:
+    import easy_vqa
+
+    return frozenset(easy_vqa.get_answers()) - {"yes", "no"}
+
+
+@functools.cache
+def majority_by_question_type() -> dict[str, str]:
+    """The most frequent TRAIN-split answer of each question template: the baseline a model must beat to
+    show it looks at the image (it reads only the question)."""
+    import easy_vqa
+
+    questions, answers, _ = easy_vqa.get_train_questions()
+    counts: dict[str, Counter] = {}
+    for question, answer in zip(questions, answers):
+        counts.setdefault(question_type(question), Counter())[answer] += 1
+    return {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
 
 
 # ---- temporal localization -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_specs.stages import stages
+from data_specs.presets import stages
 from keye_model.model import KeyeForConditionalGeneration
 from tasks.layout import RunLayout, read_mix_shards
 from tasks.lineage import LineageStore
@@ -87,5 +87,5 @@ def test_a_failed_stage_reruns_while_finished_stages_are_skipped(pipeline):
     out = pretrain(run_dir=str(run_dir), stages_to_run=["stage1", "stage2", "stage3"])
     assert stage1_result.read_text() == before  # skipped: same result, not retrained
     assert json.loads((Path(layout.stage_dir("stage3")) / "result.json").read_text())["steps"] > 0
-    assert out["stage3"]["checkpoint_dir"].endswith("stage3/checkpoint")
+    assert out["stage3"].checkpoint_dir.endswith("stage3/checkpoint")
     assert read_mix_shards(layout.shards_dir, "annealing").paths
