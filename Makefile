@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/keye demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

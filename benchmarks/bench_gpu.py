@@ -18,8 +18,15 @@ def config_05b():
     from keye_model.config import KeyeConfig, TextConfig
 
     base = KeyeConfig.preset("tiny")
-    text = dataclasses.replace(base.text, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                               num_key_value_heads=8, head_dim=64, intermediate_size=3072)
+    text = dataclasses.replace(
+        base.text,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=64,
+        intermediate_size=3072,
+    )
     assert isinstance(text, TextConfig)
     return dataclasses.replace(base, text=text)
 

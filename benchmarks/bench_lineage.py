@@ -38,8 +38,10 @@ def rate_bulk(store: LineageStore, edges: list[Edge]) -> float:
 def rate_executemany(store: LineageStore, edges: list[Edge]) -> float:
     start = time.perf_counter()
     con = store.con
-    con.executemany("INSERT INTO edges (parent_id, child_id, run_id, relation) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", [(e.parent_id, e.child_id, e.run_id, e.relation) for e in edges])
+    con.executemany(
+        "INSERT INTO edges (parent_id, child_id, run_id, relation) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(e.parent_id, e.child_id, e.run_id, e.relation) for e in edges],
+    )
     seconds = time.perf_counter() - start
     con.close()
     return len(edges) / seconds
@@ -50,8 +52,9 @@ def tree_frame(num_edges: int, chain: int) -> pd.DataFrame:
     children = [i // 2 for i in range(num_edges)]
     parents = [i + 1 for i in range(num_edges)]  # 2*(i//2)+1+(i%2) == i+1
     frame = pd.DataFrame({"parent_id": [f"n:{p}" for p in parents], "child_id": [f"n:{c}" for c in children]})
-    chain_frame = pd.DataFrame({"parent_id": [f"chain:{i + 1}" for i in range(chain)],
-                                "child_id": [f"chain:{i}" for i in range(chain)]})
+    chain_frame = pd.DataFrame(
+        {"parent_id": [f"chain:{i + 1}" for i in range(chain)], "child_id": [f"chain:{i}" for i in range(chain)]}
+    )
     frame = pd.concat([frame, chain_frame], ignore_index=True)
     return frame.assign(run_id=RUN, relation="made_from")
 
@@ -62,8 +65,10 @@ def timed(label: str, func, repeats: int = 3):
         start = time.perf_counter()
         result = func()
         best = min(best, time.perf_counter() - start)
-    print(f"{label}: {best * 1e3:.1f} ms (best of {repeats}), {len(result)} nodes, "
-          f"max depth {max((n.depth for n in result), default=0)}")
+    print(
+        f"{label}: {best * 1e3:.1f} ms (best of {repeats}), {len(result)} nodes, "
+        f"max depth {max((n.depth for n in result), default=0)}"
+    )
     return result
 
 
@@ -85,8 +90,10 @@ def main() -> None:
         start = time.perf_counter()
         store.record_edges(frame)
         seconds = time.perf_counter() - start
-        print(f"bulk insert {len(frame):,} edges from a DataFrame: {seconds:.1f} s ({len(frame) / seconds:,.0f} rows/s, "
-              f"{len(frame) / seconds / many:,.0f}x executemany)")
+        print(
+            f"bulk insert {len(frame):,} edges from a DataFrame: {seconds:.1f} s ({len(frame) / seconds:,.0f} rows/s, "
+            f"{len(frame) / seconds / many:,.0f}x executemany)"
+        )
 
         leaf = f"n:{args.edges}"  # a deepest node: its descendants are its path to the root
         timed("descendants of a leaf (path to root)", lambda: store.descendants(leaf))

@@ -41,9 +41,17 @@ def main() -> None:
     packed_real = packed_slots = 0
     unpacked_slots = 0
     for start in range(0, len(sizes), args.micro_batch):
-        group = sizes[start:start + args.micro_batch]
-        samples = [Encoded(f"s{start + i}", torch.ones(n, dtype=torch.long), torch.full((n,), IGNORE_INDEX), empty,
-                           torch.zeros(0, 2, dtype=torch.long)) for i, n in enumerate(group)]
+        group = sizes[start : start + args.micro_batch]
+        samples = [
+            Encoded(
+                f"s{start + i}",
+                torch.ones(n, dtype=torch.long),
+                torch.full((n,), IGNORE_INDEX),
+                empty,
+                torch.zeros(0, 2, dtype=torch.long),
+            )
+            for i, n in enumerate(group)
+        ]
         batch = pack(samples, args.seq_len, pad_id=0)
         packed_real += batch.num_real_tokens
         packed_slots += batch.input_ids.numel()

@@ -20,6 +20,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 def direct(run_dir: str, records_per_source: int) -> None:
     """What the curate flow does, as plain calls (the flow's tasks' ``.fn``s in the same order)."""
     from data_specs.mixes import PRESETS, get_mix
+    from flows.curate import DEFAULT_SOURCES
     from tasks.caching import mark_run_folder
     from tasks.curation import collection_lineage, shard_lineage, write_records_jsonl
     from tasks.layout import RunLayout
@@ -28,19 +29,20 @@ def direct(run_dir: str, records_per_source: int) -> None:
     from tasks.sources import SourceSpec, collect_records
     from tasks.validate import validate_records
 
-    from flows.curate import DEFAULT_SOURCES
-
     layout = RunLayout(run_dir)
     mark_run_folder(layout.root)
-    collected = {name: collect_records(SourceSpec(name=name, limit=records_per_source), layout.data_dir)
-                 for name in DEFAULT_SOURCES}
+    collected = {
+        name: collect_records(SourceSpec(name=name, limit=records_per_source), layout.data_dir)
+        for name in DEFAULT_SOURCES
+    }
     records = [r for c in collected.values() for r in c.records]
     rejected = [r for c in collected.values() for r in c.rejected]
     report = validate_records(records, quarantine_path=layout.quarantine_path, rejected=rejected)
     write_records_jsonl(report.passed, layout.records_path)
-    shards = [shard_stage(report.passed, get_mix(name), ShardConfig(mix=name, out_dir=layout.shards_dir,
-                                                                     slow_fast="tiny"))
-              for name in sorted(PRESETS)]
+    shards = [
+        shard_stage(report.passed, get_mix(name), ShardConfig(mix=name, out_dir=layout.shards_dir, slow_fast="tiny"))
+        for name in sorted(PRESETS)
+    ]
     batch = collection_lineage("direct", {k: v.records for k, v in collected.items()}, report)
     with LineageStore(layout.lineage_db) as store:
         batch.write(store)

@@ -41,8 +41,17 @@ def make_records(work: Path, num_images: int, side_px: int = 256) -> list[Record
         name = PHOTOS[i % len(PHOTOS)]
         path = work / f"img-{i:05d}.jpg"
         Image.fromarray(load_photo(name, side_px + side_px // 4 * (i % 7))).save(path, quality=92)
-        records.append(Record(id=f"bench-{i:05d}", source="skimage", modality="image", task="caption",
-                              question="Describe this image.", answer=f"Photo {name}.", media_path=str(path)))
+        records.append(
+            Record(
+                id=f"bench-{i:05d}",
+                source="skimage",
+                modality="image",
+                task="caption",
+                question="Describe this image.",
+                answer=f"Photo {name}.",
+                media_path=str(path),
+            )
+        )
     return records
 
 
@@ -90,7 +99,7 @@ def write_with_tarwriter(samples, config: ShardConfig) -> list[str]:
         writer.close()
         raw.close()
         digests.append(hashing.hexdigest())
-        os.replace(partial, partial.with_name(partial.name[1:-len(".partial")]))
+        os.replace(partial, partial.with_name(partial.name[1 : -len(".partial")]))
 
     for _, entry in read_entries(samples):  # the same threaded read-ahead ours uses, inside the time
         if count % config.max_records_per_shard == 0:
@@ -110,8 +119,7 @@ def write_with_tarwriter(samples, config: ShardConfig) -> list[str]:
 def write_with_shardwriter(samples, out: Path, maxcount: int) -> None:
     """webdataset's ShardWriter as documented: it names and splits the files; nothing hashed or renamed."""
     out.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=maxcount, encoder=False, mtime=0,
-                         verbose=0) as writer:
+    with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=maxcount, encoder=False, mtime=0, verbose=0) as writer:
         for _, entry in read_entries(samples):
             writer.write(entry)
 
@@ -139,18 +147,27 @@ def main() -> None:
         tar()  # warm the page cache for all
         durable_config = dataclasses.replace(config, fsync=True)
         ours, durable, tarwriter, shardwriter, plain = best_of(
-            args.rounds, lambda: write_shards(samples, config), lambda: write_shards(samples, durable_config),
+            args.rounds,
+            lambda: write_shards(samples, config),
+            lambda: write_shards(samples, durable_config),
             lambda: write_with_tarwriter(samples, wds_config),
-            lambda: write_with_shardwriter(samples, work / "shardwriter", config.max_records_per_shard), tar,
+            lambda: write_with_shardwriter(samples, work / "shardwriter", config.max_records_per_shard),
+            tar,
         )
         shards = sorted((work / "shards" / "bench").glob("*.tar"))
         theirs = sorted((work / "tarwriter" / "bench").glob("*.tar"))
         same = [p.read_bytes() for p in shards] == [p.read_bytes() for p in theirs]
         shard_mb = sum(p.stat().st_size for p in shards) / 2**20
-        print(f"files: {len(files)} ({total_mb:.1f} MiB) -> {len(shards)} shards ({shard_mb:.1f} MiB); "
-              f"ours and TarWriter's bytes identical: {same}")
-        for label, seconds in (("write_shards (ours)", ours), ("same with webdataset TarWriter", tarwriter),
-                               ("webdataset ShardWriter (no hash/rename)", shardwriter), ("tar cf", plain)):
+        print(
+            f"files: {len(files)} ({total_mb:.1f} MiB) -> {len(shards)} shards ({shard_mb:.1f} MiB); "
+            f"ours and TarWriter's bytes identical: {same}"
+        )
+        for label, seconds in (
+            ("write_shards (ours)", ours),
+            ("same with webdataset TarWriter", tarwriter),
+            ("webdataset ShardWriter (no hash/rename)", shardwriter),
+            ("tar cf", plain),
+        ):
             speed = total_mb / seconds
             print(f"{label:40s} {seconds * 1000:7.1f} ms ({speed:4.0f} MiB/s), / tar {seconds / plain:.3f}")
         print(f"write_shards with fsync: {durable * 1000:.1f} ms (ratio {durable / plain:.3f}, not the goal's)")

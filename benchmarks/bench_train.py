@@ -35,9 +35,16 @@ def packed_batch(processor: KeyeProcessor, seq_len: int, num_samples: int):
     encoded = []
     for i, photo in enumerate(photos):
         small = photo[:: max(1, photo.shape[0] // 112), :: max(1, photo.shape[1] // 112)]
-        conv = [{"role": "user", "content": [{"type": "image", "image": np.ascontiguousarray(small)},
-                                             {"type": "text", "text": "What is in the picture?"}]},
-                {"role": "assistant", "content": f"A photograph, number {i}."}]
+        conv = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": np.ascontiguousarray(small)},
+                    {"type": "text", "text": "What is in the picture?"},
+                ],
+            },
+            {"role": "assistant", "content": f"A photograph, number {i}."},
+        ]
         encoded.append(Encoded.from_batch(f"s{i}", processor([conv])))
     return pack(encoded, seq_len, processor.tokenizer.pad_token_id)
 
@@ -89,8 +96,9 @@ def main() -> None:
     bare_opt = torch.optim.AdamW([p for p in bare_model.parameters() if p.requires_grad], lr=stage.optimizer.lr)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=stage.optimizer.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(stage))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(stage))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(stage)
+    )
 
     def bare_step() -> None:
         loss = bare_model(**batch).loss

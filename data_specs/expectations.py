@@ -21,10 +21,9 @@ required only where ``modality != "text"``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
-
-import json
 
 from data_specs.longcot import CoTSample, PreferencePair
 from data_specs.schemas import ID_PATTERN, MODALITIES, TASK_TYPES, Record
@@ -155,53 +154,91 @@ def _when(column: str, op: str, value: str) -> dict[str, tuple[str, str, str]]:
 RECORD_CHECKS = (
     _columns("record"),
     *_id("id", unique=True),
-    Check(expectation="ExpectColumnValuesToMatchRegex", kwargs={"column": "source", "regex": SOURCE_RE},
-          reason="bad source name"),
+    Check(
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "source", "regex": SOURCE_RE},
+        reason="bad source name",
+    ),
     _modality(),
-    Check(expectation="ExpectColumnValuesToBeInSet", kwargs={"column": "task", "value_set": list(TASK_TYPES)},
-          reason="unknown task"),
+    Check(
+        expectation="ExpectColumnValuesToBeInSet",
+        kwargs={"column": "task", "value_set": list(TASK_TYPES)},
+        reason="unknown task",
+    ),
     *_text("question", blank_ok=True),
     *_text("answer"),
-    Check(expectation="ExpectColumnValuesToNotBeNull",
-          kwargs={"column": "media_path"}, **_when("modality", "!=", "text"),
-          reason="image/video record without media_path"),
-    Check(expectation="ExpectColumnValuesToBeNull",
-          kwargs={"column": "media_path"}, **_when("modality", "==", "text"),
-          reason="text record with a media_path"),
-    Check(expectation="ExpectColumnValuesToMatchRegex",
-          kwargs={"column": "media_path", "regex": IMAGE_SUFFIX_RE}, **_when("modality", "==", "image"),
-          reason="image record whose file is not an image"),
-    Check(expectation="ExpectColumnValuesToMatchRegex",
-          kwargs={"column": "media_path", "regex": VIDEO_SUFFIX_RE}, **_when("modality", "==", "video"),
-          reason="video record whose file is not a video"),
-    Check(expectation="ExpectColumnValuesToMatchJsonSchema",
-          kwargs={"column": "meta", "json_schema": {"type": "object"}},
-          reason="meta is not a JSON object"),
+    Check(
+        expectation="ExpectColumnValuesToNotBeNull",
+        kwargs={"column": "media_path"},
+        **_when("modality", "!=", "text"),
+        reason="image/video record without media_path",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeNull",
+        kwargs={"column": "media_path"},
+        **_when("modality", "==", "text"),
+        reason="text record with a media_path",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "media_path", "regex": IMAGE_SUFFIX_RE},
+        **_when("modality", "==", "image"),
+        reason="image record whose file is not an image",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "media_path", "regex": VIDEO_SUFFIX_RE},
+        **_when("modality", "==", "video"),
+        reason="video record whose file is not a video",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToMatchJsonSchema",
+        kwargs={"column": "meta", "json_schema": {"type": "object"}},
+        reason="meta is not a JSON object",
+    ),
 )
 
 COT_CHECKS = (
     _columns("cot"),
     *_id("id", unique=True),
     *_id("record_id", unique=False),
-    Check(expectation="ExpectColumnValuesToMatchRegex", kwargs={"column": "source", "regex": SOURCE_RE},
-          reason="bad source name"),
+    Check(
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "source", "regex": SOURCE_RE},
+        reason="bad source name",
+    ),
     *_text("question"),
     *_text("thinking"),
     *_text("answer"),
-    Check(expectation="ExpectColumnValuesToBeInSet", kwargs={"column": "tier", "value_set": ["A", "B"]},
-          reason="tier is not A or B"),
-    Check(expectation="ExpectColumnValuesToBeInSet", kwargs={"column": "review", "value_set": ["approve", "edit"]},
-          reason="review rejected the sample"),
-    Check(expectation="ExpectColumnValuesToNotBeNull", kwargs={"column": "review"}, **_when("tier", "==", "B"),
-          reason="tier-B sample not reviewed"),
-    Check(expectation="ExpectColumnValuesToNotBeNull", kwargs={"column": "quality_score"},
-          reason="quality_score missing"),
-    Check(expectation="ExpectColumnValuesToBeInSet",
-          kwargs={"column": "quality_score", "value_set": [1, 2, 3, 4, 5]},
-          reason="quality_score not an integer in 1..5"),
-    Check(expectation="ExpectColumnValuesToBeBetween",
-          kwargs={"column": "replay_weight", "min_value": 0, "strict_min": True},
-          reason="replay_weight not positive"),
+    Check(
+        expectation="ExpectColumnValuesToBeInSet",
+        kwargs={"column": "tier", "value_set": ["A", "B"]},
+        reason="tier is not A or B",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeInSet",
+        kwargs={"column": "review", "value_set": ["approve", "edit"]},
+        reason="review rejected the sample",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToNotBeNull",
+        kwargs={"column": "review"},
+        **_when("tier", "==", "B"),
+        reason="tier-B sample not reviewed",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToNotBeNull", kwargs={"column": "quality_score"}, reason="quality_score missing"
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeInSet",
+        kwargs={"column": "quality_score", "value_set": [1, 2, 3, 4, 5]},
+        reason="quality_score not an integer in 1..5",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeBetween",
+        kwargs={"column": "replay_weight", "min_value": 0, "strict_min": True},
+        reason="replay_weight not positive",
+    ),
 )
 
 PAIR_CHECKS = (
@@ -211,32 +248,53 @@ PAIR_CHECKS = (
     *_text("prompt"),
     *_text("chosen"),
     *_text("rejected"),
-    Check(expectation="ExpectSelectColumnValuesToBeUniqueWithinRecord",
-          kwargs={"column_list": ["chosen", "rejected"]},
-          reason="chosen and rejected are the same response"),
-    Check(expectation="ExpectColumnValuesToBeInSet",
-          kwargs={"column": "reason", "value_set": ["correct-vs-wrong", "score-gap", "reference-vs-wrong"]},
-          reason="unknown pair reason"),
-    Check(expectation="ExpectColumnPairValuesAToBeGreaterThanB",
-          kwargs={"column_A": "chosen_score", "column_B": "rejected_score", "or_equal": False},
-          **_when("reason", "==", "score-gap"),
-          reason="chosen does not outscore rejected"),
+    Check(
+        expectation="ExpectSelectColumnValuesToBeUniqueWithinRecord",
+        kwargs={"column_list": ["chosen", "rejected"]},
+        reason="chosen and rejected are the same response",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeInSet",
+        kwargs={"column": "reason", "value_set": ["correct-vs-wrong", "score-gap", "reference-vs-wrong"]},
+        reason="unknown pair reason",
+    ),
+    Check(
+        expectation="ExpectColumnPairValuesAToBeGreaterThanB",
+        kwargs={"column_A": "chosen_score", "column_B": "rejected_score", "or_equal": False},
+        **_when("reason", "==", "score-gap"),
+        reason="chosen does not outscore rejected",
+    ),
 )
 
 MANIFEST_CHECKS = (
     _columns("manifest"),
-    Check(expectation="ExpectColumnValuesToMatchRegex", kwargs={"column": "shard", "regex": SHARD_NAME_RE},
-          reason="shard name is not <mix>-NNNNNN.tar"),
+    Check(
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "shard", "regex": SHARD_NAME_RE},
+        reason="shard name is not <mix>-NNNNNN.tar",
+    ),
     Check(expectation="ExpectColumnValuesToBeUnique", kwargs={"column": "shard"}, reason="duplicate shard"),
     *_text("mix"),
-    Check(expectation="ExpectColumnValuesToMatchRegex", kwargs={"column": "sha256", "regex": r"^[0-9a-f]{64}$"},
-          reason="sha256 is not 64 hex digits"),
-    Check(expectation="ExpectColumnValuesToBeBetween", kwargs={"column": "num_bytes", "min_value": 1024},
-          reason="shard smaller than an empty tar"),
-    Check(expectation="ExpectColumnValuesToBeBetween", kwargs={"column": "num_records", "min_value": 1},
-          reason="shard without samples"),
-    Check(expectation="ExpectColumnValuesToBeBetween", kwargs={"column": "tokens", "min_value": 1},
-          reason="shard without tokens"),
+    Check(
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "sha256", "regex": r"^[0-9a-f]{64}$"},
+        reason="sha256 is not 64 hex digits",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeBetween",
+        kwargs={"column": "num_bytes", "min_value": 1024},
+        reason="shard smaller than an empty tar",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeBetween",
+        kwargs={"column": "num_records", "min_value": 1},
+        reason="shard without samples",
+    ),
+    Check(
+        expectation="ExpectColumnValuesToBeBetween",
+        kwargs={"column": "tokens", "min_value": 1},
+        reason="shard without tokens",
+    ),
 )
 
 #: Declared suites by kind.
@@ -246,8 +304,13 @@ SUITES = {"record": RECORD_CHECKS, "cot": COT_CHECKS, "pair": PAIR_CHECKS, "mani
 def record_row(record: Record) -> dict[str, Any]:
     """A Record as a ``record`` row (``meta`` as JSON text)."""
     return {
-        "id": record.id, "source": record.source, "modality": record.modality, "task": record.task,
-        "question": record.question, "answer": record.answer, "media_path": record.media_path,
+        "id": record.id,
+        "source": record.source,
+        "modality": record.modality,
+        "task": record.task,
+        "question": record.question,
+        "answer": record.answer,
+        "media_path": record.media_path,
         "meta": json.dumps(record.meta, sort_keys=True),
     }
 
@@ -255,9 +318,15 @@ def record_row(record: Record) -> dict[str, Any]:
 def cot_row(sample: CoTSample) -> dict[str, Any]:
     """A CoTSample as a ``cot`` row."""
     return {
-        "id": sample.id, "record_id": sample.problem.record_id, "source": sample.problem.source,
-        "question": sample.problem.question, "thinking": sample.path.thinking, "answer": sample.path.answer,
-        "tier": sample.tier.value, "review": sample.review, "quality_score": sample.quality_score,
+        "id": sample.id,
+        "record_id": sample.problem.record_id,
+        "source": sample.problem.source,
+        "question": sample.problem.question,
+        "thinking": sample.path.thinking,
+        "answer": sample.path.answer,
+        "tier": sample.tier.value,
+        "review": sample.review,
+        "quality_score": sample.quality_score,
         "replay_weight": sample.replay_weight,
     }
 
@@ -276,7 +345,6 @@ def build_suite(kind: str):
         raise ValueError(f"no expectation suite {kind!r}; known: {sorted(SUITES)}")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-
     from great_expectations.expectations.row_conditions import Column
 
     expectations = []

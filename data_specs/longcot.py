@@ -29,8 +29,7 @@ JUDGE_DIMENSIONS: tuple[str, ...] = tuple(JUDGE_RUBRIC)
 
 #: Step 5: the dynamic quality score.
 QUALITY_SCORE_RUBRIC: dict[int, str] = {
-    1: "answerable without the image (text-only paths get it right) or ambiguous (no reference and "
-    "the paths disagree)",
+    1: "answerable without the image (text-only paths get it right) or ambiguous (no reference and the paths disagree)",
     2: "none of the three strengths below",
     3: "one strength: confirmed image dependence (text-only paths fail), multi-step reasoning, or a "
     "confident consensus (paths agree and the judge rates it highly)",
@@ -49,10 +48,10 @@ def fit_id(text: str) -> str:
 
     if len(text) <= MAX_ID_CHARS:
         return text
-    return f"{text[:MAX_ID_CHARS - 13]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"{text[: MAX_ID_CHARS - 13]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-class QualityTier(str, enum.Enum):
+class QualityTier(enum.StrEnum):
     """Step 3 outcome: A answer and reasoning right, B right answer but flawed reasoning, C discarded.
 
     Ordered: ``"A" < "B" < "C"`` as strings, which sorting by quality relies on."""

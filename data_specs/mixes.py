@@ -74,7 +74,7 @@ class DataMix:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DataMix":
+    def from_dict(cls, data: dict) -> DataMix:
         return cls(**data)
 
 
@@ -111,8 +111,14 @@ def alignment_rl_mix() -> DataMix:
 
 #: Mixes sampled from curated records, by the name a StageSpec's ``data_mix`` uses. The ``preference``
 #: and ``longcot`` sets are generated inside the post-training chain and take the mix they come with.
-PRESETS = {"image_text": stage1_mix, "multitask": stage2_mix, "annealing": stage3_mix,
-           "vision_expert": expert_mix, "sft": sft_mix, "alignment_rl": alignment_rl_mix}
+PRESETS = {
+    "image_text": stage1_mix,
+    "multitask": stage2_mix,
+    "annealing": stage3_mix,
+    "vision_expert": expert_mix,
+    "sft": sft_mix,
+    "alignment_rl": alignment_rl_mix,
+}
 GENERATED = ("preference", "longcot", "rl_prompts")
 
 

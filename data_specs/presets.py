@@ -56,11 +56,15 @@ class Preset:
         for stage in self.stages:
             missing = set(stage.inputs) - set(names[: names.index(stage.name)])
             if missing:
-                raise ValueError(f"preset {self.name}: stage {stage.name} starts from {sorted(missing)}, "
-                                 "which no earlier stage makes")
+                raise ValueError(
+                    f"preset {self.name}: stage {stage.name} starts from {sorted(missing)}, "
+                    "which no earlier stage makes"
+                )
             if stage.reward_model is not None and stage.reward_model not in names[: names.index(stage.name)]:
-                raise ValueError(f"preset {self.name}: stage {stage.name}'s reward model {stage.reward_model!r} "
-                                 "is not an earlier stage")
+                raise ValueError(
+                    f"preset {self.name}: stage {stage.name}'s reward model {stage.reward_model!r} "
+                    "is not an earlier stage"
+                )
         if min(self.records_per_source, self.max_new_tokens, self.eval_vqa_samples, self.longcot_paths) < 1:
             raise ValueError(f"preset {self.name}: sizes must be positive")
 
@@ -72,8 +76,11 @@ class Preset:
 
     def mix_target_tokens(self, mix: str) -> int | None:
         """Tokens to shard for ``mix`` (see ``mix_tokens_per_sample``); None when unsized or unused."""
-        samples = sum(s.num_steps * s.micro_batch_size * s.grad_accum_steps for s in self.stages
-                      if s.data_mix == mix and s.fusion is None)
+        samples = sum(
+            s.num_steps * s.micro_batch_size * s.grad_accum_steps
+            for s in self.stages
+            if s.data_mix == mix and s.fusion is None
+        )
         if self.mix_tokens_per_sample is None or not samples:
             return None
         return samples * self.mix_tokens_per_sample
@@ -104,21 +111,48 @@ def _tiny_stage(stage: StageSpec) -> StageSpec:
 
 
 def tiny() -> Preset:
-    return Preset(name="tiny", stages=tuple(_tiny_stage(s) for s in keye_8b_stages()), model="tiny",
-                  slow_fast="tiny", records_per_source=16, max_side_px=256, longcot_paths=4, max_new_tokens=48,
-                  eval_vqa_samples=8)
+    return Preset(
+        name="tiny",
+        stages=tuple(_tiny_stage(s) for s in keye_8b_stages()),
+        model="tiny",
+        slow_fast="tiny",
+        records_per_source=16,
+        max_side_px=256,
+        longcot_paths=4,
+        max_new_tokens=48,
+        eval_vqa_samples=8,
+    )
 
 
 def keye_8b() -> Preset:
-    return Preset(name="keye-8b", stages=keye_8b_stages(), model="keye-8b", slow_fast="default",
-                  records_per_source=100_000, max_side_px=2048, longcot_paths=8, max_new_tokens=4096,
-                  eval_vqa_samples=1000)
+    return Preset(
+        name="keye-8b",
+        stages=keye_8b_stages(),
+        model="keye-8b",
+        slow_fast="default",
+        records_per_source=100_000,
+        max_side_px=2048,
+        longcot_paths=8,
+        max_new_tokens=4096,
+        eval_vqa_samples=1000,
+    )
 
 
 #: Optimizer steps of each stage in the demo (our choice): most of the budget goes to the stages that
 #: teach the task (multi-task pre-training and SFT); the rest move the model a little each.
-DEMO_STEPS = {"stage1": 40, "stage2": 250, "stage3": 40, "expert": 40, "stage4": 1, "sft": 350, "mpo": 40,
-              "reward": 60, "coldstart": 40, "gspo": 8, "alignment": 4}
+DEMO_STEPS = {
+    "stage1": 40,
+    "stage2": 250,
+    "stage3": 40,
+    "expert": 40,
+    "stage4": 1,
+    "sft": 350,
+    "mpo": 40,
+    "reward": 60,
+    "coldstart": 40,
+    "gspo": 8,
+    "alignment": 4,
+}
 
 
 def _demo_stage(stage: StageSpec) -> StageSpec:
@@ -126,18 +160,31 @@ def _demo_stage(stage: StageSpec) -> StageSpec:
     tiny_stage = _tiny_stage(stage)
     lr = 2e-3 if stage.phase == "pretrain" or stage.objective == "lm" else 5e-4
     return dataclasses.replace(
-        tiny_stage, num_steps=DEMO_STEPS[stage.name], micro_batch_size=2 if stage.rl else 32,
+        tiny_stage,
+        num_steps=DEMO_STEPS[stage.name],
+        micro_batch_size=2 if stage.rl else 32,
         seq_len=max(tiny_stage.seq_len, 1024),
         checkpoint_every=100,
-        optimizer=dataclasses.replace(tiny_stage.optimizer, lr=lr, warmup_steps=10 if not stage.rl else 0,
-                                      min_lr_ratio=0.1))
+        optimizer=dataclasses.replace(
+            tiny_stage.optimizer, lr=lr, warmup_steps=10 if not stage.rl else 0, min_lr_ratio=0.1
+        ),
+    )
 
 
 def demo() -> Preset:
-    return Preset(name="demo", stages=tuple(_demo_stage(s) for s in keye_8b_stages()), model="tiny",
-                  slow_fast="tiny", records_per_source=32, source_limits=(("easy-vqa", 100_000),), max_side_px=256,
-                  mix_tokens_per_sample=40,
-                  longcot_paths=4, max_new_tokens=48, eval_vqa_samples=1000)
+    return Preset(
+        name="demo",
+        stages=tuple(_demo_stage(s) for s in keye_8b_stages()),
+        model="tiny",
+        slow_fast="tiny",
+        records_per_source=32,
+        source_limits=(("easy-vqa", 100_000),),
+        max_side_px=256,
+        mix_tokens_per_sample=40,
+        longcot_paths=4,
+        max_new_tokens=48,
+        eval_vqa_samples=1000,
+    )
 
 
 PRESETS = {"tiny": tiny, "demo": demo, "keye-8b": keye_8b}

@@ -14,7 +14,13 @@ from typing import Any
 
 MODALITIES = ("image", "video", "text")
 TASK_TYPES = (
-    "caption", "ocr", "vqa", "grounding", "counting", "temporal_localization", "reasoning",
+    "caption",
+    "ocr",
+    "vqa",
+    "grounding",
+    "counting",
+    "temporal_localization",
+    "reasoning",
     "instruction",
 )
 #: Record ids become WebDataset keys: a key is split at its first dot, so no dots, no slashes.
@@ -56,5 +62,5 @@ class Record:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Record":
+    def from_json(cls, text: str) -> Record:
         return cls(**json.loads(text))

@@ -28,9 +28,17 @@ TASK_RUNNERS = ("thread", "dask")
 
 
 @flow(name="curate")
-def curate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", sources: list[str] | None = None,
-           local_folder: str | None = None, records_per_source: int | None = None, mixes: list[str] | None = None,
-           seed: int = 0, reuse: bool = True, local_folder_limit: int | None = None) -> dict[str, str]:
+def curate(
+    run_dir: str = "runs/demo",
+    preset: Preset | str = "tiny",
+    sources: list[str] | None = None,
+    local_folder: str | None = None,
+    records_per_source: int | None = None,
+    mixes: list[str] | None = None,
+    seed: int = 0,
+    reuse: bool = True,
+    local_folder_limit: int | None = None,
+) -> dict[str, str]:
     """Curated, validated, sharded data for every data mix; returns the manifest of each mix.
 
     With ``reuse`` a run folder whose records and every manifest exist is not curated again.
@@ -48,28 +56,51 @@ def curate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", sources: l
         record_run_end(layout.lineage_db)
         return {name: str(p) for name, p in existing.items()}
     names = list(sources or DEFAULT_SOURCES) + (["local-folder"] if local_folder else [])
-    specs = [SourceSpec(name=name, limit=records_per_source or preset.records_for(name), seed=seed,
-                        root=local_folder if name == "local-folder" else None, folder_limit=local_folder_limit,
-                        max_side_px=preset.max_side_px) for name in names]
-    collected = {spec.name: future.result()
-                 for spec, future in zip(specs, [collect_source.submit(s, layout.data_dir) for s in specs])}
+    specs = [
+        SourceSpec(
+            name=name,
+            limit=records_per_source or preset.records_for(name),
+            seed=seed,
+            root=local_folder if name == "local-folder" else None,
+            folder_limit=local_folder_limit,
+            max_side_px=preset.max_side_px,
+        )
+        for name in names
+    ]
+    collected = {
+        spec.name: future.result()
+        for spec, future in zip(specs, [collect_source.submit(s, layout.data_dir) for s in specs])
+    }
     records = [r for c in collected.values() for r in c.records]
     rejected = [r for c in collected.values() for r in c.rejected]
     report = validate_batch(records, layout.quarantine_path, rejected)
     write_records_jsonl(report.passed, layout.records_path)
 
     slow_fast = preset.slow_fast
-    futures = [write_stage_shards.submit(report.passed, get_mix(name),
-                                         ShardConfig(mix=name, out_dir=layout.shards_dir, slow_fast=slow_fast,
-                                                     target_tokens=preset.mix_target_tokens(name),
-                                                     seed=seed))
-               for name in wanted]
+    futures = [
+        write_stage_shards.submit(
+            report.passed,
+            get_mix(name),
+            ShardConfig(
+                mix=name,
+                out_dir=layout.shards_dir,
+                slow_fast=slow_fast,
+                target_tokens=preset.mix_target_tokens(name),
+                seed=seed,
+            ),
+        )
+        for name in wanted
+    ]
     shards = [f.result() for f in futures]
-    record_curation_lineage(layout.lineage_db, str(flow_run.id), {k: v.records for k, v in collected.items()},
-                            report, shards)
+    record_curation_lineage(
+        layout.lineage_db, str(flow_run.id), {k: v.records for k, v in collected.items()}, report, shards
+    )
     for mix_shards in shards:
-        create_table_artifact(mix_table(mix_shards), key=f"mix-{mix_shards.mix.replace('_', '-')}",
-                              description=f"Data mix `{mix_shards.mix}`: planned vs realized shares")
+        create_table_artifact(
+            mix_table(mix_shards),
+            key=f"mix-{mix_shards.mix.replace('_', '-')}",
+            description=f"Data mix `{mix_shards.mix}`: planned vs realized shares",
+        )
     record_run_end(layout.lineage_db)
     return {s.mix: s.manifest_path for s in shards}
 

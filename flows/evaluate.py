@@ -19,19 +19,30 @@ from tasks.train import finished_result
 
 
 @flow(name="evaluate")
-def evaluate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_to_eval: list[str] | None = None,
-             vqa_samples: int | None = None, videomme_json: str | None = None, videomme_video_dir: str | None = None,
-             max_new_tokens: int = 8) -> dict[str, dict[str, float]]:
+def evaluate(
+    run_dir: str = "runs/demo",
+    preset: Preset | str = "tiny",
+    stages_to_eval: list[str] | None = None,
+    vqa_samples: int | None = None,
+    videomme_json: str | None = None,
+    videomme_video_dir: str | None = None,
+    max_new_tokens: int = 8,
+) -> dict[str, dict[str, float]]:
     """Metrics of each finished stage (or of ``stages_to_eval``), in pipeline order; ``vqa_samples``
     defaults to the preset's evaluation size."""
     preset = as_preset(preset)
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)
     records = Path(layout.records_path)
-    config = EvalConfig(vqa_samples=vqa_samples or preset.eval_vqa_samples, temporal_jsonl=str(records) if records.exists() else None,
-                        videomme_json=videomme_json, videomme_video_dir=videomme_video_dir,
-                        max_new_tokens=max_new_tokens, tokenizer_dir=layout.tokenizer_dir,
-                        video_preset=preset.slow_fast)
+    config = EvalConfig(
+        vqa_samples=vqa_samples or preset.eval_vqa_samples,
+        temporal_jsonl=str(records) if records.exists() else None,
+        videomme_json=videomme_json,
+        videomme_video_dir=videomme_video_dir,
+        max_new_tokens=max_new_tokens,
+        tokenizer_dir=layout.tokenizer_dir,
+        video_preset=preset.slow_fast,
+    )
     results: dict[str, dict[str, float]] = {}
     for spec in preset.stages:
         if stages_to_eval and spec.name not in stages_to_eval:
@@ -40,7 +51,8 @@ def evaluate(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_t
         if done is None:
             continue
         metrics = evaluate_checkpoint_task.with_options(task_run_name=f"evaluate-{spec.name}")(
-            done.checkpoint_dir, dataclasses.replace(config))
+            done.checkpoint_dir, dataclasses.replace(config)
+        )
         record_eval_metrics_task(layout.lineage_db, str(flow_run.id), spec.name, done.checkpoint_dir, metrics)
         results[spec.name] = metrics
     if results:

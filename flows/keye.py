@@ -18,11 +18,23 @@ from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 
 
 @flow(name="keye")
-def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | None = None,
-         review_mode: str = "auto", review_timeout_s: int = 3600, sources: list[str] | None = None,
-         local_folder: str | None = None, records_per_source: int | None = None, launcher: str = "inprocess",
-         num_processes: int = 1, gpu_limit: str | None = None, evaluate_stages: list[str] | None = None,
-         task_runner: str = "thread", seed: int = 0, local_folder_limit: int | None = None) -> dict:
+def keye(
+    run_dir: str = "runs/demo",
+    preset: str = "tiny",
+    stages: list[str] | None = None,
+    review_mode: str = "auto",
+    review_timeout_s: int = 3600,
+    sources: list[str] | None = None,
+    local_folder: str | None = None,
+    records_per_source: int | None = None,
+    launcher: str = "inprocess",
+    num_processes: int = 1,
+    gpu_limit: str | None = None,
+    evaluate_stages: list[str] | None = None,
+    task_runner: str = "thread",
+    seed: int = 0,
+    local_folder_limit: int | None = None,
+) -> dict:
     """The whole pipeline; ``stages`` limits training to those stages (all by default); ``task_runner``
     is where curation's tasks run (``thread`` or ``dask``). The preset's name is resolved here, once; the
     phase flows get the ``Preset`` object."""
@@ -34,9 +46,15 @@ def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | N
     wanted = list(stages or names)
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)  # the run id the Prefect UI shows; the phases are its children
-    curated = curate_on(task_runner)(run_dir=run_dir, preset=resolved, sources=sources,
-                                     local_folder=local_folder, records_per_source=records_per_source, seed=seed,
-                                     local_folder_limit=local_folder_limit)
+    curated = curate_on(task_runner)(
+        run_dir=run_dir,
+        preset=resolved,
+        sources=sources,
+        local_folder=local_folder,
+        records_per_source=records_per_source,
+        seed=seed,
+        local_folder_limit=local_folder_limit,
+    )
     train = dict(launcher=launcher, num_processes=num_processes, gpu_limit=gpu_limit, seed=seed)
     pre = [n for n in wanted if names[n] == "pretrain"]
     post = [n for n in wanted if names[n] == "posttrain"]
@@ -44,9 +62,22 @@ def keye(run_dir: str = "runs/demo", preset: str = "tiny", stages: list[str] | N
     if pre:
         checkpoints.update(pretrain(run_dir=run_dir, preset=resolved, stages_to_run=pre, **train))
     if post:
-        checkpoints.update(posttrain(run_dir=run_dir, preset=resolved, stages_to_run=post, review_mode=review_mode,
-                                     review_timeout_s=review_timeout_s, **train))
+        checkpoints.update(
+            posttrain(
+                run_dir=run_dir,
+                preset=resolved,
+                stages_to_run=post,
+                review_mode=review_mode,
+                review_timeout_s=review_timeout_s,
+                **train,
+            )
+        )
     metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages)
     record_run_end(layout.lineage_db)
-    return {"run_dir": str(layout.root), "lineage_db": layout.lineage_db, "manifests": curated,
-            "checkpoints": {k: v.checkpoint_dir for k, v in checkpoints.items()}, "evaluation": metrics}
+    return {
+        "run_dir": str(layout.root),
+        "lineage_db": layout.lineage_db,
+        "manifests": curated,
+        "checkpoints": {k: v.checkpoint_dir for k, v in checkpoints.items()},
+        "evaluation": metrics,
+    }

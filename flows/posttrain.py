@@ -18,26 +18,40 @@ from prefect.runtime import flow_run
 from data_specs.longcot import LongCoTConfig, PreferenceConfig
 from data_specs.mixes import GENERATED
 from data_specs.presets import Preset, as_preset
+from flows.pretrain import run_training_stage, selected
 from tasks.generation import GeneratorConfig
 from tasks.layout import RunLayout, read_mix_shards
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.longcot import assess_quality_task, collect_problems_task, generate_paths_task, score_samples_task
 from tasks.posttrain_data import (
-    cot_records_task, pair_records_task, rl_prompt_records_task, write_generated_shards_task,
+    cot_records_task,
+    pair_records_task,
+    rl_prompt_records_task,
+    write_generated_shards_task,
 )
 from tasks.posttrain_steps import (
-    apply_review_task, filter_rl_prompts_task, load_samples_task, nonempty, record_fallbacks_task,
-    record_generated_lineage_task, record_reviews_task,
+    apply_review_task,
+    filter_rl_prompts_task,
+    load_samples_task,
+    nonempty,
+    record_fallbacks_task,
+    record_generated_lineage_task,
+    record_reviews_task,
 )
 from tasks.preference import build_preference_pairs_task
 from tasks.review import request_review
 from tasks.train import CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer
 
-from flows.pretrain import run_training_stage, selected
 
-
-def make_generated_data(layout: RunLayout, sft: CheckpointRef, preset: Preset, review_mode: str,
-                        review_timeout_s: int, seed: int, fallbacks: list[str]) -> dict[str, dict]:
+def make_generated_data(
+    layout: RunLayout,
+    sft: CheckpointRef,
+    preset: Preset,
+    review_mode: str,
+    review_timeout_s: int,
+    seed: int,
+    fallbacks: list[str],
+) -> dict[str, dict]:
     """LongCoT samples, preference pairs and RL prompts from the SFT checkpoint, sharded, with lineage.
 
     Returns the lineage of each generated mix that has data; a mix left empty is named in ``fallbacks``.
@@ -49,26 +63,34 @@ def make_generated_data(layout: RunLayout, sft: CheckpointRef, preset: Preset, r
     generator = GeneratorConfig(kind="transformers", model_dir=sft.checkpoint_dir)
     problems = collect_problems_task(layout.records_path, str(out / "problems.jsonl"), config)
     paths = generate_paths_task(problems, str(out / "paths.jsonl"), generator, config)
-    assessed, rejects = assess_quality_task(problems, paths, str(out / "assessed.jsonl"),
-                                            str(out / "assessed_rejects.jsonl"), config)
+    assessed, rejects = assess_quality_task(
+        problems, paths, str(out / "assessed.jsonl"), str(out / "assessed_rejects.jsonl"), config
+    )
     samples = load_samples_task(assessed)
     decisions = request_review(samples, mode=review_mode, timeout_s=review_timeout_s)
     record_reviews_task(layout.lineage_db, run_id, decisions)
-    kept, review_rejects = apply_review_task(samples, decisions, str(out / "reviewed.jsonl"),
-                                             str(out / "review_rejects.jsonl"))
+    kept, review_rejects = apply_review_task(
+        samples, decisions, str(out / "reviewed.jsonl"), str(out / "review_rejects.jsonl")
+    )
     scored = score_samples_task(kept, str(out / "cot_samples.jsonl"), config)
-    pairs = build_preference_pairs_task([scored, rejects, review_rejects], str(out / "pairs.jsonl"),
-                                        PreferenceConfig())
+    pairs = build_preference_pairs_task([scored, rejects, review_rejects], str(out / "pairs.jsonl"), PreferenceConfig())
     parents = [sft.artifact_id]
     data: dict[str, dict] = {}
     rl_candidates = rl_prompt_records_task(layout.records_path, str(out / "rl_candidates.jsonl"))
-    rl_kept, rl_fallback = filter_rl_prompts_task(sft.checkpoint_dir, rl_candidates, str(out / "rl_prompts.jsonl"),
-                                                  max_new_tokens=preset.max_new_tokens, seed=seed)
+    rl_kept, rl_fallback = filter_rl_prompts_task(
+        sft.checkpoint_dir,
+        rl_candidates,
+        str(out / "rl_prompts.jsonl"),
+        max_new_tokens=preset.max_new_tokens,
+        seed=seed,
+    )
     if rl_fallback:
         fallbacks.append("rl_prompts: no prompt had a pass rate strictly between 0 and 1; all were kept")
-    for name, records in (("longcot", cot_records_task(scored, str(out / "longcot_records.jsonl"))),
-                          ("preference", pair_records_task(pairs, str(out / "preference_records.jsonl"))),
-                          ("rl_prompts", rl_kept)):
+    for name, records in (
+        ("longcot", cot_records_task(scored, str(out / "longcot_records.jsonl"))),
+        ("preference", pair_records_task(pairs, str(out / "preference_records.jsonl"))),
+        ("rl_prompts", rl_kept),
+    ):
         if nonempty(records):
             write_generated_shards_task(records, name, shards_dir, preset.slow_fast)
             data[name] = record_generated_lineage_task(layout.lineage_db, run_id, parents, records, shards_dir, name)
@@ -76,9 +98,17 @@ def make_generated_data(layout: RunLayout, sft: CheckpointRef, preset: Preset, r
 
 
 @flow(name="posttrain")
-def posttrain(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_to_run: list[str] | None = None,
-              review_mode: str = "auto", review_timeout_s: int = 3600, launcher: str = "inprocess",
-              num_processes: int = 1, gpu_limit: str | None = None, seed: int = 0) -> dict[str, CheckpointRef]:
+def posttrain(
+    run_dir: str = "runs/demo",
+    preset: Preset | str = "tiny",
+    stages_to_run: list[str] | None = None,
+    review_mode: str = "auto",
+    review_timeout_s: int = 3600,
+    launcher: str = "inprocess",
+    num_processes: int = 1,
+    gpu_limit: str | None = None,
+    seed: int = 0,
+) -> dict[str, CheckpointRef]:
     """Post-training stages of ``preset``, each from the checkpoints its ``StageSpec.inputs`` name.
 
     A stage whose generated mix came out empty trains on the ``sft`` mix instead; each such fallback
@@ -99,10 +129,13 @@ def posttrain(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_
         if spec.data_mix in GENERATED:
             if generated is None:
                 if "sft" not in checkpoints:
-                    raise ValueError(f"stage {spec.name} trains on data generated by the SFT model; no finished "
-                                     f"sft stage in {layout.root} (run it first: --stages sft {spec.name})")
-                generated = make_generated_data(layout, checkpoints["sft"], preset, review_mode, review_timeout_s,
-                                                seed, fallbacks)
+                    raise ValueError(
+                        f"stage {spec.name} trains on data generated by the SFT model; no finished "
+                        f"sft stage in {layout.root} (run it first: --stages sft {spec.name})"
+                    )
+                generated = make_generated_data(
+                    layout, checkpoints["sft"], preset, review_mode, review_timeout_s, seed, fallbacks
+                )
             if spec.data_mix in generated:
                 data = read_mix_shards(shards_dir, spec.data_mix)
                 extra = tuple(generated[spec.data_mix]["dataset"])

@@ -17,7 +17,12 @@ from tasks.layout import MixShards, RunLayout, read_mix_shards
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.reports import publish_stage_report
 from tasks.train import (
-    CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer, stage_run_config, train_stage_task,
+    CheckpointRef,
+    LaunchConfig,
+    finished_checkpoints,
+    prepare_tokenizer,
+    stage_run_config,
+    train_stage_task,
 )
 
 
@@ -25,14 +30,22 @@ def selected(phase: str, preset: Preset, names: list[str] | None) -> list[StageS
     """The preset's stages of ``phase`` (all of them, or those in ``names``), in pipeline order."""
     unknown = set(names or ()) - {s.name for s in preset.stages}
     if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; preset {preset.name!r} has "
-                         f"{[s.name for s in preset.stages]}")
+        raise ValueError(
+            f"unknown stages {sorted(unknown)}; preset {preset.name!r} has {[s.name for s in preset.stages]}"
+        )
     return [s for s in preset.stages if s.phase == phase and (not names or s.name in names)]
 
 
-def run_training_stage(spec: StageSpec, layout: RunLayout, preset: Preset, launch: LaunchConfig, seed: int,
-                       checkpoints: dict[str, CheckpointRef], data: MixShards | None,
-                       extra_inputs: tuple[str, ...] = ()) -> CheckpointRef:
+def run_training_stage(
+    spec: StageSpec,
+    layout: RunLayout,
+    preset: Preset,
+    launch: LaunchConfig,
+    seed: int,
+    checkpoints: dict[str, CheckpointRef],
+    data: MixShards | None,
+    extra_inputs: tuple[str, ...] = (),
+) -> CheckpointRef:
     """Submit one stage on ``data`` (its mix's shards; None for fusion), then publish its report."""
     config, lineage_inputs = stage_run_config(spec, preset, layout, checkpoints, data, seed)
     ref = train_stage_task(config, launch, layout.lineage_db, [*lineage_inputs, *extra_inputs])
@@ -41,9 +54,15 @@ def run_training_stage(spec: StageSpec, layout: RunLayout, preset: Preset, launc
 
 
 @flow(name="pretrain")
-def pretrain(run_dir: str = "runs/demo", preset: Preset | str = "tiny", stages_to_run: list[str] | None = None,
-             launcher: str = "inprocess", num_processes: int = 1, gpu_limit: str | None = None,
-             seed: int = 0) -> dict[str, CheckpointRef]:
+def pretrain(
+    run_dir: str = "runs/demo",
+    preset: Preset | str = "tiny",
+    stages_to_run: list[str] | None = None,
+    launcher: str = "inprocess",
+    num_processes: int = 1,
+    gpu_limit: str | None = None,
+    seed: int = 0,
+) -> dict[str, CheckpointRef]:
     """Pre-training stages 1-4 of ``preset``; returns each stage's checkpoint."""
     preset = as_preset(preset)
     layout = RunLayout(run_dir)

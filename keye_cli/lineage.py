@@ -44,7 +44,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "-"
     if isinstance(value, dt.datetime):  # UTC, to the second: 2025-01-01T12:00:00Z
-        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return str(value)
 
 
@@ -55,11 +55,12 @@ def cut_middle(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     keep = max(width - len(ELLIPSIS), 2)
-    return text[:keep // 2] + ELLIPSIS + text[len(text) - (keep - keep // 2):]
+    return text[: keep // 2] + ELLIPSIS + text[len(text) - (keep - keep // 2) :]
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int | None = None,
-                 cut: Sequence[str] = ()) -> str:
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int | None = None, cut: Sequence[str] = ()
+) -> str:
     """Fixed-width text table; floats with 4 decimals, None as '-'.
 
     When wider than ``max_width``, the columns named in ``cut`` shrink, in that order, each down to
@@ -75,14 +76,19 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, max_wi
             widths[i] -= step
             excess -= step
         text = [[cut_middle(v, w) for v, w in zip(r, widths)] for r in text]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in text]
     return "\n".join(lines)
 
 
-def _emit(args: argparse.Namespace, payload: Any, header: Sequence[str], rows: Sequence[Sequence[Any]],
-          title: str = "", cut: Sequence[str] = ()) -> None:
+def _emit(
+    args: argparse.Namespace,
+    payload: Any,
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    title: str = "",
+    cut: Sequence[str] = (),
+) -> None:
     from tasks.lineage.queries import as_jsonable
 
     if args.json:
@@ -105,11 +111,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         raise ValueError(f"no runs recorded in {db_path(args)}")
     # run ids stay whole (they are what the other commands take); subflows are indented under their root
-    _emit(args, runs, ["run_id", "flow", "name", "status", "started", "ended"],
-          [[r.run_id, ("  " if r.parent_run_id else "") + r.flow_name, r.run_name, r.status, r.started_at,
-            r.ended_at] for r in runs],
-          title=f"{len(runs)} runs in {db_path(args)} (newest first; subflows indented under their run; UTC)",
-          cut=["name", "flow"])
+    _emit(
+        args,
+        runs,
+        ["run_id", "flow", "name", "status", "started", "ended"],
+        [
+            [r.run_id, ("  " if r.parent_run_id else "") + r.flow_name, r.run_name, r.status, r.started_at, r.ended_at]
+            for r in runs
+        ],
+        title=f"{len(runs)} runs in {db_path(args)} (newest first; subflows indented under their run; UTC)",
+        cut=["name", "flow"],
+    )
     return 0
 
 
@@ -118,10 +130,14 @@ def _walk(args: argparse.Namespace, upward: bool) -> int:
         start = store.resolve(args.id_or_uri)
         nodes = (store.ancestors if upward else store.descendants)(args.id_or_uri, max_depth=args.max_depth)
     word = "ancestors" if upward else "descendants"
-    _emit(args, {"artifact_id": start, word: nodes},
-          ["depth", "kind", "artifact_id", "uri", "records", "via"],
-          [[n.depth, n.kind, n.artifact_id, n.uri, n.num_records, n.via] for n in nodes],
-          title=f"{len(nodes)} {word} of {start}", cut=["via", "uri", "artifact_id"])
+    _emit(
+        args,
+        {"artifact_id": start, word: nodes},
+        ["depth", "kind", "artifact_id", "uri", "records", "via"],
+        [[n.depth, n.kind, n.artifact_id, n.uri, n.num_records, n.via] for n in nodes],
+        title=f"{len(nodes)} {word} of {start}",
+        cut=["via", "uri", "artifact_id"],
+    )
     return 0
 
 
@@ -146,13 +162,27 @@ def cmd_mix(args: argparse.Namespace) -> int:
         report = store.mix(name, run_id=args.run)
     source = "summed from shards" if report.from_shards else "mix totals"
     via = f" (the mix of stage {args.stage})" if args.stage else ""
-    _emit(args, report,
-          ["source", "modality", "planned(tok)", "realized(tok)", "drift(tok)", "realized(smp)", "samples", "tokens"],
-          [[m.source, m.modality, m.planned_ratio, m.realized_ratio_tokens, m.drift_tokens, m.realized_ratio_samples,
-            m.num_samples, m.num_tokens] for m in report.lines],
-          title=f"mix {report.mix}{via}, run {report.run_id} ({source})\n"
-                "The plan is a share of TOKENS: drift(tok) = realized(tok) - planned(tok); realized(smp) is the "
-                "share of samples, for reference only.")
+    _emit(
+        args,
+        report,
+        ["source", "modality", "planned(tok)", "realized(tok)", "drift(tok)", "realized(smp)", "samples", "tokens"],
+        [
+            [
+                m.source,
+                m.modality,
+                m.planned_ratio,
+                m.realized_ratio_tokens,
+                m.drift_tokens,
+                m.realized_ratio_samples,
+                m.num_samples,
+                m.num_tokens,
+            ]
+            for m in report.lines
+        ],
+        title=f"mix {report.mix}{via}, run {report.run_id} ({source})\n"
+        "The plan is a share of TOKENS: drift(tok) = realized(tok) - planned(tok); realized(smp) is the "
+        "share of samples, for reference only.",
+    )
     return 0
 
 
@@ -161,22 +191,35 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         points = store.metrics(args.run_id, stage=args.stage, name=args.name)
     if not points:
         raise ValueError(f"no metrics for run {args.run_id!r}" + (f" stage {args.stage!r}" if args.stage else ""))
-    _emit(args, points, ["stage", "step", "name", "value"], [[p.stage, p.step, p.name, p.value] for p in points],
-          cut=["name"])
+    _emit(
+        args,
+        points,
+        ["stage", "step", "name", "value"],
+        [[p.stage, p.step, p.name, p.value] for p in points],
+        cut=["name"],
+    )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     with _open(args) as store:
         events = store.export_openlineage(args.run_id, namespace=args.namespace)
-    _emit(args, events, ["eventType", "eventTime", "job", "runId", "inputs", "outputs"],
-          [[e["eventType"], e["eventTime"], e["job"]["name"], e["run"]["runId"], len(e["inputs"]),
-            len(e["outputs"])] for e in events], cut=["job", "eventTime"])
+    _emit(
+        args,
+        events,
+        ["eventType", "eventTime", "job", "runId", "inputs", "outputs"],
+        [
+            [e["eventType"], e["eventTime"], e["job"]["name"], e["run"]["runId"], len(e["inputs"]), len(e["outputs"])]
+            for e in events
+        ],
+        cut=["job", "eventTime"],
+    )
     return 0
 
 
 def _guarded(func):
     """A locked store is an expected condition, not a crash: report it and exit 2 like main() does."""
+
     def run(args: argparse.Namespace) -> int:
         from tasks.lineage import LineageLockedError
 
@@ -185,6 +228,7 @@ def _guarded(func):
         except LineageLockedError as exc:
             print(f"keye lineage {args.lineage_command}: error: {exc}", file=sys.stderr)
             return 2
+
     return run
 
 
@@ -195,9 +239,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--run-dir", default=default_run_dir(),
-                         help=f"run folder whose {DB_NAME} to read (default: ${RUN_DIR_ENV} or {DEFAULT_RUN_DIR}; "
-                              "now %(default)s)")
+        sub.add_argument(
+            "--run-dir",
+            default=default_run_dir(),
+            help=f"run folder whose {DB_NAME} to read (default: ${RUN_DIR_ENV} or {DEFAULT_RUN_DIR}; now %(default)s)",
+        )
         sub.add_argument("--db", default=None, help=f"a lineage DuckDB file to read instead of <run-dir>/{DB_NAME}")
         sub.add_argument("--json", action="store_true", help="print JSON (uncut) instead of a table")
         sub.set_defaults(func=_guarded(func))
@@ -205,8 +251,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sub = add("runs", cmd_runs, "the flow runs recorded: id, flow, Prefect run name, status, start and end")
     sub.add_argument("--limit", type=int, default=None, help="show at most this many runs")
-    for name, func, help_text in (("ancestors", cmd_ancestors, "what an artifact was made from, back to sources"),
-                                  ("descendants", cmd_descendants, "everything made from an artifact")):
+    for name, func, help_text in (
+        ("ancestors", cmd_ancestors, "what an artifact was made from, back to sources"),
+        ("descendants", cmd_descendants, "everything made from an artifact"),
+    ):
         sub = add(name, func, help_text)
         sub.add_argument("id_or_uri", metavar="ID_OR_URI", help="artifact id, URI or local path")
         sub.add_argument("--max-depth", type=int, default=10_000, help="levels to walk (default %(default)s)")

@@ -59,13 +59,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--approve-all", action="store_true", help="approve every sample")
     how.add_argument("--reject-all", action="store_true", help="reject every sample")
-    how.add_argument("--decisions", type=Path, metavar="FILE.json",
-                     help='{"<sample id>": "approve" | "reject" | {"decision": "edit", "edited_response": ...,'
-                          ' "comment": ...}}, or the form\'s list of rows')
-    how.add_argument("--decision", action="append", metavar="SAMPLE_ID=approve|reject|edit:TEXT",
-                     help="one sample's decision (repeat); edit's TEXT is the full '<think>...</think> answer'")
-    p.add_argument("--rest", choices=("approve", "reject"), default=None,
-                   help="decision for samples --decision/--decisions leave out (default: they must all be given)")
+    how.add_argument(
+        "--decisions",
+        type=Path,
+        metavar="FILE.json",
+        help='{"<sample id>": "approve" | "reject" | {"decision": "edit", "edited_response": ...,'
+        ' "comment": ...}}, or the form\'s list of rows',
+    )
+    how.add_argument(
+        "--decision",
+        action="append",
+        metavar="SAMPLE_ID=approve|reject|edit:TEXT",
+        help="one sample's decision (repeat); edit's TEXT is the full '<think>...</think> answer'",
+    )
+    p.add_argument(
+        "--rest",
+        choices=("approve", "reject"),
+        default=None,
+        help="decision for samples --decision/--decisions leave out (default: they must all be given)",
+    )
     p.add_argument("--comment", default="", help="comment on every decision that has none")
     p.set_defaults(func=answer_command)
 
@@ -93,25 +105,36 @@ def pending_review(client: Any, flow_run: Any) -> PendingReview | None:
         return None
     rows = props["reviews"].get("default") or []
     description = _read_input(client, flow_run.id, keyset["description"]) or ""
-    sections = {m["id"]: (m["tier"], description[m.end():]) for m in HEADING.finditer(description)}
+    sections = {m["id"]: (m["tier"], description[m.end() :]) for m in HEADING.finditer(description)}
     samples = []
     for row in rows:
         tier, section = sections.get(row["sample_id"], ("?", ""))
         question = QUESTION.search(section)
-        samples.append(PendingSample(sample_id=row["sample_id"], tier=tier,
-                                     question=question["question"] if question else "",
-                                     response=row.get("edited_response", "")))
+        samples.append(
+            PendingSample(
+                sample_id=row["sample_id"],
+                tier=tier,
+                question=question["question"] if question else "",
+                response=row.get("edited_response", ""),
+            )
+        )
     timeout = state.state_details.pause_timeout
-    return PendingReview(flow_run_id=str(flow_run.id), flow_run_name=flow_run.name, state=state.name,
-                         timeout_at=timeout.isoformat() if timeout else None, samples=tuple(samples))
+    return PendingReview(
+        flow_run_id=str(flow_run.id),
+        flow_run_name=flow_run.name,
+        state=state.name,
+        timeout_at=timeout.isoformat() if timeout else None,
+        samples=tuple(samples),
+    )
 
 
 def list_pending(client: Any) -> list[PendingReview]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
 
-    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    )
     return [p for p in (pending_review(client, r) for r in runs) if p is not None]
 
 
@@ -145,8 +168,7 @@ def _client() -> Any:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise ValueError("set PREFECT_API_URL to the server the paused run is on "
-                         "(e.g. http://127.0.0.1:4200/api)")
+        raise ValueError("set PREFECT_API_URL to the server the paused run is on (e.g. http://127.0.0.1:4200/api)")
     return get_client(sync_client=True)
 
 
@@ -170,13 +192,16 @@ def read_decisions_file(path: Path) -> dict[str, dict[str, str]]:
         row = {"decision": value} if isinstance(value, str) else dict(value)
         row.pop("sample_id", None)
         if not sample_id or row.get("decision") not in DECISIONS:
-            raise ValueError(f"{path}: sample {sample_id!r}: decision must be one of {DECISIONS}, got {row.get('decision')!r}")
+            raise ValueError(
+                f"{path}: sample {sample_id!r}: decision must be one of {DECISIONS}, got {row.get('decision')!r}"
+            )
         out[sample_id] = row
     return out
 
 
-def build_answer(review: PendingReview, reviewer: str, given: dict[str, dict[str, str]], rest: str | None,
-                 comment: str = "") -> dict[str, Any]:
+def build_answer(
+    review: PendingReview, reviewer: str, given: dict[str, dict[str, str]], rest: str | None, comment: str = ""
+) -> dict[str, Any]:
     """The form's input: every pending sample answered once, edits shaped like a response. Checked here so
     a bad answer fails in the terminal instead of failing the flow after it resumes."""
     from tasks.longcot import split_response
@@ -193,22 +218,37 @@ def build_answer(review: PendingReview, reviewer: str, given: dict[str, dict[str
         raise ValueError(f"no decision for {missing} (give them, or --rest approve|reject)")
     rows = []
     for sample_id in pending:
-        row = {"sample_id": sample_id, "decision": rest, "edited_response": "", "comment": "",
-               **given.get(sample_id, {})}
+        row = {
+            "sample_id": sample_id,
+            "decision": rest,
+            "edited_response": "",
+            "comment": "",
+            **given.get(sample_id, {}),
+        }
         row["comment"] = row["comment"] or comment
         if row["decision"] == "edit":
             thinking, answer = split_response(row["edited_response"])
             if not thinking or not answer:
-                raise ValueError(f"edit of {sample_id}: the response must be '<think>reasoning</think> answer', "
-                                 f"got {row['edited_response'][:80]!r}")
+                raise ValueError(
+                    f"edit of {sample_id}: the response must be '<think>reasoning</think> answer', "
+                    f"got {row['edited_response'][:80]!r}"
+                )
         rows.append(row)
     answer = {"reviewer": reviewer.strip(), "reviews": rows}
     ReviewForm.model_validate(answer)  # the schema the server checks the input against
     return answer
 
 
-def answer_review(client: Any, run: str, reviewer: str, given: dict[str, dict[str, str]] | None = None, *,
-                  everything: str | None = None, rest: str | None = None, comment: str = "") -> dict[str, Any]:
+def answer_review(
+    client: Any,
+    run: str,
+    reviewer: str,
+    given: dict[str, dict[str, str]] | None = None,
+    *,
+    everything: str | None = None,
+    rest: str | None = None,
+    comment: str = "",
+) -> dict[str, Any]:
     """Resume the paused run ``run`` with these decisions (``everything``: one decision for all)."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import resume_flow_run
@@ -216,8 +256,10 @@ def answer_review(client: Any, run: str, reviewer: str, given: dict[str, dict[st
     flow_run = find_run(client, run)
     state = flow_run.state
     if state is None or not state.is_paused():
-        raise ValueError(f"flow run {flow_run.id} ({flow_run.name}) is {state.name if state else 'without state'}, "
-                         "not paused for review")
+        raise ValueError(
+            f"flow run {flow_run.id} ({flow_run.name}) is {state.name if state else 'without state'}, "
+            "not paused for review"
+        )
     review = pending_review(client, flow_run)
     if review is None:
         raise ValueError(f"flow run {flow_run.id} ({flow_run.name}) is paused but not for a review form")
@@ -242,8 +284,7 @@ def list_command(args: argparse.Namespace) -> int:
         print(f"no flow runs waiting for review on {_api_url()}")
         return 0
     for p in pending:
-        print(f"{p.flow_run_id}  {p.flow_run_name}  {p.state}  until {p.timeout_at or '-'}  "
-              f"{len(p.samples)} sample(s)")
+        print(f"{p.flow_run_id}  {p.flow_run_name}  {p.state}  until {p.timeout_at or '-'}  {len(p.samples)} sample(s)")
         for s in p.samples:
             response = " ".join(s.response.split())
             print(f"  {s.sample_id}  tier {s.tier}  Q: {s.question[:70]}\n      R: {response[:110]}")
@@ -260,8 +301,9 @@ def answer_command(args: argparse.Namespace) -> int:
     if everything and args.rest:
         raise ValueError("--rest goes with --decision or --decisions, not --approve-all/--reject-all")
     with _client() as client:
-        answer = answer_review(client, args.run, args.reviewer, given, everything=everything, rest=args.rest,
-                               comment=args.comment)
+        answer = answer_review(
+            client, args.run, args.reviewer, given, everything=everything, rest=args.rest, comment=args.comment
+        )
     counts = {d: sum(r["decision"] == d for r in answer["reviews"]) for d in DECISIONS}
     print(f"resumed {args.run} as {answer['reviewer']}: " + ", ".join(f"{n} {d}" for d, n in counts.items()))
     return 0

@@ -19,23 +19,41 @@ def prefect_environment() -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    for name, help_text in (("run", "run the whole pipeline (the `keye` flow)"),
-                            ("demo", "run the pipeline on the demo preset and print its per-stage table")):
+    for name, help_text in (
+        ("run", "run the whole pipeline (the `keye` flow)"),
+        ("demo", "run the pipeline on the demo preset and print its per-stage table"),
+    ):
         p = subparsers.add_parser(name, help=help_text)
         p.add_argument("--run-dir", default="runs/demo", help="folder for data, checkpoints and lineage")
-        p.add_argument("--preset", default="demo" if name == "demo" else "tiny", choices=sorted(PRESETS),
-                       help="stages, model, data and evaluation sizes (data_specs/presets.py)")
+        p.add_argument(
+            "--preset",
+            default="demo" if name == "demo" else "tiny",
+            choices=sorted(PRESETS),
+            help="stages, model, data and evaluation sizes (data_specs/presets.py)",
+        )
         p.add_argument("--stages", nargs="*", default=None, help="train only these stages (default: all)")
         p.add_argument("--review-mode", default="auto", choices=("auto", "ui", "suspend"))
         p.add_argument("--local-folder", default=None, help="also curate your own images/videos/JSONL from here")
-        p.add_argument("--records-per-source", type=int, default=None,
-                       help="records of each packaged source (default: the preset's sizes)")
-        p.add_argument("--local-folder-limit", type=int, default=None,
-                       help="most records read from --local-folder (default: the whole folder)")
+        p.add_argument(
+            "--records-per-source",
+            type=int,
+            default=None,
+            help="records of each packaged source (default: the preset's sizes)",
+        )
+        p.add_argument(
+            "--local-folder-limit",
+            type=int,
+            default=None,
+            help="most records read from --local-folder (default: the whole folder)",
+        )
         p.add_argument("--launcher", default="inprocess", choices=("inprocess", "torchrun", "deepspeed"))
         p.add_argument("--num-processes", type=int, default=1, help="ranks per node for torchrun/deepspeed")
-        p.add_argument("--task-runner", default="thread", choices=("thread", "dask"),
-                       help="where curation tasks run: threads here, or a Dask cluster (PREFECT_DASK_ADDRESS)")
+        p.add_argument(
+            "--task-runner",
+            default="thread",
+            choices=("thread", "dask"),
+            help="where curation tasks run: threads here, or a Dask cluster (PREFECT_DASK_ADDRESS)",
+        )
         p.add_argument("--json", action="store_true", help="print the flow's result as JSON")
         p.set_defaults(func=run_pipeline)
 
@@ -45,18 +63,27 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from flows.keye import keye
 
     started = time.monotonic()
-    result = keye(run_dir=args.run_dir, preset=args.preset, stages=args.stages, review_mode=args.review_mode,
-                  local_folder=args.local_folder, records_per_source=args.records_per_source,
-                  launcher=args.launcher, num_processes=args.num_processes, task_runner=args.task_runner,
-                  local_folder_limit=args.local_folder_limit)
+    result = keye(
+        run_dir=args.run_dir,
+        preset=args.preset,
+        stages=args.stages,
+        review_mode=args.review_mode,
+        local_folder=args.local_folder,
+        records_per_source=args.records_per_source,
+        launcher=args.launcher,
+        num_processes=args.num_processes,
+        task_runner=args.task_runner,
+        local_folder_limit=args.local_folder_limit,
+    )
     wall_s = time.monotonic() - started
-    train_s = sum(json.loads(p.read_text())["wall_s"]
-                  for p in Path(result["run_dir"], "stages").glob("*/result.json"))
+    train_s = sum(json.loads(p.read_text())["wall_s"] for p in Path(result["run_dir"], "stages").glob("*/result.json"))
     if args.json:
         print(json.dumps({**result, "wall_s": wall_s, "train_s": train_s}, indent=2, default=str))
         return 0
-    print(f"\nKeye pipeline finished in {wall_s:.0f} s (run folder {result['run_dir']}); "
-          f"the training stages' runners took {train_s:.0f} s of it")
+    print(
+        f"\nKeye pipeline finished in {wall_s:.0f} s (run folder {result['run_dir']}); "
+        f"the training stages' runners took {train_s:.0f} s of it"
+    )
     print(f"  lineage:      {result['lineage_db']}   (keye lineage mix --stage annealing --db ...)")
     print(f"  shards:       {os.path.join(result['run_dir'], 'shards')}/<mix>/manifest.json")
     for stage, path in result["checkpoints"].items():
@@ -69,8 +96,12 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
 
 #: Columns of the per-stage table: (metric, header); a stage without a metric shows "-".
-TABLE_COLUMNS = (("vqa/accuracy", "easy-vqa acc"), ("vqa/majority_baseline", "majority"),
-                 ("temporal/mean_iou", "temporal IoU"), ("probe/accuracy", "ViT probe"))
+TABLE_COLUMNS = (
+    ("vqa/accuracy", "easy-vqa acc"),
+    ("vqa/majority_baseline", "majority"),
+    ("temporal/mean_iou", "temporal IoU"),
+    ("probe/accuracy", "ViT probe"),
+)
 
 
 def stage_table(evaluation: dict[str, dict[str, float]]) -> list[str]:
@@ -82,8 +113,11 @@ def stage_table(evaluation: dict[str, dict[str, float]]) -> list[str]:
     lines = [header, "-" * len(header)]
     for stage, metrics in evaluation.items():
         acc = metrics.get("vqa/accuracy")
-        cell = (f"{acc:.3f} [{metrics['vqa/ci95_low']:.3f}, {metrics['vqa/ci95_high']:.3f}]"
-                if acc is not None and "vqa/ci95_low" in metrics else "-")
+        cell = (
+            f"{acc:.3f} [{metrics['vqa/ci95_low']:.3f}, {metrics['vqa/ci95_high']:.3f}]"
+            if acc is not None and "vqa/ci95_low" in metrics
+            else "-"
+        )
         rest = "".join(f"{metrics[k]:>14.3f}" if k in metrics else f"{'-':>14}" for k, _ in TABLE_COLUMNS[1:])
         lines.append(f"{stage:<11} {cell:<28}{rest}")
     return lines
@@ -94,6 +128,8 @@ def fallbacks_taken(lineage_db: str) -> int:
     from tasks.lineage import LineageStore
 
     with LineageStore(lineage_db, read_only=True) as store:
-        row = store.con.execute("select m.value from metrics m join runs r using (run_id) "
-                                "where m.name = 'fallbacks' order by r.started_at desc limit 1").fetchone()
+        row = store.con.execute(
+            "select m.value from metrics m join runs r using (run_id) "
+            "where m.name = 'fallbacks' order by r.started_at desc limit 1"
+        ).fetchone()
     return int(row[0]) if row else 0

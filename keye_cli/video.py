@@ -1,7 +1,7 @@
 """``keye video-plan VIDEO``: show the Slow-Fast plan of a video (which frames, Slow or Fast, how many tokens).
 
-    keye video-plan clip.mp4                      # readable table
-    keye video-plan clip.mp4 --preset keye-release --budget 20000 --json   # one JSON object
+keye video-plan clip.mp4                      # readable table
+keye video-plan clip.mp4 --preset keye-release --budget 20000 --json   # one JSON object
 """
 
 from __future__ import annotations

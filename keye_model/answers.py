@@ -50,7 +50,7 @@ def split_thinking(text: str) -> tuple[str | None, str]:
         head, answer = stripped.split(THINK_END, 1)
         return head.replace(THINK_START, "", 1).strip(), answer.strip()
     if stripped.startswith(THINK_START):
-        return stripped[len(THINK_START):].strip(), ""
+        return stripped[len(THINK_START) :].strip(), ""
     return None, stripped
 
 
@@ -83,13 +83,31 @@ def extract_answer(text: str) -> str:
 # ---- normalization ----------------------------------------------------------------------------------
 
 _NUMBER_WORDS = {
-    word: str(value) for value, word in enumerate(
+    word: str(value)
+    for value, word in enumerate(
         "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split())
-} | {"none": "0", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
-     "ninety": "90"}
-_YES_NO = {"true": "yes", "correct": "yes", "yeah": "yes", "yep": "yes", "yup": "yes",
-           "false": "no", "incorrect": "no", "nope": "no"}
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+} | {
+    "none": "0",
+    "thirty": "30",
+    "forty": "40",
+    "fifty": "50",
+    "sixty": "60",
+    "seventy": "70",
+    "eighty": "80",
+    "ninety": "90",
+}
+_YES_NO = {
+    "true": "yes",
+    "correct": "yes",
+    "yeah": "yes",
+    "yep": "yes",
+    "yup": "yes",
+    "false": "no",
+    "incorrect": "no",
+    "nope": "no",
+}
 _SPELLINGS = {"grey": "gray", "colour": "color"}
 #: Dropped anywhere: articles and the glue of a sentence-shaped answer ("It is a circle.", "There are 3").
 _FILLER = frozenset("a an the is it its this that thats there are of answer final".split())
@@ -104,8 +122,12 @@ _LATEX = (
     (re.compile(r"\\(?:left|right|,|!|;)"), ""),
     (re.compile(r"\\%"), "%"),
 )
-_CONTRACTIONS = ((re.compile(r"\bcan't\b"), "can not"), (re.compile(r"\bwon't\b"), "will not"),
-                 (re.compile(r"n't\b"), " not"), (re.compile(r"'"), ""))
+_CONTRACTIONS = (
+    (re.compile(r"\bcan't\b"), "can not"),
+    (re.compile(r"\bwon't\b"), "will not"),
+    (re.compile(r"n't\b"), " not"),
+    (re.compile(r"'"), ""),
+)
 #: Punctuation that becomes a space. Kept: a decimal point before a digit (not after a letter), a slash
 #: between digits, a percent sign after a digit, a minus sign before a digit at a word start or in 1e-3.
 _PUNCTUATION = re.compile(
@@ -124,8 +146,8 @@ def normalize_answer(text: str) -> str:
         return letter.group(1)
     for pattern, replacement in _LATEX + _CONTRACTIONS:
         text = pattern.sub(replacement, text)
-    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)            # 1,234 -> 1234
-    text = re.sub(r"(?<=\d)\s*/\s*(?=\d)", "/", text)                # 1 / 2 -> 1/2
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # 1,234 -> 1234
+    text = re.sub(r"(?<=\d)\s*/\s*(?=\d)", "/", text)  # 1 / 2 -> 1/2
     text = re.sub(r"(?<=\d)\s*(?:%|percent\b|per cent\b)", "%", text)  # 50 percent -> 50%
     words = _PUNCTUATION.sub(" ", text).split()
     words = [_YES_NO.get(w, _NUMBER_WORDS.get(w, _SPELLINGS.get(w, w))) for w in words if w not in _FILLER]
@@ -136,15 +158,44 @@ def normalize_answer(text: str) -> str:
 
 # ---- numbers ----------------------------------------------------------------------------------------
 
-_UNITS = {
-    canonical: canonical for canonical in "mm cm m km ft mi mg g kg lb ms s min h ml l deg usd".split()
-} | {
-    "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m", "metre": "m",
-    "kilometer": "km", "kilometre": "km", "in": "in", "inch": "in", "inche": "in", "foot": "ft", "feet": "ft",
-    "mile": "mi", "gram": "g", "kilogram": "kg", "kilo": "kg", "lbs": "lb", "pound": "lb", "sec": "s",
-    "second": "s", "minute": "min", "hr": "h", "hour": "h", "day": "day", "week": "week", "month": "month",
-    "year": "year", "yr": "year", "degree": "deg", "dollar": "usd", "cent": "cent", "euro": "eur", "eur": "eur",
-    "liter": "l", "litre": "l", "milliliter": "ml",
+_UNITS = {canonical: canonical for canonical in "mm cm m km ft mi mg g kg lb ms s min h ml l deg usd".split()} | {
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "centimeter": "cm",
+    "centimetre": "cm",
+    "meter": "m",
+    "metre": "m",
+    "kilometer": "km",
+    "kilometre": "km",
+    "in": "in",
+    "inch": "in",
+    "inche": "in",
+    "foot": "ft",
+    "feet": "ft",
+    "mile": "mi",
+    "gram": "g",
+    "kilogram": "kg",
+    "kilo": "kg",
+    "lbs": "lb",
+    "pound": "lb",
+    "sec": "s",
+    "second": "s",
+    "minute": "min",
+    "hr": "h",
+    "hour": "h",
+    "day": "day",
+    "week": "week",
+    "month": "month",
+    "year": "year",
+    "yr": "year",
+    "degree": "deg",
+    "dollar": "usd",
+    "cent": "cent",
+    "euro": "eur",
+    "eur": "eur",
+    "liter": "l",
+    "litre": "l",
+    "milliliter": "ml",
 }
 _REAL = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
 _QUANTITY = re.compile(rf"^(?P<num>{_REAL})(?:/(?P<den>{_REAL}))?(?P<pct>%)?\s?(?P<unit>[a-z]+)?$")
@@ -213,8 +264,11 @@ def extract_choice(text: str, num_options: int = 4, options: Sequence[str] = ())
     by_text = [_option_letter(o) for o in options if said and normalize_answer(_option_text(o)) == said]
     if len(by_text) == 1 and by_text[0] in valid:
         return by_text[0]
-    alone = {m.group(1) for m in re.finditer(rf"(?<![A-Za-z]){letter}(?![A-Za-z])", text)
-             if not (m.group(1) in "AI" and re.match(r"\s+[a-z]", text[m.end():]))}  # "A dog", "I think"
+    alone = {
+        m.group(1)
+        for m in re.finditer(rf"(?<![A-Za-z]){letter}(?![A-Za-z])", text)
+        if not (m.group(1) in "AI" and re.match(r"\s+[a-z]", text[m.end() :]))
+    }  # "A dog", "I think"
     return alone.pop() if len(alone) == 1 else None
 
 
@@ -223,7 +277,7 @@ def _option_letter(option: str) -> str:
 
 
 def _option_text(option: str) -> str:
-    """"B. a red car" -> "a red car"."""
+    """ "B. a red car" -> "a red car"."""
     return re.sub(r"^\s*\(?[A-Za-z][.):]\s*", "", option)
 
 
@@ -254,8 +308,8 @@ def _one_edit(a: str, b: str) -> bool:
         return False
     i = next((k for k in range(len(a)) if a[k] != b[k]), len(a))
     if len(a) < len(b):
-        return a[i:] == b[i + 1:]
-    return a[i + 1:] == b[i + 1:] or (a[i:i + 2] == b[i:i + 2][::-1] and a[i + 2:] == b[i + 2:])
+        return a[i:] == b[i + 1 :]
+    return a[i + 1 :] == b[i + 1 :] or (a[i : i + 2] == b[i : i + 2][::-1] and a[i + 2 :] == b[i + 2 :])
 
 
 def _same_word(got: str, want: str) -> bool:
@@ -263,8 +317,13 @@ def _same_word(got: str, want: str) -> bool:
         return True
     # A typo in a long word only: short words differ by one letter too often ("horse" / "house"), a new
     # first letter often flips the meaning ("typical" / "atypical"), and numbers never match fuzzily.
-    return (got.isalpha() and want.isalpha() and min(len(got), len(want)) >= 7 and got[0] == want[0]
-            and _one_edit(got, want))
+    return (
+        got.isalpha()
+        and want.isalpha()
+        and min(len(got), len(want)) >= 7
+        and got[0] == want[0]
+        and _one_edit(got, want)
+    )
 
 
 def _negated(words: list[str]) -> bool:

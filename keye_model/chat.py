@@ -102,8 +102,7 @@ _TEMPLATE_BODY = r"""
 
 #: The Jinja chat template stored with every Keye tokenizer.
 CHAT_TEMPLATE = (
-    "".join(f"{{%- set {name} = '{token}' -%}}" for name, token in _TOKEN_VARIABLES.items())
-    + _TEMPLATE_BODY.strip()
+    "".join(f"{{%- set {name} = '{token}' -%}}" for name, token in _TOKEN_VARIABLES.items()) + _TEMPLATE_BODY.strip()
 )
 
 
@@ -116,6 +115,8 @@ def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     """The id of one special token, or a ValueError naming it when the tokenizer lacks it."""
     found = tokenizer.convert_tokens_to_ids(token)
     if found is None or found == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(found) != token:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no token {token!r}; load it with "
-                         "keye_model.tokenizer.load_tokenizer, which adds the Keye special tokens")
+        raise ValueError(
+            f"tokenizer {tokenizer.name_or_path!r} has no token {token!r}; load it with "
+            "keye_model.tokenizer.load_tokenizer, which adds the Keye special tokens"
+        )
     return found

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: File name of the config inside a saved model directory.
 CONFIG_FILE = "keye_config.json"
@@ -235,13 +236,22 @@ def tiny() -> KeyeConfig:
     """
     return KeyeConfig(
         vision=VisionConfig(
-            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
             position_grid_size=4,
         ),
         projector=ProjectorConfig(),
         text=TextConfig(
-            vocab_size=4096, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, intermediate_size=384, max_position_embeddings=4096,
+            vocab_size=4096,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            intermediate_size=384,
+            max_position_embeddings=4096,
         ),
     )
 

@@ -17,8 +17,15 @@ from keye_model.config import TextConfig
 
 #: TextConfig fields that fix parameter shapes; a loaded checkpoint must agree on all of them.
 SHAPE_FIELDS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "intermediate_size", "tie_word_embeddings", "attention_bias",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "tie_word_embeddings",
+    "attention_bias",
 )
 
 
@@ -76,9 +83,7 @@ def load_decoder(directory: str | Path, dtype: torch.dtype | None = None) -> Qwe
     path = Path(directory)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in Qwen3 directory {directory}")
-    model = Qwen3ForCausalLM.from_pretrained(
-        str(path), local_files_only=True, dtype=dtype, attn_implementation="sdpa"
-    )
+    model = Qwen3ForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype, attn_implementation="sdpa")
     if model.config.model_type != "qwen3":
         raise ValueError(f"{directory} holds a {model.config.model_type!r} model, expected 'qwen3'")
     return model

@@ -12,6 +12,7 @@ stage's ``FusionSpec``:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import torch
 
 from data_specs.stages import FusionSpec

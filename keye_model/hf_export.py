@@ -177,8 +177,9 @@ def write_remote_code(directory: Path) -> list[str]:
     files = {
         "configuration_keye.py": _entry("Remote code: the Keye config for AutoConfig.", ["config"], _CONFIGURATION),
         "modeling_keye.py": _entry("Remote code: the Keye model for AutoModel.", model_modules, _MODELING),
-        "processing_keye.py": _entry("Remote code: the Keye processor for AutoProcessor.", processor_modules,
-                                     _PROCESSING),
+        "processing_keye.py": _entry(
+            "Remote code: the Keye processor for AutoProcessor.", processor_modules, _PROCESSING
+        ),
     }
     for name in sorted(set(model_modules) | set(processor_modules)):
         files[f"{name}.py"] = relative_source(name)

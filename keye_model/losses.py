@@ -54,6 +54,7 @@ def weighted_lm_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor, weights:
 
 # ---------------------------------------------------------------- MPO (InternVL2.5-MPO)
 
+
 @dataclass(frozen=True, kw_only=True)
 class MPOWeights:
     """Weights of the three MPO terms and the DPO temperature."""
@@ -106,7 +107,9 @@ def dpo_loss(logratio_chosen_B: torch.Tensor, logratio_rejected_B: torch.Tensor,
     return -F.logsigmoid(beta * (logratio_chosen_B - logratio_rejected_B)).mean()
 
 
-def bco_loss(logratio_chosen_B: torch.Tensor, logratio_rejected_B: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
+def bco_loss(
+    logratio_chosen_B: torch.Tensor, logratio_rejected_B: torch.Tensor, beta: float, delta: float
+) -> torch.Tensor:
     """L_qual = -log sigmoid(beta*lr_c - delta) - log sigmoid(-(beta*lr_r - delta)), mean over pairs."""
     chosen = -F.logsigmoid(beta * logratio_chosen_B - delta)
     rejected = -F.logsigmoid(-(beta * logratio_rejected_B - delta))
@@ -140,6 +143,7 @@ def mpo_loss(
 
 
 # ---------------------------------------------------------------- GSPO
+
 
 @dataclass(frozen=True, kw_only=True)
 class GSPOClip:

@@ -217,8 +217,9 @@ class KeyeForConditionalGeneration(nn.Module):
                 # must still run the vision path, or the ranks' collectives stop matching. One dummy
                 # 28x28 image, added times zero, keeps them in step and changes nothing.
                 patch_dim = self.config.vision.patch_dim
-                dummy = self.get_visual_features(embeds_BLE.new_zeros(4, patch_dim),
-                                                 torch.tensor([[2, 2]], device=embeds_BLE.device))
+                dummy = self.get_visual_features(
+                    embeds_BLE.new_zeros(4, patch_dim), torch.tensor([[2, 2]], device=embeds_BLE.device)
+                )
                 embeds_BLE = embeds_BLE + 0.0 * dummy.sum().to(embeds_BLE.dtype)
             return embeds_BLE
         if grid_hw is None:
@@ -266,19 +267,27 @@ class KeyeForConditionalGeneration(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         # Visual placeholders are inputs only: a generated one would claim visual features that do not exist.
-        suppress = sorted(set(generate_kwargs.pop("suppress_tokens", None) or ()) | set(self.config.placeholder_token_ids))
+        suppress = sorted(
+            set(generate_kwargs.pop("suppress_tokens", None) or ()) | set(self.config.placeholder_token_ids)
+        )
         # Ranks stop generating at different lengths; under ZeRO-3 each decoding step gathers parameters
         # collectively, so every rank keeps stepping until all are done.
         generate_kwargs.setdefault("synced_gpus", _several_ranks())
         return self.language_model.generate(
-            input_ids=input_ids, inputs_embeds=embeds_BLE, attention_mask=attention_mask, suppress_tokens=suppress,
+            input_ids=input_ids,
+            inputs_embeds=embeds_BLE,
+            attention_mask=attention_mask,
+            suppress_tokens=suppress,
             **generate_kwargs,
         )
 
 
 def _several_ranks() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
+    )
 
 
 def _group_names(groups: str | Iterable[str]) -> set[str]:

@@ -55,8 +55,11 @@ from keye_model.losses import IGNORE_INDEX
 from keye_model.slow_fast import SlowFastConfig, VideoPlan, load_planned_frames, plan_and_load_video
 
 _ROLES = ("system", "user", "assistant")
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "lanczos": Image.Resampling.LANCZOS}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 @dataclass(kw_only=True)
@@ -82,13 +85,15 @@ class ProcessorConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.image_min_tokens <= self.image_max_tokens:
-            raise ValueError(f"need 1 <= image_min_tokens <= image_max_tokens, got "
-                             f"{self.image_min_tokens}, {self.image_max_tokens}")
+            raise ValueError(
+                f"need 1 <= image_min_tokens <= image_max_tokens, got {self.image_min_tokens}, {self.image_max_tokens}"
+            )
         if self.patch_size < 1 or self.merge_size < 1:
             raise ValueError(f"patch_size and merge_size must be positive, got {self.patch_size}, {self.merge_size}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean and image_std need 3 values, std > 0; got {self.image_mean}, "
-                             f"{self.image_std}")
+            raise ValueError(
+                f"image_mean and image_std need 3 values, std > 0; got {self.image_mean}, {self.image_std}"
+            )
         if self.resample not in _RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
 
@@ -127,8 +132,10 @@ class KeyeProcessor:
         self.tokenizer = tokenizer
         self.config = config or ProcessorConfig()
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no pad token; load it with "
-                             "keye_model.tokenizer.load_tokenizer")
+            raise ValueError(
+                f"tokenizer {tokenizer.name_or_path!r} has no pad token; load it with "
+                "keye_model.tokenizer.load_tokenizer"
+            )
         self.ids = {token: token_id(tokenizer, token) for token in st.ALL}
         self._mean = np.asarray(self.config.image_mean, dtype=np.float32)
         self._std = np.asarray(self.config.image_std, dtype=np.float32)
@@ -147,29 +154,42 @@ class KeyeProcessor:
         ``sample_ids`` name the samples in error messages (default "sample <index>").
         """
         if not isinstance(conversations, Sequence) or not conversations or isinstance(conversations[0], dict):
-            raise ValueError("KeyeProcessor takes a non-empty batch: a list of conversations, each a list of "
-                             "messages (wrap a single conversation in a list)")
+            raise ValueError(
+                "KeyeProcessor takes a non-empty batch: a list of conversations, each a list of "
+                "messages (wrap a single conversation in a list)"
+            )
         if sample_ids is not None and len(sample_ids) != len(conversations):
             raise ValueError(f"got {len(sample_ids)} sample_ids for {len(conversations)} conversations")
         names = list(sample_ids) if sample_ids is not None else [f"sample {i}" for i in range(len(conversations))]
-        encoded = [self._encode(conv, name, add_generation_prompt, enable_thinking)
-                   for conv, name in zip(conversations, names)]
+        encoded = [
+            self._encode(conv, name, add_generation_prompt, enable_thinking) for conv, name in zip(conversations, names)
+        ]
         return self._collate(encoded)
 
-    def build_prompt(self, conversation: list[dict[str, Any]], *, enable_thinking: bool | None = None
-                     ) -> dict[str, torch.Tensor]:
+    def build_prompt(
+        self, conversation: list[dict[str, Any]], *, enable_thinking: bool | None = None
+    ) -> dict[str, torch.Tensor]:
         """Tensors for generating the next assistant turn of one conversation (batch of 1, no labels)."""
         batch = self([conversation], add_generation_prompt=True, enable_thinking=enable_thinking)
         del batch["labels"]
         return batch
 
-    def render(self, conversation: list[dict[str, Any]], *, add_generation_prompt: bool = False,
-               enable_thinking: bool | None = None) -> str:
+    def render(
+        self,
+        conversation: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        enable_thinking: bool | None = None,
+    ) -> str:
         """The conversation as template text, one pad per image or video (for reading and debugging)."""
         messages = self._template_messages(conversation, "conversation")
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=CHAT_TEMPLATE, tokenize=False,
-            add_generation_prompt=add_generation_prompt, **_thinking_kwargs(enable_thinking))
+            messages,
+            chat_template=CHAT_TEMPLATE,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **_thinking_kwargs(enable_thinking),
+        )
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Token ids -> text."""
@@ -194,8 +214,13 @@ class KeyeProcessor:
         """One image -> (patches (h/14 * w/14, 588) float32, grid (h/14, w/14)) after fit_size resizing."""
         picture = _open_image(image, where)
         try:
-            height, width = fit_size(picture.height, picture.width, self.config.image_min_tokens,
-                                     self.config.image_max_tokens, factor=self.config.token_side_px)
+            height, width = fit_size(
+                picture.height,
+                picture.width,
+                self.config.image_min_tokens,
+                self.config.image_max_tokens,
+                factor=self.config.token_side_px,
+            )
         except ValueError as error:  # e.g. an aspect ratio over 200
             raise ValueError(f"{where}: image {_describe(image)}: {error}") from error
         if (height, width) != (picture.height, picture.width):
@@ -203,21 +228,33 @@ class KeyeProcessor:
         return self._pixels_to_patches(np.asarray(picture, dtype=np.uint8))
 
     # ----- encoding ----------------------------------------------------------------------------
-    def _encode(self, conversation: list[dict[str, Any]], name: str, add_generation_prompt: bool,
-                enable_thinking: bool | None) -> _Encoded:
+    def _encode(
+        self, conversation: list[dict[str, Any]], name: str, add_generation_prompt: bool, enable_thinking: bool | None
+    ) -> _Encoded:
         messages = self._template_messages(conversation, name)
         rendered = self.tokenizer.apply_chat_template(
-            messages, chat_template=CHAT_TEMPLATE, tokenize=True, return_dict=True,
-            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt,
-            **_thinking_kwargs(enable_thinking))
+            messages,
+            chat_template=CHAT_TEMPLATE,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            add_generation_prompt=add_generation_prompt,
+            **_thinking_kwargs(enable_thinking),
+        )
         ids, masks = list(rendered["input_ids"]), list(rendered["assistant_masks"])
-        media = [(part, f"{name} message {m} part {p}")
-                 for m, message in enumerate(conversation) if not isinstance(message["content"], str)
-                 for p, part in enumerate(message["content"]) if part["type"] in ("image", "video")]
+        media = [
+            (part, f"{name} message {m} part {p}")
+            for m, message in enumerate(conversation)
+            if not isinstance(message["content"], str)
+            for p, part in enumerate(message["content"])
+            if part["type"] in ("image", "video")
+        ]
         pads = [token for token in ids if token in (self.ids[st.IMAGE_PAD], self.ids[st.VIDEO_PAD])]
         if len(pads) != len(media):
-            raise ValueError(f"{name}: {len(media)} images/videos but {len(pads)} pad tokens after templating; "
-                             f"does a text part contain a literal {st.IMAGE_PAD} or {st.VIDEO_PAD}?")
+            raise ValueError(
+                f"{name}: {len(media)} images/videos but {len(pads)} pad tokens after templating; "
+                f"does a text part contain a literal {st.IMAGE_PAD} or {st.VIDEO_PAD}?"
+            )
         out = _Encoded(input_ids=[], labels=[], patches=[], grids=[])
         media_iter = iter(media)
         for token, in_response in zip(ids, masks):
@@ -261,17 +298,22 @@ class KeyeProcessor:
         for frame, pixels in zip(plan.frames, frames):
             label = f"{where} video {path} frame {frame.index}"
             if np.shape(pixels) != (frame.height, frame.width, 3):
-                raise ValueError(f"{label}: pixels of shape {np.shape(pixels)}, planned ({frame.height}, "
-                                 f"{frame.width}, 3)")
+                raise ValueError(
+                    f"{label}: pixels of shape {np.shape(pixels)}, planned ({frame.height}, {frame.width}, 3)"
+                )
             if frame.height % self.config.token_side_px or frame.width % self.config.token_side_px:
-                raise ValueError(f"{label}: planned size {frame.height}x{frame.width} is not a multiple of "
-                                 f"{self.config.token_side_px}")
+                raise ValueError(
+                    f"{label}: planned size {frame.height}x{frame.width} is not a multiple of "
+                    f"{self.config.token_side_px}"
+                )
             if frame.kind not in ("slow", "fast"):
                 raise ValueError(f"{label}: kind must be 'slow' or 'fast', got {frame.kind!r}")
             patches, grid = self._pixels_to_patches(np.asarray(pixels, dtype=np.uint8))
             if self._tokens_of(grid) != frame.tokens:
-                raise ValueError(f"{label}: planned {frame.tokens} tokens but {frame.height}x{frame.width} "
-                                 f"makes {self._tokens_of(grid)}")
+                raise ValueError(
+                    f"{label}: planned {frame.tokens} tokens but {frame.height}x{frame.width} "
+                    f"makes {self._tokens_of(grid)}"
+                )
             out.patches.append(patches)
             out.grids.append(grid)
             pads = [self.ids[st.VIDEO_PAD]] * frame.tokens
@@ -306,8 +348,9 @@ class KeyeProcessor:
             if not isinstance(content, str):
                 if not isinstance(content, list):
                     raise ValueError(f"{where}: content must be a string or a list of parts")
-                content = [self._template_part(part, f"{where} part {p}", message["role"])
-                           for p, part in enumerate(content)]
+                content = [
+                    self._template_part(part, f"{where} part {p}", message["role"]) for p, part in enumerate(content)
+                ]
             kept = {key: value for key, value in message.items() if key != "content"}
             messages.append({**kept, "content": content})
         return messages
@@ -339,13 +382,19 @@ class KeyeProcessor:
             attention_mask[row, :n] = 1
             labels[row, :n] = torch.tensor(sample.labels, dtype=torch.long)
         patches = [p for sample in encoded for p in sample.patches]
-        patch_dim = 3 * self.config.patch_size ** 2
-        pixel_values = (torch.from_numpy(np.concatenate(patches)) if patches
-                        else torch.zeros((0, patch_dim), dtype=torch.float32))
+        patch_dim = 3 * self.config.patch_size**2
+        pixel_values = (
+            torch.from_numpy(np.concatenate(patches)) if patches else torch.zeros((0, patch_dim), dtype=torch.float32)
+        )
         grids = [g for sample in encoded for g in sample.grids]
         grid_hw = torch.tensor(grids, dtype=torch.long).reshape(len(grids), 2)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "pixel_values": pixel_values, "grid_hw": grid_hw}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "grid_hw": grid_hw,
+        }
 
 
 def _open_image(image: Any, where: str) -> Image.Image:
@@ -360,8 +409,9 @@ def _open_image(image: Any, where: str) -> Image.Image:
         return image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-            raise ValueError(f"{where}: an image array must be uint8 (H, W) or (H, W, 3|4), got "
-                             f"{image.dtype} {image.shape}")
+            raise ValueError(
+                f"{where}: an image array must be uint8 (H, W) or (H, W, 3|4), got {image.dtype} {image.shape}"
+            )
         return Image.fromarray(image).convert("RGB")
     raise ValueError(f"{where}: an image must be a path, a PIL image or a uint8 array, got {type(image).__name__}")
 

@@ -55,6 +55,7 @@ def _fail(reason: str) -> RuleScore:
 
 # ---------------------------------------------------------------- format
 
+
 def think_format(response: str, *, thinking: bool) -> RuleScore:
     """Reasoning format of a decoded response (think tags kept, as ``processor.decode_response`` gives).
 
@@ -226,6 +227,7 @@ def check_constraints(answer: str, constraints: tuple[Constraint, ...]) -> RuleS
 
 # ---------------------------------------------------------------- combining sources
 
+
 @dataclass(frozen=True, kw_only=True)
 class RewardSample:
     """Everything a reward source may look at for one rollout."""
@@ -320,8 +322,10 @@ class RewardFunction:
                 raise ValueError(f"sample {sample.id}: {name} score {score} is outside [0, 1]")
             parts[name] = score
         if not parts:
-            raise ValueError(f"sample {sample.id}: no reward source applies (weights {self.weights}; no "
-                             "reference, constraints or think mode for the rule source?)")
+            raise ValueError(
+                f"sample {sample.id}: no reward source applies (weights {self.weights}; no "
+                "reference, constraints or think mode for the rule source?)"
+            )
         weight = dict(self.weights)
         denominator = math.fsum(weight[name] for name in parts)
         if denominator <= 0:

@@ -43,9 +43,20 @@ from keye_model.geometry import TOKEN_SIDE_PX, fit_size, num_tokens
 from keye_model.token_allocation import ALLOCATIONS, TokenAllocation, allocate_tokens, frame_sizes
 from keye_model.video import decode_frames, probe_video, resize_frames
 
-__all__ = ["SlowFastConfig", "FramePlan", "VideoPlan", "TokenAllocation", "allocate_tokens", "classify_frames",
-           "frame_similarity", "frame_sizes", "load_planned_frames", "plan_and_load_video", "plan_frames",
-           "plan_video"]
+__all__ = [
+    "SlowFastConfig",
+    "FramePlan",
+    "VideoPlan",
+    "TokenAllocation",
+    "allocate_tokens",
+    "classify_frames",
+    "frame_similarity",
+    "frame_sizes",
+    "load_planned_frames",
+    "plan_and_load_video",
+    "plan_frames",
+    "plan_video",
+]
 
 MEASURES = ("cell-mad", "hsv-cosine")
 
@@ -126,7 +137,11 @@ def keye_release() -> SlowFastConfig:
     V in [0, 255]).
     """
     return dataclasses.replace(
-        SlowFastConfig(), name="keye-release", budget_tokens=65_536, similarity_threshold=0.9, measure="hsv-cosine",
+        SlowFastConfig(),
+        name="keye-release",
+        budget_tokens=65_536,
+        similarity_threshold=0.9,
+        measure="hsv-cosine",
         allocation="release",
     )
 

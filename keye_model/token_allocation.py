@@ -215,8 +215,10 @@ def allocate_tokens(kinds: Sequence[str], height: int, width: int, config: SlowF
     if rule.within_budget:
         assert total <= config.budget_tokens, (total, config.budget_tokens)
     elif total > config.budget_tokens:
-        notes.append(f"{config.allocation} allocation: {total} tokens exceed the budget of {config.budget_tokens} "
-                     f"(the released bisection returns the first per-frame count above the budget)")
+        notes.append(
+            f"{config.allocation} allocation: {total} tokens exceed the budget of {config.budget_tokens} "
+            f"(the released bisection returns the first per-frame count above the budget)"
+        )
     return TokenAllocation(
         kept=tuple(sorted(slow_at + fast_at)),
         tokens_per_slow_frame=t_s,

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PretrainedConfig, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from keye_model import special_tokens as st
 from keye_model.chat import CHAT_TEMPLATE
@@ -48,10 +48,35 @@ QWEN_SPLIT_PATTERN = (
 
 # Standard-library modules whose docstrings give the corpus general English and code vocabulary.
 _DOC_MODULES = (
-    "argparse", "calendar", "collections", "csv", "dataclasses", "datetime", "decimal", "difflib",
-    "fractions", "functools", "heapq", "inspect", "itertools", "json", "logging", "math", "os",
-    "pathlib", "random", "re", "shutil", "sqlite3", "statistics", "string", "subprocess", "tarfile",
-    "textwrap", "unittest", "zipfile",
+    "argparse",
+    "calendar",
+    "collections",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "fractions",
+    "functools",
+    "heapq",
+    "inspect",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "os",
+    "pathlib",
+    "random",
+    "re",
+    "shutil",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "textwrap",
+    "unittest",
+    "zipfile",
 )
 
 
@@ -89,15 +114,18 @@ def train_tiny_tokenizer(out_dir: str | Path, vocab_size: int = 4000) -> PreTrai
     run. ``AutoTokenizer.from_pretrained(out_dir)`` loads it back, chat template included.
     """
     if not len(st.ALL) + 256 < vocab_size <= TINY_MAX_VOCAB:
-        raise ValueError(f"tiny tokenizer vocab_size must be in ({len(st.ALL) + 256}, {TINY_MAX_VOCAB}], "
-                         f"got {vocab_size}")
+        raise ValueError(
+            f"tiny tokenizer vocab_size must be in ({len(st.ALL) + 256}, {TINY_MAX_VOCAB}], got {vocab_size}"
+        )
     texts = tiny_corpus()
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -129,8 +157,11 @@ def tiny_tokenizer(cache_dir: str | Path, vocab_size: int = 4000) -> PreTrainedT
     cache_dir = Path(cache_dir)
     recipe_path = cache_dir / RECIPE_FILE
     if recipe_path.is_file():
-        wanted = {"recipe_version": RECIPE_VERSION, "vocab_size": vocab_size,
-                  "corpus_sha256": corpus_sha256(tiny_corpus())}
+        wanted = {
+            "recipe_version": RECIPE_VERSION,
+            "vocab_size": vocab_size,
+            "corpus_sha256": corpus_sha256(tiny_corpus()),
+        }
         if json.loads(recipe_path.read_text()) == wanted:
             return load_tokenizer(cache_dir)
         logger.info("tiny tokenizer in %s is stale; retraining", cache_dir)
@@ -155,15 +186,20 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     try:
         # A checkpoint folder's config.json names our remote code for AutoModel; the tokenizer needs none
         # of it, so an empty config keeps transformers from asking whether to run that code.
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False,
-                                                  config=PretrainedConfig())
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, config=PretrainedConfig()
+        )
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load a tokenizer from {path}: {error}") from error
     vocab = tokenizer.get_vocab()
     missing = [token for token in st.ALL if token not in vocab]
     if missing:
-        logger.warning("tokenizer %s lacks Keye special tokens %s; adding them (resize the model's "
-                       "embedding to %d)", path, missing, len(tokenizer) + len(missing))
+        logger.warning(
+            "tokenizer %s lacks Keye special tokens %s; adding them (resize the model's embedding to %d)",
+            path,
+            missing,
+            len(tokenizer) + len(missing),
+        )
         tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.chat_template not in (None, CHAT_TEMPLATE):
         logger.info("tokenizer %s: replacing its chat template with the Keye template", path)

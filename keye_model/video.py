@@ -55,7 +55,7 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_encoder(exe: str, name: str) -> bool:
     """Whether the ffmpeg at ``exe`` was built with encoder ``name`` (cached per binary)."""
     out = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True, check=False)
@@ -332,9 +332,7 @@ def decode_frames(
     if not frames:
         raise VideoDecodeError(path, f"no frames decoded at {fps} fps")
     index_array = np.asarray(kept, dtype=np.int64)
-    return DecodedVideo(
-        frames=np.stack(frames), times_s=index_array / fps, indices=index_array, fps=fps, info=info
-    )
+    return DecodedVideo(frames=np.stack(frames), times_s=index_array / fps, indices=index_array, fps=fps, info=info)
 
 
 def encode_video(

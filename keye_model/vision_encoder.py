@@ -41,9 +41,7 @@ from keye_model.rope import apply_rope, vision_rope_angles
 def check_visual_inputs(pixel_values_NP: torch.Tensor, grid_hw_I2: torch.Tensor, patch_dim: int) -> None:
     """ValueError naming the mismatch when pixel_values and grid_hw break the input contract."""
     if pixel_values_NP.dim() != 2 or pixel_values_NP.shape[1] != patch_dim:
-        raise ValueError(
-            f"pixel_values must be (num_patches, {patch_dim}), got {tuple(pixel_values_NP.shape)}"
-        )
+        raise ValueError(f"pixel_values must be (num_patches, {patch_dim}), got {tuple(pixel_values_NP.shape)}")
     if grid_hw_I2.dim() != 2 or grid_hw_I2.shape[1] != 2 or grid_hw_I2.is_floating_point():
         raise ValueError(f"grid_hw must be an integer (num_images, 2) tensor, got {tuple(grid_hw_I2.shape)}")
     if bool((grid_hw_I2 <= 0).any()):
@@ -109,9 +107,7 @@ class VisionAttention(nn.Module):
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
 
-    def forward(
-        self, x_ND: torch.Tensor, cu_seqlens_I1: torch.Tensor, angles_NHd: torch.Tensor | None
-    ) -> torch.Tensor:
+    def forward(self, x_ND: torch.Tensor, cu_seqlens_I1: torch.Tensor, angles_NHd: torch.Tensor | None) -> torch.Tensor:
         n = x_ND.shape[0]
         heads, hd = self.cfg.num_attention_heads, self.cfg.head_dim
         q_NHHd = self.q_proj(x_ND).view(n, heads, hd)
@@ -228,17 +224,13 @@ class VisionEncoder(nn.Module):
         state = siglip_state_dict(directory)
         own = self.state_dict()
         wrong = {
-            k: (tuple(v.shape), tuple(own[k].shape))
-            for k, v in state.items()
-            if k in own and v.shape != own[k].shape
+            k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
         }
         if wrong:
             raise ValueError(f"SigLIP checkpoint {directory} does not fit VisionConfig: (ckpt, ours) {wrong}")
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
-                f"SigLIP checkpoint {directory}: missing keys {missing}, unexpected keys {unexpected}"
-            )
+            raise ValueError(f"SigLIP checkpoint {directory}: missing keys {missing}, unexpected keys {unexpected}")
 
 
 def _read_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:

@@ -64,5 +64,5 @@ def path_confidence(generation: Generation) -> tuple[float | None, float | None]
 def repeated_ngram_fraction(text: str, n: int = 4) -> float:
     """Share of word n-grams that already occurred earlier in the text (0 for short texts)."""
     words = text.lower().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0

@@ -41,19 +41,31 @@ def source_artifact(name: str, run_id: str) -> Artifact:
 
 def record_artifact(record: Record, run_id: str) -> Artifact:
     text = record.to_json()
-    return Artifact(kind="record", uri=f"record://{record.source}/{record.id}",
-                    sha256=hashlib.sha256(text.encode()).hexdigest(), num_records=1, created_by_run=run_id,
-                    metadata={"modality": record.modality, "task": record.task, "media_path": record.media_path})
+    return Artifact(
+        kind="record",
+        uri=f"record://{record.source}/{record.id}",
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        num_records=1,
+        created_by_run=run_id,
+        metadata={"modality": record.modality, "task": record.task, "media_path": record.media_path},
+    )
 
 
 def shard_artifact(info, mix: str, run_id: str) -> Artifact:
-    return Artifact(kind="shard", uri=str(Path(info.path).resolve()), sha256=info.sha256, num_bytes=info.num_bytes,
-                    num_records=info.num_records, created_by_run=run_id,
-                    metadata={"mix": mix, "tokens": info.tokens, "modality_counts": info.modality_counts})
+    return Artifact(
+        kind="shard",
+        uri=str(Path(info.path).resolve()),
+        sha256=info.sha256,
+        num_bytes=info.num_bytes,
+        num_records=info.num_records,
+        created_by_run=run_id,
+        metadata={"mix": mix, "tokens": info.tokens, "modality_counts": info.modality_counts},
+    )
 
 
-def collection_lineage(run_id: str, records_by_source: Mapping[str, Sequence[Record]], report: ValidationReport
-                       ) -> LineageBatch:
+def collection_lineage(
+    run_id: str, records_by_source: Mapping[str, Sequence[Record]], report: ValidationReport
+) -> LineageBatch:
     """Sources, their records (source -> record), and the quarantine file with its counts."""
     batch = LineageBatch()
     for name, records in records_by_source.items():
@@ -62,16 +74,24 @@ def collection_lineage(run_id: str, records_by_source: Mapping[str, Sequence[Rec
         for record in records:
             art = record_artifact(record, run_id)
             batch.artifacts.append(art)
-            batch.edges.append(Edge(parent_id=source.artifact_id, child_id=art.artifact_id, run_id=run_id,
-                                    relation="collected_from"))
+            batch.edges.append(
+                Edge(parent_id=source.artifact_id, child_id=art.artifact_id, run_id=run_id, relation="collected_from")
+            )
     if Path(report.quarantine_path).exists():
-        batch.artifacts.append(Artifact(kind="report", uri=str(Path(report.quarantine_path).resolve()),
-                                        num_records=report.num_quarantined, created_by_run=run_id,
-                                        metadata={"reasons": report.reasons}))
-    batch.metrics += [Metric(run_id=run_id, stage="curate", step=0, name="records_checked", value=report.num_checked),
-                      Metric(run_id=run_id, stage="curate", step=0, name="records_quarantined",
-                             value=report.num_quarantined),
-                      Metric(run_id=run_id, stage="curate", step=0, name="records_passed", value=len(report.passed))]
+        batch.artifacts.append(
+            Artifact(
+                kind="report",
+                uri=str(Path(report.quarantine_path).resolve()),
+                num_records=report.num_quarantined,
+                created_by_run=run_id,
+                metadata={"reasons": report.reasons},
+            )
+        )
+    batch.metrics += [
+        Metric(run_id=run_id, stage="curate", step=0, name="records_checked", value=report.num_checked),
+        Metric(run_id=run_id, stage="curate", step=0, name="records_quarantined", value=report.num_quarantined),
+        Metric(run_id=run_id, stage="curate", step=0, name="records_passed", value=len(report.passed)),
+    ]
     return batch
 
 
@@ -79,37 +99,65 @@ def shard_lineage(run_id: str, shards: StageShards, records: Sequence[Record]) -
     """Shards and manifest of one data mix: record -> shard edges, and planned vs realized mix rows."""
     batch = LineageBatch()
     by_id = {r.id: r for r in records}
-    manifest = Artifact(kind="manifest", uri=str(Path(shards.manifest_path).resolve()),
-                        sha256=hashlib.sha256(Path(shards.manifest_path).read_bytes()).hexdigest(),
-                        num_records=shards.num_records, created_by_run=run_id,
-                        metadata={"mix": shards.mix, "planned": shards.planned, "realized": shards.realized})
+    manifest = Artifact(
+        kind="manifest",
+        uri=str(Path(shards.manifest_path).resolve()),
+        sha256=hashlib.sha256(Path(shards.manifest_path).read_bytes()).hexdigest(),
+        num_records=shards.num_records,
+        created_by_run=run_id,
+        metadata={"mix": shards.mix, "planned": shards.planned, "realized": shards.realized},
+    )
     batch.artifacts.append(manifest)
     total_samples = sum(s.num_records for s in shards.shards) or 1
     for info in shards.shards:
         shard = shard_artifact(info, shards.mix, run_id)
         batch.artifacts.append(shard)
-        batch.edges.append(Edge(parent_id=shard.artifact_id, child_id=manifest.artifact_id, run_id=run_id,
-                                relation="listed_in"))
+        batch.edges.append(
+            Edge(parent_id=shard.artifact_id, child_id=manifest.artifact_id, run_id=run_id, relation="listed_in")
+        )
         for record_id in sorted(set(info.record_ids)):
-            batch.edges.append(Edge(parent_id=record_artifact(by_id[record_id], run_id).artifact_id,
-                                    child_id=shard.artifact_id, run_id=run_id, relation="sharded_into"))
+            batch.edges.append(
+                Edge(
+                    parent_id=record_artifact(by_id[record_id], run_id).artifact_id,
+                    child_id=shard.artifact_id,
+                    run_id=run_id,
+                    relation="sharded_into",
+                )
+            )
         for modality, count in info.modality_counts.items():
             tokens = info.modality_tokens.get(modality, 0)
-            batch.mix.append(MixRow(run_id=run_id, mix=shards.mix, shard_id=shard.artifact_id, source="*",
-                                    modality=modality, planned_ratio=shards.planned.get(modality, 0.0),
-                                    realized_ratio_samples=count / max(1, info.num_records),
-                                    realized_ratio_tokens=tokens / max(1, info.tokens),
-                                    num_samples=count, num_tokens=tokens))
+            batch.mix.append(
+                MixRow(
+                    run_id=run_id,
+                    mix=shards.mix,
+                    shard_id=shard.artifact_id,
+                    source="*",
+                    modality=modality,
+                    planned_ratio=shards.planned.get(modality, 0.0),
+                    realized_ratio_samples=count / max(1, info.num_records),
+                    realized_ratio_tokens=tokens / max(1, info.tokens),
+                    num_samples=count,
+                    num_tokens=tokens,
+                )
+            )
     for modality in sorted(set(shards.planned) | set(shards.realized)):
         if "/" in modality:
             continue
         count = sum(s.modality_counts.get(modality, 0) for s in shards.shards)
         tokens = sum(s.modality_tokens.get(modality, 0) for s in shards.shards)
-        batch.mix.append(MixRow(run_id=run_id, mix=shards.mix, source="*", modality=modality,
-                                planned_ratio=shards.planned.get(modality, 0.0),
-                                realized_ratio_samples=count / total_samples,
-                                realized_ratio_tokens=shards.realized.get(modality, 0.0),
-                                num_samples=count, num_tokens=tokens))
+        batch.mix.append(
+            MixRow(
+                run_id=run_id,
+                mix=shards.mix,
+                source="*",
+                modality=modality,
+                planned_ratio=shards.planned.get(modality, 0.0),
+                realized_ratio_samples=count / total_samples,
+                realized_ratio_tokens=shards.realized.get(modality, 0.0),
+                num_samples=count,
+                num_tokens=tokens,
+            )
+        )
     return batch
 
 
@@ -119,15 +167,25 @@ def mix_table(shards: StageShards) -> list[dict]:
     rows = []
     for key in sorted(set(shards.planned) | set(shards.realized)):
         count = sum(s.modality_counts.get(key, 0) for s in shards.shards)
-        rows.append({"part": key, "planned": round(shards.planned.get(key, 0.0), 4),
-                     "realized_by_tokens": round(shards.realized.get(key, 0.0), 4),
-                     "realized_by_samples": round(count / total_samples, 4) if "/" not in key else None})
+        rows.append(
+            {
+                "part": key,
+                "planned": round(shards.planned.get(key, 0.0), 4),
+                "realized_by_tokens": round(shards.realized.get(key, 0.0), 4),
+                "realized_by_samples": round(count / total_samples, 4) if "/" not in key else None,
+            }
+        )
     return rows
 
 
 @task(name="record-curation-lineage", retries=2, retry_delay_seconds=5)
-def record_curation_lineage(lineage_db: str, run_id: str, records_by_source: dict[str, list[Record]],
-                            report: ValidationReport, shards: list[StageShards]) -> dict[str, int]:
+def record_curation_lineage(
+    lineage_db: str,
+    run_id: str,
+    records_by_source: dict[str, list[Record]],
+    report: ValidationReport,
+    shards: list[StageShards],
+) -> dict[str, int]:
     """Write the curation graph in one go (the flow process is the one writer)."""
     batch = collection_lineage(run_id, records_by_source, report)
     for mix_shards in shards:

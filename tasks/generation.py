@@ -65,8 +65,13 @@ class Generator(Protocol):
     name: str
 
     def generate(
-        self, prompts: list[GenerationRequest], num_paths: int, *, max_new_tokens: int = 256,
-        temperature: float = 0.8, seed: int = 0,
+        self,
+        prompts: list[GenerationRequest],
+        num_paths: int,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.8,
+        seed: int = 0,
     ) -> list[list[Generation]]:
         """``num_paths`` generations for each prompt, in prompt order."""
 
@@ -109,8 +114,12 @@ def build_generator(config: GeneratorConfig) -> Generator:
 
         api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
         return OpenAICompatibleGenerator(
-            config.base_url, config.model, api_key=api_key, timeout_s=config.timeout_s,
-            max_retries=config.max_retries, api=config.api,
+            config.base_url,
+            config.model,
+            api_key=api_key,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            api=config.api,
         )
     return TransformersGenerator(config.model_dir)
 
@@ -120,19 +129,33 @@ class OpenAICompatibleGenerator:
     """vLLM / SGLang / any server speaking the OpenAI completions API."""
 
     def __init__(
-        self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 120.0,
-        max_retries: int = 3, api: str = "chat", backoff_s: float = 0.5,
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        api: str = "chat",
+        backoff_s: float = 0.5,
     ) -> None:
         root = base_url.rstrip("/")
-        self.endpoint = f"{root if root.endswith('/v1') else root + '/v1'}/{'chat/completions' if api == 'chat' else 'completions'}"
+        self.endpoint = (
+            f"{root if root.endswith('/v1') else root + '/v1'}/{'chat/completions' if api == 'chat' else 'completions'}"
+        )
         self.model, self.api, self.timeout_s = model, api, timeout_s
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.name = f"openai:{model}@{root}"
 
     def generate(
-        self, prompts: list[GenerationRequest], num_paths: int, *, max_new_tokens: int = 256,
-        temperature: float = 0.8, seed: int = 0,
+        self,
+        prompts: list[GenerationRequest],
+        num_paths: int,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.8,
+        seed: int = 0,
     ) -> list[list[Generation]]:
         return [self._one(r, num_paths, max_new_tokens, temperature, seed + i) for i, r in enumerate(prompts)]
 
@@ -149,7 +172,9 @@ class OpenAICompatibleGenerator:
             choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
             return [self._parse_choice(c) for c in choices]
         except (KeyError, TypeError) as exc:
-            raise RuntimeError(f"generator endpoint {self.endpoint}: malformed response ({exc!r}): {str(payload)[:300]}") from exc
+            raise RuntimeError(
+                f"generator endpoint {self.endpoint}: malformed response ({exc!r}): {str(payload)[:300]}"
+            ) from exc
 
     def _parse_choice(self, choice: dict) -> Generation:
         lp = choice.get("logprobs") or {}
@@ -160,7 +185,9 @@ class OpenAICompatibleGenerator:
         else:
             text = choice["text"]
             tokens, logprobs = list(lp.get("tokens") or []), [float(x) for x in lp.get("token_logprobs") or []]
-        return Generation(text=text, token_logprobs=logprobs, tokens=tokens, finish_reason=choice.get("finish_reason") or "stop")
+        return Generation(
+            text=text, token_logprobs=logprobs, tokens=tokens, finish_reason=choice.get("finish_reason") or "stop"
+        )
 
     def _post(self, body: dict) -> dict:
         import httpx
@@ -171,7 +198,7 @@ class OpenAICompatibleGenerator:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 response = httpx.post(self.endpoint, json=body, headers=self.headers, timeout=self.timeout_s)
-            except (httpx.TransportError,) as exc:  # connect/read errors, timeouts, dropped connections
+            except httpx.TransportError as exc:  # connect/read errors, timeouts, dropped connections
                 last = exc
                 log.warning("generator endpoint %s: attempt %d failed: %r", self.endpoint, attempt + 1, exc)
                 continue
@@ -180,9 +207,14 @@ class OpenAICompatibleGenerator:
                 log.warning("generator endpoint %s: attempt %d got %s", self.endpoint, attempt + 1, last)
                 continue
             if response.status_code != 200:
-                raise RuntimeError(f"generator endpoint {self.endpoint} refused the request: HTTP {response.status_code}: {response.text[:300]}")
+                raise RuntimeError(
+                    f"generator endpoint {self.endpoint} refused the request: "
+                    f"HTTP {response.status_code}: {response.text[:300]}"
+                )
             return response.json()
-        raise ConnectionError(f"generator endpoint {self.endpoint} failed after {self.max_retries + 1} attempts: {last!r}")
+        raise ConnectionError(
+            f"generator endpoint {self.endpoint} failed after {self.max_retries + 1} attempts: {last!r}"
+        )
 
 
 def _chat_messages(request: GenerationRequest, *, inline_images: bool) -> list[dict]:
@@ -190,7 +222,10 @@ def _chat_messages(request: GenerationRequest, *, inline_images: bool) -> list[d
     if request.image_path and inline_images:
         mime = mimetypes.guess_type(request.image_path)[0] or "image/png"
         data = base64.b64encode(Path(request.image_path).read_bytes()).decode("ascii")
-        content = [{"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}, {"type": "text", "text": request.prompt}]
+        content = [
+            {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}},
+            {"type": "text", "text": request.prompt},
+        ]
         messages.append({"role": "user", "content": content})
     else:
         messages.append({"role": "user", "content": request.prompt})
@@ -239,8 +274,13 @@ class TransformersGenerator:
         self._warned_images = False
 
     def generate(
-        self, prompts: list[GenerationRequest], num_paths: int, *, max_new_tokens: int = 256,
-        temperature: float = 0.8, seed: int = 0,
+        self,
+        prompts: list[GenerationRequest],
+        num_paths: int,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.8,
+        seed: int = 0,
     ) -> list[list[Generation]]:
         if not self.is_keye and any(r.image_path for r in prompts) and not self._warned_images:
             log.warning("%s is text-only: image inputs are ignored", self.name)
@@ -252,13 +292,16 @@ class TransformersGenerator:
         response with (a ``<think>`` that the response must carry)."""
         if self.is_keye:
             content = ([{"type": "image", "image": request.image_path}] if request.image_path else []) + [
-                {"type": "text", "text": request.prompt}]
+                {"type": "text", "text": request.prompt}
+            ]
             conversation = ([{"role": "system", "content": request.system}] if request.system else []) + [
-                {"role": "user", "content": content}]
+                {"role": "user", "content": content}
+            ]
             batch = self.processor.build_prompt(conversation)
             media = batch["grid_hw"].shape[0] > 0
             inputs = {
-                "input_ids": batch["input_ids"].expand(n, -1), "attention_mask": batch["attention_mask"].expand(n, -1),
+                "input_ids": batch["input_ids"].expand(n, -1),
+                "attention_mask": batch["attention_mask"].expand(n, -1),
                 "pixel_values": batch["pixel_values"].repeat(n, 1) if media else None,
                 "grid_hw": batch["grid_hw"].repeat(n, 1) if media else None,
             }
@@ -283,11 +326,17 @@ class TransformersGenerator:
             torch.manual_seed(seed)
             with torch.no_grad():
                 out = self.model.generate(
-                    **inputs, do_sample=sample, temperature=temperature if sample else None,
-                    top_k=0 if sample else None, max_new_tokens=max_new_tokens, output_logits=True,
-                    return_dict_in_generate=True, eos_token_id=self.eos_ids, pad_token_id=self.eos_ids[0],
+                    **inputs,
+                    do_sample=sample,
+                    temperature=temperature if sample else None,
+                    top_k=0 if sample else None,
+                    max_new_tokens=max_new_tokens,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                    eos_token_id=self.eos_ids,
+                    pad_token_id=self.eos_ids[0],
                 )
-        new_ids = out.sequences[:, inputs["input_ids"].shape[1]:]
+        new_ids = out.sequences[:, inputs["input_ids"].shape[1] :]
         # logits[t] is (n, vocab) for step t; raw, so this is the temperature-1 logprob (as vLLM reports).
         logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1)
         picked = logprobs.gather(-1, new_ids[:, : logprobs.shape[1], None]).squeeze(-1)
@@ -296,12 +345,14 @@ class TransformersGenerator:
             stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             ids = row if stop is None else row[:stop]
             # special tokens kept: <think> is one in some tokenizers; the cut above removed end/pad tokens
-            results.append(Generation(
-                text=opened + self.tokenizer.decode(ids, skip_special_tokens=False),
-                token_logprobs=row_lp[: len(ids)],
-                tokens=[self.tokenizer.decode([t], skip_special_tokens=False) for t in ids],
-                finish_reason="length" if stop is None else "stop",
-            ))
+            results.append(
+                Generation(
+                    text=opened + self.tokenizer.decode(ids, skip_special_tokens=False),
+                    token_logprobs=row_lp[: len(ids)],
+                    tokens=[self.tokenizer.decode([t], skip_special_tokens=False) for t in ids],
+                    finish_reason="length" if stop is None else "stop",
+                )
+            )
         return results
 
 
@@ -329,15 +380,24 @@ def write_tiny_causal_lm(directory: str | Path, corpus: list[str], *, vocab_size
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=IM_END, pad_token=END_OF_TEXT)
     tokenizer.save_pretrained(directory)
     torch.manual_seed(seed)
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     Qwen3ForCausalLM(config).save_pretrained(directory)
     return directory
@@ -377,12 +437,20 @@ class LLMJudge:
         fmt = "\n".join(f"{k}: <1-5>" for k in JUDGE_DIMENSIONS)
         requests = [
             GenerationRequest(
-                prompt=JUDGE_PROMPT.format(rubric=rubric, question=p.question, reference=p.reference or "(none)", response=path.text, format=fmt),
+                prompt=JUDGE_PROMPT.format(
+                    rubric=rubric,
+                    question=p.question,
+                    reference=p.reference or "(none)",
+                    response=path.text,
+                    format=fmt,
+                ),
                 image_path=p.media_path,
             )
             for p, path, _ in items
         ]
-        outputs = self.generator.generate(requests, 1, max_new_tokens=self.max_new_tokens, temperature=0.0, seed=self.seed)
+        outputs = self.generator.generate(
+            requests, 1, max_new_tokens=self.max_new_tokens, temperature=0.0, seed=self.seed
+        )
         return [self._verdict(path.id, gens[0].text) for (_, path, _), gens in zip(items, outputs)]
 
     def _verdict(self, path_id: str, reply: str) -> JudgeVerdict:
@@ -413,7 +481,9 @@ def parse_judge_reply(reply: str) -> tuple[dict[str, int] | None, str]:
     return scores, rationale[:300]
 
 
-_STOPWORDS = frozenset("the a an is are was were what which who how many much does do did there this that of in on at to and or".split())
+_STOPWORDS = frozenset(
+    "the a an is are was were what which who how many much does do did there this that of in on at to and or".split()
+)
 
 
 class RuleJudge:
@@ -441,5 +511,8 @@ class RuleJudge:
         share = sum(w in thinking for w in words) / len(words) if words else 1.0
         relevance = 5 if share >= 0.5 else 4 if share >= 0.25 else 3 if share > 0 else 2
         scores = {"logical_consistency": logic, "factual_accuracy": factual, "relevance": relevance}
-        rationale = f"rules: steps={rules.num_steps}, repetitive={rules.repetitive}, answer_correct={rules.answer_correct}, question words mentioned={share:.2f}"
+        rationale = (
+            f"rules: steps={rules.num_steps}, repetitive={rules.repetitive}, "
+            f"answer_correct={rules.answer_correct}, question words mentioned={share:.2f}"
+        )
         return JudgeVerdict(judge=self.name, scores=scores, rationale=rationale)

@@ -81,6 +81,11 @@ def read_mix_shards(shards_dir: str, mix: str) -> MixShards:
     data = json.loads(manifest.read_text())
     paths = tuple(str(Path(s["path"]).resolve()) for s in data["shards"])
     ids = tuple(artifact_id("shard", p, s["sha256"]) for p, s in zip(paths, data["shards"]))
-    return MixShards(mix=mix, manifest_path=str(manifest), paths=paths, artifact_ids=ids,
-                     sha256s=tuple(s["sha256"] for s in data["shards"]),
-                     num_bytes=tuple(s["num_bytes"] for s in data["shards"]))
+    return MixShards(
+        mix=mix,
+        manifest_path=str(manifest),
+        paths=paths,
+        artifact_ids=ids,
+        sha256s=tuple(s["sha256"] for s in data["shards"]),
+        num_bytes=tuple(s["num_bytes"] for s in data["shards"]),
+    )

@@ -23,20 +23,38 @@ from pathlib import Path
 
 from prefect import task
 
-
 from data_specs.longcot import (
-    CoTPath, CoTProblem, CoTSample, JudgeVerdict, LongCoTConfig, QualityTier, RuleReport, TrainingFeedback,
-    fit_id, read_jsonl, write_jsonl,
+    CoTPath,
+    CoTProblem,
+    CoTSample,
+    JudgeVerdict,
+    LongCoTConfig,
+    QualityTier,
+    RuleReport,
+    TrainingFeedback,
+    fit_id,
+    read_jsonl,
+    write_jsonl,
 )
 from data_specs.schemas import Record
 from keye_model.answers import answers_match, normalize_answer, parse_number
 from keye_model.special_tokens import THINK_END, THINK_START
 from tasks.answers import (  # noqa: F401  (split_response re-exported: review reads edited responses with it)
-    path_confidence, reasoning_steps, repeated_ngram_fraction, split_response,
+    path_confidence,
+    reasoning_steps,
+    repeated_ngram_fraction,
+    split_response,
 )
 from tasks.caching import FILE_TASK_OPTIONS
 from tasks.generation import (
-    Generation, GenerationRequest, Generator, GeneratorConfig, Judge, LLMJudge, RuleJudge, build_generator,
+    Generation,
+    GenerationRequest,
+    Generator,
+    GeneratorConfig,
+    Judge,
+    LLMJudge,
+    RuleJudge,
+    build_generator,
 )
 
 log = logging.getLogger(__name__)
@@ -62,16 +80,25 @@ def _compare_count(question: str, answer: str) -> tuple[str, str] | None:
     if value != int(value):
         return None
     threshold = int(value) - 1 if int(value) % 2 else int(value)
-    return f"{question} Is that number greater than {threshold}? Answer yes or no.", "yes" if value > threshold else "no"
+    return (
+        f"{question} Is that number greater than {threshold}? Answer yes or no.",
+        "yes" if value > threshold else "no",
+    )
 
 
 #: Rewrite rules per category; each returns (question, reference) or None when it does not apply.
 ENHANCEMENTS = {
-    "justify": _justify, "locate_first": _locate_first, "compare_count": _compare_count,
+    "justify": _justify,
+    "locate_first": _locate_first,
+    "compare_count": _compare_count,
 }
 _RULES_FOR = {
-    "counting": ("compare_count", "justify"), "ocr": ("locate_first", "justify"),
-    "grounding": ("locate_first",), "vqa": ("justify", "locate_first"), "math": ("justify",), "stem": ("justify",),
+    "counting": ("compare_count", "justify"),
+    "ocr": ("locate_first", "justify"),
+    "grounding": ("locate_first",),
+    "vqa": ("justify", "locate_first"),
+    "math": ("justify",),
+    "stem": ("justify",),
 }
 
 
@@ -108,11 +135,21 @@ def collect_problems(records: Sequence[Record], config: LongCoTConfig) -> list[C
                     (question, reference), rule = rewritten, name
                     break
         meta = dict(record.meta, original_answer=record.answer) if rule else dict(record.meta)
-        problems.append(CoTProblem(
-            id=fit_id(f"{record.id}-{rule.replace('_', '-')}") if rule else record.id, record_id=record.id,
-            source=record.source, task=record.task, category=category, question=question, reference=reference,
-            media_path=record.media_path, enhancement=rule, original_question=record.question, meta=meta,
-        ))
+        problems.append(
+            CoTProblem(
+                id=fit_id(f"{record.id}-{rule.replace('_', '-')}") if rule else record.id,
+                record_id=record.id,
+                source=record.source,
+                task=record.task,
+                category=category,
+                question=question,
+                reference=reference,
+                media_path=record.media_path,
+                enhancement=rule,
+                original_question=record.question,
+                meta=meta,
+            )
+        )
     log.info("collected %d problems from %d records", len(problems), len(records))
     return problems
 
@@ -132,9 +169,7 @@ def cot_request(problem: CoTProblem, *, with_image: bool = True) -> GenerationRe
 def answer_agreement(answers: Sequence[str | None]) -> list[float]:
     """For each answer, the fraction of all answers equivalent to it (malformed answers agree with none)."""
     n = len(answers)
-    return [
-        0.0 if a is None else sum(b is not None and answers_match(b, a) for b in answers) / n for a in answers
-    ]
+    return [0.0 if a is None else sum(b is not None and answers_match(b, a) for b in answers) / n for a in answers]
 
 
 def generate_paths(
@@ -143,8 +178,11 @@ def generate_paths(
     """Step 2: ``num_paths`` (default ``config.num_paths``) paths per problem with their confidences."""
     k = num_paths or config.num_paths
     outputs = generator.generate(
-        [cot_request(p) for p in problems], k, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, seed=config.seed,
+        [cot_request(p) for p in problems],
+        k,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
     )
     paths = []
     for problem, generations in zip(problems, outputs, strict=True):
@@ -153,18 +191,30 @@ def generate_paths(
     return paths
 
 
-def paths_from_generations(problem: CoTProblem, generations: Sequence[Generation], generator_name: str = "") -> list[CoTPath]:
+def paths_from_generations(
+    problem: CoTProblem, generations: Sequence[Generation], generator_name: str = ""
+) -> list[CoTPath]:
     """One problem's generations as paths: split, confidence, and agreement among these generations."""
     split = [split_response(g.text) for g in generations]
     agreement = answer_agreement([answer for _, answer in split])
     paths = []
     for i, (gen, (thinking, answer), agree) in enumerate(zip(generations, split, agreement)):
         whole, step_wise = path_confidence(gen)
-        paths.append(CoTPath(
-            id=fit_id(f"{problem.id}-p{i}"), problem_id=problem.id, text=gen.text, thinking=thinking, answer=answer,
-            finish_reason=gen.finish_reason, num_tokens=len(gen.token_logprobs), mean_logprob=whole,
-            step_min_logprob=step_wise, agreement=agree, generator=generator_name,
-        ))
+        paths.append(
+            CoTPath(
+                id=fit_id(f"{problem.id}-p{i}"),
+                problem_id=problem.id,
+                text=gen.text,
+                thinking=thinking,
+                answer=answer,
+                finish_reason=gen.finish_reason,
+                num_tokens=len(gen.token_logprobs),
+                mean_logprob=whole,
+                step_min_logprob=step_wise,
+                agreement=agree,
+                generator=generator_name,
+            )
+        )
     return paths
 
 
@@ -183,15 +233,23 @@ def check_rules(problem: CoTProblem, path: CoTPath, config: LongCoTConfig) -> Ru
     think_chars = len(path.thinking or "")
     length_ok = path.finish_reason != "length" and config.min_think_chars <= think_chars <= config.max_think_chars
     if not length_ok:
-        reasons.append(f"thinking length {think_chars} chars (finish {path.finish_reason}) outside "
-                       f"[{config.min_think_chars}, {config.max_think_chars}]")
+        reasons.append(
+            f"thinking length {think_chars} chars (finish {path.finish_reason}) outside "
+            f"[{config.min_think_chars}, {config.max_think_chars}]"
+        )
     repetition = repeated_ngram_fraction(path.text)
     repetitive = repetition > config.max_repeated_ngram_fraction
     if repetitive:
         reasons.append(f"repetitive: {repetition:.2f} of 4-grams repeat")
     steps = len(reasoning_steps(path.thinking)) if path.thinking else 0
-    return RuleReport(well_formed=well_formed, answer_correct=correct, length_ok=length_ok,
-                      repetitive=repetitive, num_steps=steps, reasons=tuple(reasons))
+    return RuleReport(
+        well_formed=well_formed,
+        answer_correct=correct,
+        length_ok=length_ok,
+        repetitive=repetitive,
+        num_steps=steps,
+        reasons=tuple(reasons),
+    )
 
 
 def assess_quality(
@@ -214,18 +272,32 @@ def assess_quality(
         if verdict is None:
             verdict = JudgeVerdict(judge=judge.name, scores=None, rationale="not judged: failed level 1")
         tier, reasons = _tier(path, report, verdict, config)
-        borderline = tier is QualityTier.B or (tier is QualityTier.A and (
-            verdict.mean < config.tier_a_min_judge + config.borderline_margin
-            or path.agreement < config.borderline_agreement))
-        sample = CoTSample(id=path.id, problem=by_id[path.problem_id], path=path, rules=report, verdict=verdict,
-                           tier=tier, reasons=tuple(reasons), borderline=borderline)
+        borderline = tier is QualityTier.B or (
+            tier is QualityTier.A
+            and (
+                verdict.mean < config.tier_a_min_judge + config.borderline_margin
+                or path.agreement < config.borderline_agreement
+            )
+        )
+        sample = CoTSample(
+            id=path.id,
+            problem=by_id[path.problem_id],
+            path=path,
+            rules=report,
+            verdict=verdict,
+            tier=tier,
+            reasons=tuple(reasons),
+            borderline=borderline,
+        )
         (rejected if tier is QualityTier.C else kept).append(sample)
     kept, surplus = keep_diverse_confident(kept, config)
     log.info("assessed %d paths: %d kept, %d rejected, %d surplus", len(paths), len(kept), len(rejected), len(surplus))
     return kept, rejected + surplus
 
 
-def keep_diverse_confident(samples: Sequence[CoTSample], config: LongCoTConfig) -> tuple[list[CoTSample], list[CoTSample]]:
+def keep_diverse_confident(
+    samples: Sequence[CoTSample], config: LongCoTConfig
+) -> tuple[list[CoTSample], list[CoTSample]]:
     """Per problem, best first (A before B, then step-wise confidence): drop a path whose thinking is a
     near-duplicate (difflib ratio >= ``duplicate_similarity``) of a better one, and keep at most
     ``max_kept_paths_per_problem``. Returns ``(kept, surplus)``; surplus samples keep their tier."""
@@ -242,12 +314,23 @@ def keep_diverse_confident(samples: Sequence[CoTSample], config: LongCoTConfig) 
     for group in by_problem.values():
         chosen: list[CoTSample] = []
         for s in sorted(group, key=rank):
-            twin = next((c for c in chosen if difflib.SequenceMatcher(
-                None, (c.path.thinking or "").lower(), (s.path.thinking or "").lower()).ratio() >= config.duplicate_similarity), None)
+            twin = next(
+                (
+                    c
+                    for c in chosen
+                    if difflib.SequenceMatcher(
+                        None, (c.path.thinking or "").lower(), (s.path.thinking or "").lower()
+                    ).ratio()
+                    >= config.duplicate_similarity
+                ),
+                None,
+            )
             if twin is not None:
                 surplus.append(dataclasses.replace(s, reasons=(*s.reasons, f"near-duplicate of {twin.id}")))
             elif len(chosen) >= config.max_kept_paths_per_problem:
-                surplus.append(dataclasses.replace(s, reasons=(*s.reasons, "surplus: less confident than the kept paths")))
+                surplus.append(
+                    dataclasses.replace(s, reasons=(*s.reasons, "surplus: less confident than the kept paths"))
+                )
             else:
                 chosen.append(s)
         kept.extend(chosen)
@@ -255,8 +338,11 @@ def keep_diverse_confident(samples: Sequence[CoTSample], config: LongCoTConfig) 
 
 
 def _passes_level1(path: CoTPath, report: RuleReport, config: LongCoTConfig) -> bool:
-    right = report.answer_correct if report.answer_correct is not None else (
-        path.agreement >= config.min_agreement_without_reference)
+    right = (
+        report.answer_correct
+        if report.answer_correct is not None
+        else (path.agreement >= config.min_agreement_without_reference)
+    )
     return report.well_formed and right and report.length_ok and not report.repetitive
 
 
@@ -284,13 +370,18 @@ def probe_image_dependence(
     a reference or media are skipped). High accuracy means the image is not needed."""
     probed = [p for p in problems if p.reference is not None and p.media_path is not None]
     outputs = blind_generator.generate(
-        [cot_request(p, with_image=False) for p in probed], num_paths, max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature, seed=config.seed,
+        [cot_request(p, with_image=False) for p in probed],
+        num_paths,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
     )
     accuracy = {}
     for problem, generations in zip(probed, outputs):
         answers = [split_response(g.text)[1] for g in generations]
-        accuracy[problem.id] = sum(a is not None and answers_match(a, problem.reference) for a in answers) / len(answers)
+        accuracy[problem.id] = sum(a is not None and answers_match(a, problem.reference) for a in answers) / len(
+            answers
+        )
     return accuracy
 
 
@@ -306,7 +397,9 @@ def quality_features(sample: CoTSample, config: LongCoTConfig, blind_accuracy: f
         "multi_step": sample.rules.num_steps >= config.min_reasoning_steps,
         "confident": sample.path.agreement >= config.confident_agreement
         and (sample.verdict.min or 0) >= config.tier_a_min_judge,
-        "num_steps": sample.rules.num_steps, "agreement": sample.path.agreement, "judge_mean": sample.verdict.mean,
+        "num_steps": sample.rules.num_steps,
+        "agreement": sample.path.agreement,
+        "judge_mean": sample.verdict.mean,
     }
 
 
@@ -384,12 +477,18 @@ def generate_paths_task(problems_path: str, out_path: str, generator: GeneratorC
 
 @task(name="assess-quality", **_TASK_OPTIONS)
 def assess_quality_task(
-    problems_path: str, paths_path: str, out_path: str, out_rejects_path: str, config: LongCoTConfig,
+    problems_path: str,
+    paths_path: str,
+    out_path: str,
+    out_rejects_path: str,
+    config: LongCoTConfig,
     judge: GeneratorConfig | None = None,
 ) -> tuple[str, str]:
     """``judge=None`` uses the deterministic RuleJudge (unattended tiny runs); else an LLMJudge over it."""
     chosen_judge = RuleJudge() if judge is None else LLMJudge(build_generator(judge))
-    kept, rejected = assess_quality(read_jsonl(problems_path, CoTProblem), read_jsonl(paths_path, CoTPath), chosen_judge, config)
+    kept, rejected = assess_quality(
+        read_jsonl(problems_path, CoTProblem), read_jsonl(paths_path, CoTPath), chosen_judge, config
+    )
     return str(write_jsonl(kept, out_path)), str(write_jsonl(rejected, out_rejects_path))
 
 

@@ -76,13 +76,27 @@ def cot_records(samples: Sequence[CoTSample]) -> list[Record]:
         if s.tier is QualityTier.C or s.review == "reject":
             raise ValueError(f"sample {s.id}: tier {s.tier.value}, review {s.review}: not a cold-start sample")
         problem = s.problem
-        records.append(Record(
-            id=fit_id(s.id), source=problem.source, modality=_modality(problem.media_path, f"sample {s.id}"),
-            task="reasoning", question=problem.question, answer=cot_response(s), media_path=problem.media_path,
-            meta={"problem_id": problem.id, "record_id": problem.record_id, "category": problem.category,
-                  "reference": problem.reference, "tier": s.tier.value, "review": s.review,
-                  "quality_score": s.quality_score, "replay_weight": s.replay_weight},
-        ))
+        records.append(
+            Record(
+                id=fit_id(s.id),
+                source=problem.source,
+                modality=_modality(problem.media_path, f"sample {s.id}"),
+                task="reasoning",
+                question=problem.question,
+                answer=cot_response(s),
+                media_path=problem.media_path,
+                meta={
+                    "problem_id": problem.id,
+                    "record_id": problem.record_id,
+                    "category": problem.category,
+                    "reference": problem.reference,
+                    "tier": s.tier.value,
+                    "review": s.review,
+                    "quality_score": s.quality_score,
+                    "replay_weight": s.replay_weight,
+                },
+            )
+        )
     return records
 
 
@@ -90,12 +104,26 @@ def cot_records(samples: Sequence[CoTSample]) -> list[Record]:
 def pair_records(pairs: Sequence[PreferencePair]) -> list[Record]:
     """Pairs as ``reasoning`` records (they come from LongCoT problems): answer = chosen, so SFT-style
     readers see the preferred response; ``meta`` carries both sides for the MPO and judge objectives."""
-    return [Record(
-        id=fit_id(p.id), source=p.source, modality=_modality(p.media_path, f"pair {p.id}"), task="reasoning",
-        question=p.prompt, answer=p.chosen, media_path=p.media_path,
-        meta={"problem_id": p.problem_id, "chosen": p.chosen, "rejected": p.rejected, "reason": p.reason,
-              "chosen_score": p.chosen_score, "rejected_score": p.rejected_score},
-    ) for p in pairs]
+    return [
+        Record(
+            id=fit_id(p.id),
+            source=p.source,
+            modality=_modality(p.media_path, f"pair {p.id}"),
+            task="reasoning",
+            question=p.prompt,
+            answer=p.chosen,
+            media_path=p.media_path,
+            meta={
+                "problem_id": p.problem_id,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "reason": p.reason,
+                "chosen_score": p.chosen_score,
+                "rejected_score": p.rejected_score,
+            },
+        )
+        for p in pairs
+    ]
 
 
 # ---- RL prompts and progressive hints -----------------------------------------------------------------
@@ -193,8 +221,9 @@ def rule_hints(record: Record) -> tuple[str, ...]:
 def _checked_hints(record_id: str, hints: Sequence[str]) -> list[str]:
     well_formed = not isinstance(hints, str) and all(isinstance(h, str) and h.strip() for h in hints)
     if not well_formed or len(hints) > NUM_HINT_LEVELS:
-        raise ValueError(f"record {record_id}: hints must be at most {NUM_HINT_LEVELS} non-blank strings, "
-                         f"got {hints!r}")
+        raise ValueError(
+            f"record {record_id}: hints must be at most {NUM_HINT_LEVELS} non-blank strings, got {hints!r}"
+        )
     return list(hints)
 
 
@@ -212,8 +241,7 @@ def rl_prompt_records(
         hints = hints_by_id.pop(record.id) if record.id in hints_by_id else rule_hints(record)
         out.append(dataclasses.replace(record, meta={**record.meta, "hints": _checked_hints(record.id, hints)}))
     if hints_by_id:
-        log.warning("hints given for %d records that are not RL prompts: %s", len(hints_by_id),
-                    sorted(hints_by_id)[:5])
+        log.warning("hints given for %d records that are not RL prompts: %s", len(hints_by_id), sorted(hints_by_id)[:5])
     log.info("%d RL prompts from %d records", len(out), len(records))
     return out
 
@@ -235,7 +263,11 @@ def generated_mix(name: str, records: Sequence[Record], tokens_of: Callable[[Rec
 
 
 def write_generated_shards(
-    records: Sequence[Record], name: str, out_dir: str | Path, slow_fast: str = "tiny", *,
+    records: Sequence[Record],
+    name: str,
+    out_dir: str | Path,
+    slow_fast: str = "tiny",
+    *,
     tokenizer: Tokenizer | None = None,
 ) -> StageShards:
     """Validate ``records`` (record GX suite + decode checks; bad ones go to ``<out_dir>/<name>/quarantine.jsonl``,

@@ -28,8 +28,9 @@ def load_samples_task(path: str) -> list[CoTSample]:
 
 
 @task(name="apply-review")
-def apply_review_task(samples: list[CoTSample], decisions: list[ReviewDecision], kept_path: str,
-                      rejected_path: str) -> tuple[str, str]:
+def apply_review_task(
+    samples: list[CoTSample], decisions: list[ReviewDecision], kept_path: str, rejected_path: str
+) -> tuple[str, str]:
     """Approve / edit / reject as decided; kept and reviewer-rejected samples to their JSONL files."""
     kept, rejected = apply_decisions(samples, decisions)
     return str(write_jsonl(kept, kept_path)), str(write_jsonl(rejected, rejected_path))
@@ -38,8 +39,16 @@ def apply_review_task(samples: list[CoTSample], decisions: list[ReviewDecision],
 @task(name="record-reviews", retries=2, retry_delay_seconds=5)
 def record_reviews_task(lineage_db: str, run_id: str, decisions: list[ReviewDecision]) -> int:
     """Each decision with who made it (a person's name, or ``auto``)."""
-    rows = [Review(run_id=run_id, reviewer=d.reviewer, decision=d.decision, sample_ids=(d.sample_id,),
-                   note=d.comment or (d.edited_response or "")) for d in decisions]
+    rows = [
+        Review(
+            run_id=run_id,
+            reviewer=d.reviewer,
+            decision=d.decision,
+            sample_ids=(d.sample_id,),
+            note=d.comment or (d.edited_response or ""),
+        )
+        for d in decisions
+    ]
     with LineageStore(lineage_db) as store:
         store.record_reviews(rows)
     return len(rows)
@@ -47,13 +56,25 @@ def record_reviews_task(lineage_db: str, run_id: str, decisions: list[ReviewDeci
 
 def dataset_artifact(path: str, run_id: str, kind: str = "dataset") -> Artifact:
     data = Path(path).read_bytes()
-    return Artifact(kind=kind, uri=str(Path(path).resolve()), sha256=hashlib.sha256(data).hexdigest(),
-                    num_bytes=len(data), num_records=data.count(b"\n"), created_by_run=run_id)
+    return Artifact(
+        kind=kind,
+        uri=str(Path(path).resolve()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        num_bytes=len(data),
+        num_records=data.count(b"\n"),
+        created_by_run=run_id,
+    )
 
 
 @task(name="record-generated-lineage", retries=2, retry_delay_seconds=5)
-def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[str], dataset_path: str,
-                                  shards_dir: str | None = None, mix: str | None = None) -> dict[str, list[str]]:
+def record_generated_lineage_task(
+    lineage_db: str,
+    run_id: str,
+    parents: list[str],
+    dataset_path: str,
+    shards_dir: str | None = None,
+    mix: str | None = None,
+) -> dict[str, list[str]]:
     """A generated dataset made from ``parents`` (checkpoint / dataset ids), and the shards made from it.
 
     Returns the dataset's id and the shards' ids, for the edges of the stage that trains on them.
@@ -65,8 +86,11 @@ def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[st
     if shards_dir and mix:
         shards = read_mix_shards(shards_dir, mix)
         for path, shard_id, sha, size in zip(shards.paths, shards.artifact_ids, shards.sha256s, shards.num_bytes):
-            artifacts.append(Artifact(kind="shard", uri=path, sha256=sha, num_bytes=size, created_by_run=run_id,
-                                      metadata={"mix": mix}))
+            artifacts.append(
+                Artifact(
+                    kind="shard", uri=path, sha256=sha, num_bytes=size, created_by_run=run_id, metadata={"mix": mix}
+                )
+            )
             edges.append(Edge(parent_id=dataset.artifact_id, child_id=shard_id, run_id=run_id, relation="sharded_into"))
             shard_ids.append(shard_id)
     with LineageStore(lineage_db) as store:
@@ -76,8 +100,15 @@ def record_generated_lineage_task(lineage_db: str, run_id: str, parents: list[st
 
 
 @task(name="filter-rl-prompts")
-def filter_rl_prompts_task(checkpoint_dir: str, records_path: str, out_path: str, k: int = 4,
-                           max_prompts: int = 64, max_new_tokens: int = 16, seed: int = 0) -> tuple[str, bool]:
+def filter_rl_prompts_task(
+    checkpoint_dir: str,
+    records_path: str,
+    out_path: str,
+    k: int = 4,
+    max_prompts: int = 64,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+) -> tuple[str, bool]:
     """Keep the RL prompts the current model solves sometimes but not always (0 < pass rate < 1).
 
     Returns the kept prompts' file and whether it fell back: when no prompt qualifies (an early tiny
@@ -95,16 +126,34 @@ def filter_rl_prompts_task(checkpoint_dir: str, records_path: str, out_path: str
     records = read_jsonl(records_path, Record)[:max_prompts]
     model = KeyeForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
     processor = KeyeProcessor(load_tokenizer(checkpoint_dir))
-    prompts = [RLPrompt(id=r.id, reference=r.answer, conversation=[{"role": "user", "content": [
-        *([{"type": "image", "image": r.media_path}] if r.modality == "image" else []),
-        {"type": "text", "text": r.question}]}]) for r in records if r.modality != "video"]
-    result = pass_rate_filter(model, processor, prompts, k, RewardFunction(), spec=RLSpec(max_new_tokens=max_new_tokens),
-                              seed=seed)
+    prompts = [
+        RLPrompt(
+            id=r.id,
+            reference=r.answer,
+            conversation=[
+                {
+                    "role": "user",
+                    "content": [
+                        *([{"type": "image", "image": r.media_path}] if r.modality == "image" else []),
+                        {"type": "text", "text": r.question},
+                    ],
+                }
+            ],
+        )
+        for r in records
+        if r.modality != "video"
+    ]
+    result = pass_rate_filter(
+        model, processor, prompts, k, RewardFunction(), spec=RLSpec(max_new_tokens=max_new_tokens), seed=seed
+    )
     kept_ids = {p.id for p in result.kept}
     fell_back = not kept_ids
     if fell_back:
-        log.warning("no RL prompt has a pass rate strictly between 0 and 1 under %s; keeping all %d",
-                    checkpoint_dir, len(records))
+        log.warning(
+            "no RL prompt has a pass rate strictly between 0 and 1 under %s; keeping all %d",
+            checkpoint_dir,
+            len(records),
+        )
         kept_ids = {r.id for r in records}
     log.info("RL prompts: kept %d of %d by pass rate", len(kept_ids), len(records))
     return str(write_jsonl([r for r in records if r.id in kept_ids], out_path)), fell_back
@@ -117,8 +166,9 @@ def record_fallbacks_task(lineage_db: str, run_id: str, fallbacks: list[str]) ->
     for note in fallbacks:
         log.warning("fallback taken: %s", note)
     with LineageStore(lineage_db) as store:
-        store.record_metrics([Metric(run_id=run_id, stage="posttrain", step=0, name="fallbacks",
-                                     value=float(len(fallbacks)))])
+        store.record_metrics(
+            [Metric(run_id=run_id, stage="posttrain", step=0, name="fallbacks", value=float(len(fallbacks)))]
+        )
     return len(fallbacks)
 
 

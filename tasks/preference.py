@@ -61,8 +61,13 @@ def _normalized(text: str) -> str:
 
 def can_be_chosen(sample: CoTSample) -> bool:
     """A usable right path: right, well formed, not tier C, not rejected by a reviewer, not empty."""
-    return (is_right(sample) and sample.rules.well_formed and sample.tier is not QualityTier.C
-            and sample.review != "reject" and bool(sample.path.text.strip()))
+    return (
+        is_right(sample)
+        and sample.rules.well_formed
+        and sample.tier is not QualityTier.C
+        and sample.review != "reject"
+        and bool(sample.path.text.strip())
+    )
 
 
 def _one_problem(samples: Sequence[CoTSample], where: str):
@@ -93,11 +98,20 @@ def pairs_for_problem(samples: Sequence[CoTSample], config: PreferenceConfig) ->
         if key[0] == key[1] or key in seen_pairs:
             continue
         seen_pairs.add(key)
-        pairs.append(PreferencePair(
-            id=fit_id(f"{problem.id}-{c.id.rsplit('-', 1)[-1]}-{r.id.rsplit('-', 1)[-1]}"), problem_id=problem.id,
-            source=problem.source, prompt=problem.question, media_path=problem.media_path, chosen=c.path.text,
-            rejected=r.path.text, chosen_score=rank_score(c), rejected_score=rank_score(r), reason=reason,
-        ))
+        pairs.append(
+            PreferencePair(
+                id=fit_id(f"{problem.id}-{c.id.rsplit('-', 1)[-1]}-{r.id.rsplit('-', 1)[-1]}"),
+                problem_id=problem.id,
+                source=problem.source,
+                prompt=problem.question,
+                media_path=problem.media_path,
+                chosen=c.path.text,
+                rejected=r.path.text,
+                chosen_score=rank_score(c),
+                rejected_score=rank_score(r),
+                reason=reason,
+            )
+        )
         if len(pairs) == config.max_pairs_per_prompt:
             break
     return pairs
@@ -124,25 +138,38 @@ def reference_pairs(samples: Sequence[CoTSample], config: PreferenceConfig) -> l
     if problem.reference is None or not problem.reference.strip():
         return []
     chosen = no_think_response(problem.reference)
-    wrong = sorted((s for s in samples if not is_right(s) and s.path.text.strip()),
-                   key=lambda s: (not s.rules.well_formed, -rank_score(s), s.id))
+    wrong = sorted(
+        (s for s in samples if not is_right(s) and s.path.text.strip()),
+        key=lambda s: (not s.rules.well_formed, -rank_score(s), s.id),
+    )
     pairs, seen = [], {_normalized(chosen)}
     for r in wrong:
         key = _normalized(r.path.text)
         if key in seen:
             continue
         seen.add(key)
-        pairs.append(PreferencePair(
-            id=fit_id(f"{problem.id}-ref-{r.id.rsplit('-', 1)[-1]}"), problem_id=problem.id, source=problem.source,
-            prompt=problem.question, media_path=problem.media_path, chosen=chosen, rejected=r.path.text,
-            chosen_score=REFERENCE_SCORE, rejected_score=rank_score(r), reason="reference-vs-wrong",
-        ))
+        pairs.append(
+            PreferencePair(
+                id=fit_id(f"{problem.id}-ref-{r.id.rsplit('-', 1)[-1]}"),
+                problem_id=problem.id,
+                source=problem.source,
+                prompt=problem.question,
+                media_path=problem.media_path,
+                chosen=chosen,
+                rejected=r.path.text,
+                chosen_score=REFERENCE_SCORE,
+                rejected_score=rank_score(r),
+                reason="reference-vs-wrong",
+            )
+        )
         if len(pairs) == config.max_pairs_per_prompt:
             break
     return pairs
 
 
-def balance_sources(pairs_by_problem: Mapping[str, list[PreferencePair]], config: PreferenceConfig) -> list[PreferencePair]:
+def balance_sources(
+    pairs_by_problem: Mapping[str, list[PreferencePair]], config: PreferenceConfig
+) -> list[PreferencePair]:
     """Cap each source at ``source_balance_ratio`` x the smallest non-empty source; within a source the
     cut keeps each prompt's best pairs first (round-robin over prompts by pair rank)."""
     by_source: dict[str, list[list[PreferencePair]]] = defaultdict(list)
@@ -172,8 +199,11 @@ def build_preference_pairs(
     ``reference_pairs`` (its reference over its wrong paths), which is how MPO gets data from a weak model.
     """
     per_problem = {
-        pid: pairs_for_problem(samples, config) if any(map(can_be_chosen, samples)) else reference_pairs(samples, config)
-        for pid, samples in paths_by_problem.items() if samples
+        pid: pairs_for_problem(samples, config)
+        if any(map(can_be_chosen, samples))
+        else reference_pairs(samples, config)
+        for pid, samples in paths_by_problem.items()
+        if samples
     }
     pairs = balance_sources(per_problem, config)
     ids = [p.id for p in pairs]

@@ -39,8 +39,10 @@ def loss_curve_png(values: Sequence[float], *, width: int = 480, height: int = 2
         lo, hi = min(values), max(values)
         span = (hi - lo) or 1.0
         n = len(values)
-        points = [(left + (right - left) * (i / max(1, n - 1)), bottom - (bottom - top) * (v - lo) / span)
-                  for i, v in enumerate(values)]
+        points = [
+            (left + (right - left) * (i / max(1, n - 1)), bottom - (bottom - top) * (v - lo) / span)
+            for i, v in enumerate(values)
+        ]
         if n == 1:
             draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill="#1f77b4")
         else:
@@ -58,8 +60,10 @@ def loss_curve_markdown(stage: str, metrics: Sequence[dict[str, Any]], checkpoin
     losses = [float(m["loss"]) for m in metrics if isinstance(m.get("loss"), (int, float))]
     png = base64.b64encode(loss_curve_png(losses, title=f"{stage} loss")).decode()
     last = f"{losses[-1]:.4f}" if losses else "n/a"
-    return (f"### Stage `{stage}`\n\n![{stage} loss](data:image/png;base64,{png})\n\n"
-            f"- steps: {len(metrics)}\n- final loss: {last}\n- checkpoint: `{checkpoint_dir}`\n")
+    return (
+        f"### Stage `{stage}`\n\n![{stage} loss](data:image/png;base64,{png})\n\n"
+        f"- steps: {len(metrics)}\n- final loss: {last}\n- checkpoint: `{checkpoint_dir}`\n"
+    )
 
 
 def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> None:
@@ -68,7 +72,12 @@ def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> Non
 
     metrics = read_metrics(Path(stage_dir) / "metrics.jsonl")
     key = stage.replace("_", "-").lower()
-    create_markdown_artifact(loss_curve_markdown(stage, metrics, checkpoint_dir), key=f"stage-{key}",
-                             description=f"Stage {stage}: loss curve and checkpoint")
+    create_markdown_artifact(
+        loss_curve_markdown(stage, metrics, checkpoint_dir),
+        key=f"stage-{key}",
+        description=f"Stage {stage}: loss curve and checkpoint",
+    )
     if metrics:
-        create_table_artifact(metrics_rows(metrics), key=f"metrics-{key}", description=f"Stage {stage}: metrics per step")
+        create_table_artifact(
+            metrics_rows(metrics), key=f"metrics-{key}", description=f"Stage {stage}: metrics per step"
+        )

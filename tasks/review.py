@@ -55,9 +55,14 @@ class ReviewItem:
     @classmethod
     def from_sample(cls, sample: CoTSample) -> ReviewItem:
         return cls(
-            sample_id=sample.id, tier=sample.tier.value, question=sample.problem.question,
-            reference=sample.problem.reference, image_path=sample.problem.media_path, response=sample.path.text,
-            reasons=sample.reasons, agreement=sample.path.agreement,
+            sample_id=sample.id,
+            tier=sample.tier.value,
+            question=sample.problem.question,
+            reference=sample.problem.reference,
+            image_path=sample.problem.media_path,
+            response=sample.path.text,
+            reasons=sample.reasons,
+            agreement=sample.path.agreement,
         )
 
     def to_markdown(self) -> str:
@@ -75,7 +80,9 @@ class SampleReview(BaseModel):
 
     sample_id: str
     decision: Literal["approve", "edit", "reject"] = "approve"
-    edited_response: str = Field(default="", description="For 'edit': the corrected full response (<think>...</think> answer).")
+    edited_response: str = Field(
+        default="", description="For 'edit': the corrected full response (<think>...</think> answer)."
+    )
     comment: str = ""
 
 
@@ -91,8 +98,9 @@ def select_for_review(samples: Sequence[CoTSample]) -> list[ReviewItem]:
     return [ReviewItem.from_sample(s) for s in samples if s.borderline or s.tier is QualityTier.B]
 
 
-def auto_decisions(items: Sequence[ReviewItem], policy: ReviewPolicy, samples: Sequence[CoTSample],
-                   *, reviewer: str = "auto") -> list[ReviewDecision]:
+def auto_decisions(
+    items: Sequence[ReviewItem], policy: ReviewPolicy, samples: Sequence[CoTSample], *, reviewer: str = "auto"
+) -> list[ReviewDecision]:
     """The stated policy: approve borderline A when ``policy.approve_a``; approve B only with path
     agreement >= ``min_agreement_b`` and judge mean >= ``min_judge_mean_b``; reject the rest."""
     by_id = {s.id: s for s in samples}
@@ -103,18 +111,30 @@ def auto_decisions(items: Sequence[ReviewItem], policy: ReviewPolicy, samples: S
             ok, rule = policy.approve_a, f"tier A, approve_a={policy.approve_a}"
         else:
             mean = sample.verdict.mean
-            ok = sample.path.agreement >= policy.min_agreement_b and mean is not None and mean >= policy.min_judge_mean_b
-            rule = (f"tier B: agreement {sample.path.agreement:.2f} (need >= {policy.min_agreement_b}), "
-                    f"judge mean {mean if mean is None else round(mean, 2)} (need >= {policy.min_judge_mean_b})")
-        decisions.append(ReviewDecision(sample_id=item.sample_id, decision="approve" if ok else "reject",
-                                        reviewer=reviewer, comment=f"policy: {rule}"))
+            ok = (
+                sample.path.agreement >= policy.min_agreement_b and mean is not None and mean >= policy.min_judge_mean_b
+            )
+            rule = (
+                f"tier B: agreement {sample.path.agreement:.2f} (need >= {policy.min_agreement_b}), "
+                f"judge mean {mean if mean is None else round(mean, 2)} (need >= {policy.min_judge_mean_b})"
+            )
+        decisions.append(
+            ReviewDecision(
+                sample_id=item.sample_id,
+                decision="approve" if ok else "reject",
+                reviewer=reviewer,
+                comment=f"policy: {rule}",
+            )
+        )
     return decisions
 
 
 def build_form(items: Sequence[ReviewItem]) -> type[ReviewForm]:
     """The form class with the samples as markdown in its description and one pre-filled row each."""
-    header = (f"## LongCoT review: {len(items)} sample(s)\n\nFor each row choose approve, edit (put the "
-              "corrected full response in edited_response) or reject.\n\n")
+    header = (
+        f"## LongCoT review: {len(items)} sample(s)\n\nFor each row choose approve, edit (put the "
+        "corrected full response in edited_response) or reject.\n\n"
+    )
     return ReviewForm.with_initial_data(
         description=header + "\n---\n".join(i.to_markdown() for i in items),
         reviewer="",
@@ -128,18 +148,29 @@ def decisions_from_form(form: ReviewForm, items: Sequence[ReviewItem]) -> list[R
     answered = [r.sample_id for r in form.reviews]
     unknown, missing = sorted(set(answered) - expected), sorted(expected - set(answered))
     if unknown or missing or len(answered) != len(set(answered)):
-        raise ValueError(f"review form does not match the samples: unknown {unknown}, missing {missing}, answered {answered}")
+        raise ValueError(
+            f"review form does not match the samples: unknown {unknown}, missing {missing}, answered {answered}"
+        )
     reviewer = form.reviewer.strip() or "anonymous"
     return [
-        ReviewDecision(sample_id=r.sample_id, decision=r.decision, reviewer=reviewer, comment=r.comment,
-                       edited_response=r.edited_response if r.decision == "edit" else None)
+        ReviewDecision(
+            sample_id=r.sample_id,
+            decision=r.decision,
+            reviewer=reviewer,
+            comment=r.comment,
+            edited_response=r.edited_response if r.decision == "edit" else None,
+        )
         for r in form.reviews
     ]
 
 
 def request_review(
-    samples: Sequence[CoTSample], *, mode: str = "auto", timeout_s: int = 3600,
-    policy: ReviewPolicy = ReviewPolicy(), poll_interval_s: int = 10,
+    samples: Sequence[CoTSample],
+    *,
+    mode: str = "auto",
+    timeout_s: int = 3600,
+    policy: ReviewPolicy = ReviewPolicy(),
+    poll_interval_s: int = 10,
 ) -> list[ReviewDecision]:
     """Decisions for the samples that need review (see module docstring for the modes). Modes ``ui``
     and ``suspend`` must be called from inside a flow run (not a task)."""
@@ -189,8 +220,13 @@ def apply_decisions(
         else:
             thinking, answer = split_response(d.edited_response)
             if not thinking or not answer:
-                raise ValueError(f"review edit of {sample.id} is not '<think>reasoning</think> answer': {d.edited_response[:80]!r}")
+                raise ValueError(
+                    f"review edit of {sample.id} is not '<think>reasoning</think> answer': {d.edited_response[:80]!r}"
+                )
             path = dataclasses.replace(sample.path, text=d.edited_response, thinking=thinking, answer=answer)
-            kept.append(dataclasses.replace(sample, path=path, tier=QualityTier.A, review="edit",
-                                            reasons=(*sample.reasons, note)))
+            kept.append(
+                dataclasses.replace(
+                    sample, path=path, tier=QualityTier.A, review="edit", reasons=(*sample.reasons, note)
+                )
+            )
     return kept, rejected

@@ -159,11 +159,21 @@ class StageShards:
 
     def manifest_rows(self) -> list[dict]:
         """One row per shard in the columns of the ``manifest`` expectation suite."""
-        return [{"shard": s.name, "mix": self.mix, "sha256": s.sha256, "num_bytes": s.num_bytes,
-                 "num_records": s.num_records, "tokens": s.tokens} for s in self.shards]
+        return [
+            {
+                "shard": s.name,
+                "mix": self.mix,
+                "sha256": s.sha256,
+                "num_bytes": s.num_bytes,
+                "num_records": s.num_records,
+                "tokens": s.tokens,
+            }
+            for s in self.shards
+        ]
 
 
 # ---- token estimates ---------------------------------------------------------------------------------
+
 
 def count_text_tokens(text: str, tokenizer: Tokenizer | None = None) -> int:
     """Tokens of ``text``: ``tokenizer(text)`` (an int or a list of ids) or, by default, words + punctuation."""
@@ -203,6 +213,7 @@ def estimate_samples(records: Sequence[Record], config: ShardConfig, tokenizer: 
 
 
 # ---- mix sampler -------------------------------------------------------------------------------------
+
 
 def _buckets(mix: DataMix, samples: dict[str, Sample]) -> dict[str, tuple[float, list[Sample]]]:
     """``{bucket name: (planned share, samples)}``; bucket names are ``modality`` or ``modality/source``."""
@@ -285,6 +296,7 @@ def shares(samples: Sequence[Sample], of: Callable[[Sample], str]) -> dict[str, 
 
 # ---- writing -----------------------------------------------------------------------------------------
 
+
 def _entry(sample: Sample) -> dict[str, bytes | str]:
     record = sample.record
     meta = {**vars(record), "tokens": sample.tokens, "repeat": sample.repeat}
@@ -325,11 +337,18 @@ def _write_shard(path: Path, entries: list[tuple[Sample, dict]], config: ShardCo
     samples = [s for s, _ in entries]
     modality, source = (lambda s: s.record.modality), (lambda s: s.record.source)
     return ShardInfo(
-        path=str(path.resolve()), name=path.name, sha256=sha256, num_bytes=hashing.num_bytes,
-        num_records=len(samples), tokens=sum(s.tokens for s in samples), keys=[s.key for s in samples],
+        path=str(path.resolve()),
+        name=path.name,
+        sha256=sha256,
+        num_bytes=hashing.num_bytes,
+        num_records=len(samples),
+        tokens=sum(s.tokens for s in samples),
+        keys=[s.key for s in samples],
         record_ids=sorted({s.record.id for s in samples}),
-        modality_counts=_tally(samples, modality, tokens=False), source_counts=_tally(samples, source, tokens=False),
-        modality_tokens=_tally(samples, modality, tokens=True), source_tokens=_tally(samples, source, tokens=True),
+        modality_counts=_tally(samples, modality, tokens=False),
+        source_counts=_tally(samples, source, tokens=False),
+        modality_tokens=_tally(samples, modality, tokens=True),
+        source_tokens=_tally(samples, source, tokens=True),
     )
 
 
@@ -403,28 +422,53 @@ def shard_stage(
     random.Random(config.seed).shuffle(chosen)  # spread modalities over shards
     shards = write_shards(chosen, config, on_sample)
     split = {m for m in mix.source_ratios}
+
     def bucket(sample: Sample) -> str:
         modality = sample.record.modality
         return f"{modality}/{sample.record.source}" if modality in split else modality
 
-    planned = {**mix.planned(), **{f"{m}/{src}": mix.modality_ratios[m] * r
-                                   for m, table in mix.source_ratios.items() for src, r in table.items()}}
+    planned = {
+        **mix.planned(),
+        **{
+            f"{m}/{src}": mix.modality_ratios[m] * r
+            for m, table in mix.source_ratios.items()
+            for src, r in table.items()
+        },
+    }
     realized = {**shares(chosen, lambda s: s.record.modality), **shares(chosen, bucket)}
     used = {s.record.id for s in chosen}
     result = StageShards(
-        mix=config.mix, manifest_path=str((Path(config.out_dir) / config.mix / "manifest.json").resolve()),
-        shards=shards, planned=planned, realized={k: realized.get(k, 0.0) for k in planned},
-        realized_sources=shares(chosen, lambda s: s.record.source), total_tokens=sum(s.tokens for s in chosen),
-        num_records=len(chosen), num_unique_records=len(used),
+        mix=config.mix,
+        manifest_path=str((Path(config.out_dir) / config.mix / "manifest.json").resolve()),
+        shards=shards,
+        planned=planned,
+        realized={k: realized.get(k, 0.0) for k in planned},
+        realized_sources=shares(chosen, lambda s: s.record.source),
+        total_tokens=sum(s.tokens for s in chosen),
+        num_records=len(chosen),
+        num_unique_records=len(used),
         unused_record_ids=sorted(r.id for r in records if r.id not in used),
     )
     worst = max(abs(result.realized[k] - planned[k]) for k in planned)
-    _write_json_atomically(Path(result.manifest_path), {
-        **dataclasses.asdict(result), "mix_spec": mix.to_dict(), "config": dataclasses.asdict(config),
-        "max_share_error": worst, "within_tolerance": worst <= mix.tolerance,
-    })
-    log.info("mix %s: %d samples (%d records) in %d shards, %d tokens, worst share error %.4f",
-             config.mix, len(chosen), len(used), len(shards), result.total_tokens, worst)
+    _write_json_atomically(
+        Path(result.manifest_path),
+        {
+            **dataclasses.asdict(result),
+            "mix_spec": mix.to_dict(),
+            "config": dataclasses.asdict(config),
+            "max_share_error": worst,
+            "within_tolerance": worst <= mix.tolerance,
+        },
+    )
+    log.info(
+        "mix %s: %d samples (%d records) in %d shards, %d tokens, worst share error %.4f",
+        config.mix,
+        len(chosen),
+        len(used),
+        len(shards),
+        result.total_tokens,
+        worst,
+    )
     return result
 
 

@@ -27,7 +27,7 @@ def tar_header(name: str, size: int) -> bytes:
         info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     header = bytearray(512)
-    header[0:len(raw_name)] = raw_name
+    header[0 : len(raw_name)] = raw_name
     header[100:136] = b"0000444\x000000000\x000000000\x00" + b"%011o\x00" % size
     header[136:156] = b"00000000000\x00" + b" " * 8  # mtime 0; checksum counted as spaces
     header[156:157] = tarfile.REGTYPE

@@ -70,13 +70,21 @@ class LaunchConfig:
     def command(self, config_path: Path) -> list[str]:
         module = ["-m", "keye_model.training", "--config", str(config_path)]
         if self.launcher == "torchrun":
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.num_processes}",
-                   f"--nnodes={self.num_nodes}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={self.num_processes}",
+                f"--nnodes={self.num_nodes}",
+            ]
             if self.rdzv_endpoint:
                 cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={self.rdzv_endpoint}"]
             return cmd + module
-        cmd = [shutil.which("deepspeed") or "deepspeed", f"--num_gpus={self.num_processes}",
-               f"--num_nodes={self.num_nodes}"]
+        cmd = [
+            shutil.which("deepspeed") or "deepspeed",
+            f"--num_gpus={self.num_processes}",
+            f"--num_nodes={self.num_nodes}",
+        ]
         if self.hostfile:
             cmd.append(f"--hostfile={self.hostfile}")
         return cmd + ["--module", "keye_model.training", "--config", str(config_path)]
@@ -126,40 +134,59 @@ def finished_checkpoints(layout: RunLayout, preset: Preset, run_id: str) -> dict
     for spec in preset.stages:
         done = finished_result(layout.stage_dir(spec.name))
         if done is not None and done.checkpoint_dir:
-            out[spec.name] = CheckpointRef(stage=spec.name, checkpoint_dir=done.checkpoint_dir,
-                                           artifact_id=checkpoint_artifact(done, run_id).artifact_id)
+            out[spec.name] = CheckpointRef(
+                stage=spec.name,
+                checkpoint_dir=done.checkpoint_dir,
+                artifact_id=checkpoint_artifact(done, run_id).artifact_id,
+            )
     return out
 
 
-def stage_run_config(spec: StageSpec, preset: Preset, layout: RunLayout, checkpoints: dict[str, CheckpointRef],
-                     data: MixShards | None, seed: int) -> tuple[RunConfig, list[str]]:
+def stage_run_config(
+    spec: StageSpec,
+    preset: Preset,
+    layout: RunLayout,
+    checkpoints: dict[str, CheckpointRef],
+    data: MixShards | None,
+    seed: int,
+) -> tuple[RunConfig, list[str]]:
     """The runner's input for ``spec`` and the lineage ids it trains from.
 
     Everything comes from the spec: its input stages (``inputs[0]`` is the starting checkpoint; a
     fusion stage merges the rest onto it), its reward model's stage, and ``data`` (the shards of its
     mix; None for a stage that trains on no data).
     """
-    missing = [name for name in (*spec.inputs, *([spec.reward_model] if spec.reward_model else []))
-               if name not in checkpoints]
+    missing = [
+        name for name in (*spec.inputs, *([spec.reward_model] if spec.reward_model else [])) if name not in checkpoints
+    ]
     if missing:
-        raise ValueError(f"stage {spec.name} starts from {missing}, which have not finished in {layout.root}; "
-                         f"run them first (e.g. --stages {' '.join(missing)} {spec.name})")
+        raise ValueError(
+            f"stage {spec.name} starts from {missing}, which have not finished in {layout.root}; "
+            f"run them first (e.g. --stages {' '.join(missing)} {spec.name})"
+        )
     inputs = [checkpoints[name] for name in spec.inputs]
     config = RunConfig(
-        stage=spec, output_dir=layout.stage_dir(spec.name), tokenizer_dir=layout.tokenizer_dir,
+        stage=spec,
+        output_dir=layout.stage_dir(spec.name),
+        tokenizer_dir=layout.tokenizer_dir,
         init_checkpoint=inputs[0].checkpoint_dir if inputs else None,
         expert_checkpoints=tuple(c.checkpoint_dir for c in inputs[1:]) if spec.fusion else (),
-        shards=data.paths if data else (), model_preset=preset.model, seed=seed,
-        shard_sha256s=data.sha256s if data else (), shard_num_bytes=data.num_bytes if data else (),
-        reward_model_checkpoint=checkpoints[spec.reward_model].checkpoint_dir if spec.reward_model else None)
+        shards=data.paths if data else (),
+        model_preset=preset.model,
+        seed=seed,
+        shard_sha256s=data.sha256s if data else (),
+        shard_num_bytes=data.num_bytes if data else (),
+        reward_model_checkpoint=checkpoints[spec.reward_model].checkpoint_dir if spec.reward_model else None,
+    )
     lineage_inputs = [*(data.artifact_ids if data else ()), *(c.artifact_id for c in inputs)]
     if spec.reward_model:
         lineage_inputs.append(checkpoints[spec.reward_model].artifact_id)
     return config, lineage_inputs
 
 
-def train_stage(config: RunConfig, launch: LaunchConfig = LaunchConfig(),
-                on_step: Callable[[dict[str, Any]], None] | None = None) -> StageResult:
+def train_stage(
+    config: RunConfig, launch: LaunchConfig = LaunchConfig(), on_step: Callable[[dict[str, Any]], None] | None = None
+) -> StageResult:
     """Run one stage to its final checkpoint, or return the finished stage's result.
 
     A finished stage is reused only if its inputs are unchanged (``input_fingerprint``); a stage whose
@@ -193,8 +220,14 @@ def train_stage(config: RunConfig, launch: LaunchConfig = LaunchConfig(),
 def run_logged(cmd: Sequence[str], *, timeout_s: float, name: str, env: dict[str, str] | None = None) -> None:
     """Run ``cmd`` in its own process group, every output line into the log; kill the group on timeout."""
     log.info("%s: %s", name, " ".join(cmd))
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     tail: list[str] = []
     errors: list[str] = []  # launchers end with a summary; the ranks' own error lines come earlier
 
@@ -219,16 +252,26 @@ def run_logged(cmd: Sequence[str], *, timeout_s: float, name: str, env: dict[str
     finally:
         reader.join(timeout=10)
     if rc != 0:
-        raise RuntimeError(f"{name} failed with exit code {rc}; error lines:\n" + "\n".join(errors)
-                           + "\nlast lines:\n" + "\n".join(tail))
+        raise RuntimeError(
+            f"{name} failed with exit code {rc}; error lines:\n"
+            + "\n".join(errors)
+            + "\nlast lines:\n"
+            + "\n".join(tail)
+        )
 
 
 # ------------------------------------------------------------------ lineage of a stage
 
+
 def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
     weights = Path(result.checkpoint_dir) / "model.safetensors"
-    metadata = {"stage": result.stage, "steps": result.steps, "samples_seen": result.samples_seen,
-                "tokens_seen": result.tokens_seen, "final_loss": result.final_loss}
+    metadata = {
+        "stage": result.stage,
+        "steps": result.steps,
+        "samples_seen": result.samples_seen,
+        "tokens_seen": result.tokens_seen,
+        "final_loss": result.final_loss,
+    }
     written = Path(result.checkpoint_dir).parent / "result.json"
     extra = json.loads(written.read_text()) if written.exists() else {}
     metadata.update({k: extra[k] for k in ("fusion", "experts") if k in extra})  # what a fusion stage merged
@@ -241,33 +284,47 @@ def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
         sha256 = digest.hexdigest()
         if written.exists():
             written.write_text(json.dumps({**extra, "weights_sha256": sha256}, indent=2))
-    return Artifact(kind="checkpoint", uri=str(Path(result.checkpoint_dir).resolve()), sha256=sha256,
-                    num_bytes=weights.stat().st_size, created_by_run=run_id, metadata=metadata)
+    return Artifact(
+        kind="checkpoint",
+        uri=str(Path(result.checkpoint_dir).resolve()),
+        sha256=sha256,
+        num_bytes=weights.stat().st_size,
+        created_by_run=run_id,
+        metadata=metadata,
+    )
 
 
-def stage_lineage(result: StageResult, run_id: str, inputs: Sequence[str]) -> tuple[list[Artifact], list[Edge], list[Metric]]:
+def stage_lineage(
+    result: StageResult, run_id: str, inputs: Sequence[str]
+) -> tuple[list[Artifact], list[Edge], list[Metric]]:
     """The checkpoint artifact, edges from its inputs (artifact ids), and the stage's per-step metrics."""
     ckpt = checkpoint_artifact(result, run_id)
-    edges = [Edge(parent_id=parent, child_id=ckpt.artifact_id, run_id=run_id, relation="trained_from")
-             for parent in inputs]
+    edges = [
+        Edge(parent_id=parent, child_id=ckpt.artifact_id, run_id=run_id, relation="trained_from") for parent in inputs
+    ]
     metrics = []
     metrics_file = Path(result.checkpoint_dir).parent / "metrics.jsonl"
     if metrics_file.exists():
         for line in metrics_file.read_text().splitlines():
             row = json.loads(line)
-            metrics += [Metric(run_id=run_id, stage=result.stage, step=row["step"], name=k, value=float(v))
-                        for k, v in row.items() if k not in ("stage", "step") and isinstance(v, (int, float))]
+            metrics += [
+                Metric(run_id=run_id, stage=result.stage, step=row["step"], name=k, value=float(v))
+                for k, v in row.items()
+                if k not in ("stage", "step") and isinstance(v, (int, float))
+            ]
     return [ckpt], edges, metrics
 
 
 # ------------------------------------------------------------------ Prefect entry point
 
+
 @task(name="train-stage", task_run_name="train-{config.stage.name}")
 def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, inputs: list[str]) -> CheckpointRef:
     """Train (or skip a finished) stage and record its checkpoint, edges and metrics; UI progress per step."""
     stage = config.stage
-    progress_id = create_progress_artifact(0.0, key=f"progress-{stage.name}",
-                                           description=f"stage {stage.name}: share of {stage.num_steps} steps done")
+    progress_id = create_progress_artifact(
+        0.0, key=f"progress-{stage.name}", description=f"stage {stage.name}: share of {stage.num_steps} steps done"
+    )
 
     def on_step(record: dict[str, Any]) -> None:
         update_progress_artifact(progress_id, 100.0 * record["step"] / stage.num_steps)

@@ -74,8 +74,11 @@ def check_image(path: str) -> Problem | None:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                return Problem(check="decode", reason="image too large",
-                               detail=f"{path}: {width}x{height} pixels > {MAX_IMAGE_PIXELS}, refused before decoding")
+                return Problem(
+                    check="decode",
+                    reason="image too large",
+                    detail=f"{path}: {width}x{height} pixels > {MAX_IMAGE_PIXELS}, refused before decoding",
+                )
             image.load()
         fit_size(height, width, 4, 20480)
     except Image.DecompressionBombError as exc:  # PIL's own header check, for sizes far past ours
@@ -137,11 +140,13 @@ def run_suite(kind: str, rows: list[dict]) -> list[list[str]]:
     )
     context = gx.get_context(project_config=config, mode="ephemeral")
     batch = context.data_sources.add_pandas(f"keye-{kind}").add_dataframe_asset(kind)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(
-        name=f"validate-{kind}",
-        data=batch.add_batch_definition_whole_dataframe("whole"),
-        suite=context.suites.add(build_suite(kind)),
-    ))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(
+            name=f"validate-{kind}",
+            data=batch.add_batch_definition_whole_dataframe("whole"),
+            suite=context.suites.add(build_suite(kind)),
+        )
+    )
     frame = pd.DataFrame(rows).reset_index(drop=True)
     result = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
     reasons: list[list[str]] = [[] for _ in rows]
@@ -158,10 +163,17 @@ def run_suite(kind: str, rows: list[dict]) -> list[list[str]]:
 
 
 def _quarantine_line(*, item_id: str, source: str, problems: list[Problem], record: dict | None, raw: str) -> str:
-    return json.dumps({
-        "id": item_id, "source": source, "reasons": [p.reason for p in problems],
-        "problems": [asdict(p) for p in problems], "record": record, "raw": raw,
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "id": item_id,
+            "source": source,
+            "reasons": [p.reason for p in problems],
+            "problems": [asdict(p) for p in problems],
+            "record": record,
+            "raw": raw,
+        },
+        sort_keys=True,
+    )
 
 
 def validate_records(
@@ -174,8 +186,13 @@ def validate_records(
     checked: dict[tuple[str, str | None], Problem | None] = {}  # many questions share one image: decode it once
     for record, found in zip(records, problems):
         if record.id in first_seen:
-            found.append(Problem(check="unique", reason="duplicate id",
-                                 detail=f"first seen from source {first_seen[record.id].source}"))
+            found.append(
+                Problem(
+                    check="unique",
+                    reason="duplicate id",
+                    detail=f"first seen from source {first_seen[record.id].source}",
+                )
+            )
         else:
             first_seen[record.id] = record
         key = (record.modality, record.media_path)
@@ -193,8 +210,9 @@ def validate_records(
     lines = []
     for item in rejected:
         problem = Problem(check="collect", reason=item.kind, detail=f"{item.where}: {item.reason}")
-        lines.append(_quarantine_line(item_id=item.where, source=item.source, problems=[problem], record=None,
-                                      raw=item.raw))
+        lines.append(
+            _quarantine_line(item_id=item.where, source=item.source, problems=[problem], record=None, raw=item.raw)
+        )
         counts[problem.reason] += 1
         log.warning("quarantined %s (%s): %s: %s", item.where, item.source, problem.reason, item.reason)
     passed = []
@@ -202,21 +220,37 @@ def validate_records(
         if not found:
             passed.append(record)
             continue
-        lines.append(_quarantine_line(item_id=record.id, source=record.source, problems=found,
-                                      record=json.loads(record.to_json()), raw=""))
+        lines.append(
+            _quarantine_line(
+                item_id=record.id, source=record.source, problems=found, record=json.loads(record.to_json()), raw=""
+            )
+        )
         counts.update({p.reason for p in found})
-        log.warning("quarantined %s (%s): %s", record.id, record.source, "; ".join(
-            f"{p.reason}{': ' + p.detail if p.detail else ''}" for p in found))
+        log.warning(
+            "quarantined %s (%s): %s",
+            record.id,
+            record.source,
+            "; ".join(f"{p.reason}{': ' + p.detail if p.detail else ''}" for p in found),
+        )
     path = Path(quarantine_path)
     if lines:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))
-    log.info("validated %d records + %d rejected inputs: %d passed, %d quarantined to %s",
-             len(records), len(rejected), len(passed), len(lines), path)
+    log.info(
+        "validated %d records + %d rejected inputs: %d passed, %d quarantined to %s",
+        len(records),
+        len(rejected),
+        len(passed),
+        len(lines),
+        path,
+    )
     return ValidationReport(
-        passed=passed, num_checked=len(records) + len(rejected), num_quarantined=len(lines),
-        reasons=dict(sorted(counts.items())), quarantine_path=str(path),
+        passed=passed,
+        num_checked=len(records) + len(rejected),
+        num_quarantined=len(lines),
+        reasons=dict(sorted(counts.items())),
+        quarantine_path=str(path),
     )
 
 

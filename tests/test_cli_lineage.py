@@ -18,7 +18,7 @@ from tasks.lineage import Artifact, Edge, LineageStore, Metric, MixRow, Run
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "55555555-5555-5555-5555-555555555555"
 TOP = "66666666-6666-6666-6666-666666666666"
-T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
 SRC = Artifact(kind="source", uri="file:///data/easy-vqa")
 REC = Artifact(kind="record", uri="record://easy-vqa/q1", created_by_run=RUN)
 SHARD = Artifact(kind="shard", uri="file:///runs/s-000.tar", sha256="f" * 64, num_records=1, created_by_run=RUN)
@@ -35,16 +35,49 @@ def run_cli(argv: list[str]) -> int:
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "lineage.duckdb"
     with LineageStore(path) as store:
-        store.record_runs([Run(run_id=TOP, flow_name="keye", run_name="tangerine-bear", root_run_id=TOP,
-                                   started_at=T0, ended_at=T0 + dt.timedelta(minutes=9), status="COMPLETED"),
-                               Run(run_id=RUN, flow_name="curate", run_name="olive-owl", parent_run_id=TOP,
-                                   root_run_id=TOP, started_at=T0 + dt.timedelta(seconds=5))])
+        store.record_runs(
+            [
+                Run(
+                    run_id=TOP,
+                    flow_name="keye",
+                    run_name="tangerine-bear",
+                    root_run_id=TOP,
+                    started_at=T0,
+                    ended_at=T0 + dt.timedelta(minutes=9),
+                    status="COMPLETED",
+                ),
+                Run(
+                    run_id=RUN,
+                    flow_name="curate",
+                    run_name="olive-owl",
+                    parent_run_id=TOP,
+                    root_run_id=TOP,
+                    started_at=T0 + dt.timedelta(seconds=5),
+                ),
+            ]
+        )
         store.record_artifacts([SRC, REC, SHARD])
-        store.record_edges([Edge(parent_id=SRC.artifact_id, child_id=REC.artifact_id, run_id=RUN),
-                            Edge(parent_id=REC.artifact_id, child_id=SHARD.artifact_id, run_id=RUN)])
-        store.record_mix([MixRow(run_id=RUN, mix="image_text", source="easy-vqa", modality="image", planned_ratio=0.7,
-                                 realized_ratio_samples=0.65, realized_ratio_tokens=0.6, num_samples=65,
-                                 num_tokens=600)])
+        store.record_edges(
+            [
+                Edge(parent_id=SRC.artifact_id, child_id=REC.artifact_id, run_id=RUN),
+                Edge(parent_id=REC.artifact_id, child_id=SHARD.artifact_id, run_id=RUN),
+            ]
+        )
+        store.record_mix(
+            [
+                MixRow(
+                    run_id=RUN,
+                    mix="image_text",
+                    source="easy-vqa",
+                    modality="image",
+                    planned_ratio=0.7,
+                    realized_ratio_samples=0.65,
+                    realized_ratio_tokens=0.6,
+                    num_samples=65,
+                    num_tokens=600,
+                )
+            ]
+        )
         store.record_metrics([Metric(run_id=RUN, stage="stage1", step=10, name="loss", value=1.5)])
     return path
 
@@ -61,7 +94,10 @@ def test_ancestors_table_and_json(db, capsys, monkeypatch):
 
     assert run_cli(["lineage", "ancestors", SHARD.artifact_id, "--db", str(db), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert [(n["artifact_id"], n["depth"]) for n in payload["ancestors"]] == [(REC.artifact_id, 1), (SRC.artifact_id, 2)]
+    assert [(n["artifact_id"], n["depth"]) for n in payload["ancestors"]] == [
+        (REC.artifact_id, 1),
+        (SRC.artifact_id, 2),
+    ]
 
 
 def test_descendants(db, capsys):
@@ -75,8 +111,16 @@ def test_mix_by_name_or_by_stage_from_the_run_folder_in_env(db, capsys, monkeypa
     assert run_cli(["lineage", "mix", "--mix", "image_text"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"mix image_text, run {RUN} (mix totals)" and "share of TOKENS" in out[1]
-    assert out[2].split() == ["source", "modality", "planned(tok)", "realized(tok)", "drift(tok)", "realized(smp)",
-                              "samples", "tokens"]
+    assert out[2].split() == [
+        "source",
+        "modality",
+        "planned(tok)",
+        "realized(tok)",
+        "drift(tok)",
+        "realized(smp)",
+        "samples",
+        "tokens",
+    ]
     assert out[-1].split() == ["easy-vqa", "image", "0.7000", "0.6000", "-0.1000", "0.6500", "65", "600"]
     # a training stage resolves to the mix it trains on (the tiny preset's stage1 trains on image_text)
     assert run_cli(["lineage", "mix", "--stage", "stage1"]) == 0
@@ -105,20 +149,31 @@ def test_runs_lists_the_top_level_run_then_its_subflows(db, capsys, monkeypatch)
     assert run_cli(["lineage", "runs", "--db", str(db), "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert [(r["run_id"], r["flow_name"], r["run_name"], r["status"]) for r in runs] == [
-        (TOP, "keye", "tangerine-bear", "COMPLETED"), (RUN, "curate", "olive-owl", "RUNNING")]
+        (TOP, "keye", "tangerine-bear", "COMPLETED"),
+        (RUN, "curate", "olive-owl", "RUNNING"),
+    ]
     assert runs[0]["ended_at"] == (T0 + dt.timedelta(minutes=9)).isoformat() and runs[1]["parent_run_id"] == TOP
     assert run_cli(["lineage", "runs", "--db", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["run_id", "flow", "name", "status", "started", "ended"]
-    assert lines[3].split() == [TOP, "keye", "tangerine-bear", "COMPLETED", "2025-01-01T12:00:00Z",
-                                "2025-01-01T12:09:00Z"]
+    assert lines[3].split() == [
+        TOP,
+        "keye",
+        "tangerine-bear",
+        "COMPLETED",
+        "2025-01-01T12:00:00Z",
+        "2025-01-01T12:09:00Z",
+    ]
     assert lines[4].split() == [RUN, "curate", "olive-owl", "RUNNING", "2025-01-01T12:00:05Z", "-"]
-    assert lines[4][len(RUN) + 2:].startswith("  curate")  # a subflow, indented under its top-level run
+    assert lines[4][len(RUN) + 2 :].startswith("  curate")  # a subflow, indented under its top-level run
 
 
 def test_tables_fit_the_terminal_and_json_keeps_everything(tmp_path, capsys, monkeypatch):
-    deep = Artifact(kind="shard", uri="file:///" + "/".join(["a-rather-long-folder-name"] * 12) + "/mix-000007.tar",
-                    created_by_run=RUN)
+    deep = Artifact(
+        kind="shard",
+        uri="file:///" + "/".join(["a-rather-long-folder-name"] * 12) + "/mix-000007.tar",
+        created_by_run=RUN,
+    )
     path = tmp_path / "lineage.duckdb"
     with LineageStore(path) as store:
         store.record_artifacts([SRC, deep])
@@ -147,7 +202,10 @@ def test_export_and_metrics(db, capsys):
     events = json.loads(capsys.readouterr().out)
     assert [e["eventType"] for e in events] == ["START"]
     assert events[0]["run"]["runId"] == RUN and events[0]["job"] == {
-        "namespace": "keye", "name": "curate", "facets": events[0]["job"]["facets"]}
+        "namespace": "keye",
+        "name": "curate",
+        "facets": events[0]["job"]["facets"],
+    }
     assert [d["name"] for d in events[0]["inputs"]] == ["/data/easy-vqa"]
     assert run_cli(["lineage", "export", RUN, "--db", str(db)]) == 0
     assert capsys.readouterr().out.splitlines()[2].split()[0] == "START"
@@ -173,8 +231,14 @@ with LineageStore(sys.argv[1]) as store:
 
 @pytest.mark.slow
 def test_locked_store_exits_2_with_a_clear_message(db, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], cwd=ROOT, text=True, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         assert run_cli(["lineage", "mix", "--mix", "image_text", "--db", str(db)]) == 2

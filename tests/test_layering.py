@@ -30,7 +30,7 @@ def imported_roots(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_layer_imports_only_downwards(layer):
-    higher = set(LAYERS[LAYERS.index(layer) + 1:])
+    higher = set(LAYERS[LAYERS.index(layer) + 1 :])
     files = sorted((ROOT / layer).rglob("*.py"))
     assert files, f"layer {layer} has no modules"
     bad = {

@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = yaml.safe_load((ROOT / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in RECIPE["deployments"]}
 #: deployment name -> flow name; `keye/full-pipeline` is the one the README and CI run.
-EXPECTED = {"full-pipeline": "keye", "curate": "curate", "pretrain": "pretrain", "posttrain": "posttrain",
-            "evaluate": "evaluate"}
+EXPECTED = {
+    "full-pipeline": "keye",
+    "curate": "curate",
+    "pretrain": "pretrain",
+    "posttrain": "posttrain",
+    "evaluate": "evaluate",
+}
 
 
 def load_flow(entrypoint: str):
@@ -28,7 +33,9 @@ def load_flow(entrypoint: str):
     assert file.is_file(), f"entrypoint {entrypoint}: no file {file}"
     module_name = path.removesuffix(".py").replace("/", ".")
     spec = importlib.util.find_spec(module_name)  # the package module, so its relative imports resolve
-    assert spec is not None and Path(spec.origin).resolve() == file.resolve(), f"{entrypoint}: not importable as {module_name}"
+    assert spec is not None and Path(spec.origin).resolve() == file.resolve(), (
+        f"{entrypoint}: not importable as {module_name}"
+    )
     obj = getattr(importlib.import_module(module_name), name, None)
     assert isinstance(obj, Flow), f"entrypoint {entrypoint}: {name} is {type(obj).__name__}, not a @flow"
     return obj

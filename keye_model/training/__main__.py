@@ -1,7 +1,7 @@
 """Entry point that ``deepspeed`` / ``torchrun`` start on every rank:
 
-    torchrun --nproc_per_node 8 -m keye_model.training --config run.json
-    deepspeed --num_gpus 8 --module keye_model.training --config run.json
+torchrun --nproc_per_node 8 -m keye_model.training --config run.json
+deepspeed --num_gpus 8 --module keye_model.training --config run.json
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ class Batches:
         self.stage = config.stage
         self.processor = processor
         self.rank, self.world_size = rank, world_size
-        self.stream = ShardStream(config.shards, seed=config.seed, sha256s=config.shard_sha256s,
-                                  num_bytes=config.shard_num_bytes)
+        self.stream = ShardStream(
+            config.shards, seed=config.seed, sha256s=config.shard_sha256s, num_bytes=config.shard_num_bytes
+        )
         self.media_cache = Path(config.output_dir) / "media-cache"
         self._iter: Iterator[dict[str, Any]] | None = None
 
@@ -44,7 +45,9 @@ class Batches:
     def my_examples(self) -> list[examples.Example]:
         window = self.next_window()
         costs = [estimate_cost(sample) for sample in window]
-        return [examples.to_example(window[i], self.media_cache) for i in assign_window(costs, self.world_size, self.rank)]
+        return [
+            examples.to_example(window[i], self.media_cache) for i in assign_window(costs, self.world_size, self.rank)
+        ]
 
     def encode(self, conversation: examples.Conversation, sample_id: str, weight: float = 1.0) -> Encoded:
         return Encoded.from_batch(sample_id, self.processor([conversation], sample_ids=[sample_id]), weight)

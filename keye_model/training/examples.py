@@ -20,8 +20,17 @@ from keye_model.training.rl import RLPrompt
 Conversation = list[dict[str, Any]]
 
 #: The reward model's judging prompt; the nine dimensions are SPEC.md's (four from the report).
-JUDGE_DIMENSIONS = ("credibility", "correctness", "redundancy", "relevance", "completeness", "clarity",
-                    "instruction following", "visual grounding", "safety")
+JUDGE_DIMENSIONS = (
+    "credibility",
+    "correctness",
+    "redundancy",
+    "relevance",
+    "completeness",
+    "clarity",
+    "instruction following",
+    "visual grounding",
+    "safety",
+)
 
 
 @dataclass
@@ -40,8 +49,7 @@ class Example:
         return float(self.meta.get("replay_weight", 1.0))
 
     def conversation(self, answer: str) -> Conversation:
-        return [{"role": "user", "content": self.user_parts},
-                {"role": "assistant", "content": answer}]
+        return [{"role": "user", "content": self.user_parts}, {"role": "assistant", "content": answer}]
 
 
 def to_example(sample: dict[str, Any], media_cache: str | Path) -> Example:
@@ -85,8 +93,10 @@ def preference_conversations(example: Example) -> tuple[Conversation, Conversati
 def judge_prompt(task: str, question: str, first: str, second: str, think: bool = False) -> str:
     """The pairwise judging prompt; ``no_think``: answer "A" or "B"; ``think``: assess, then answer."""
     mode = "Assess both responses, then answer A or B. /think" if think else "Answer A or B. /no_think"
-    return (f"Task: {task}\nQuery: {question}\nResponse A: {first}\nResponse B: {second}\n"
-            f"Which response is better? Consider {', '.join(JUDGE_DIMENSIONS)}. {mode}")
+    return (
+        f"Task: {task}\nQuery: {question}\nResponse A: {first}\nResponse B: {second}\n"
+        f"Which response is better? Consider {', '.join(JUDGE_DIMENSIONS)}. {mode}"
+    )
 
 
 def judge_assessment(meta: dict[str, Any], better: str) -> str:
@@ -98,16 +108,21 @@ def judge_assessment(meta: dict[str, Any], better: str) -> str:
     """
     worse = "B" if better == "A" else "A"
     reason = meta.get("reason", "preference")
-    why = {"correct-vs-wrong": f"Response {better}'s answer is correct and Response {worse}'s is not",
-           "reference-vs-wrong": f"Response {better} gives the reference answer and Response {worse} does not",
-           "score-gap": f"both answers agree, but Response {better}'s reasoning scored higher"}.get(
-        reason, f"Response {better} was preferred")
+    why = {
+        "correct-vs-wrong": f"Response {better}'s answer is correct and Response {worse}'s is not",
+        "reference-vs-wrong": f"Response {better} gives the reference answer and Response {worse} does not",
+        "score-gap": f"both answers agree, but Response {better}'s reasoning scored higher",
+    }.get(reason, f"Response {better} was preferred")
     scores = ""
     if "chosen_score" in meta and "rejected_score" in meta:
-        scores = (f" Quality: Response {better} {float(meta['chosen_score']):.1f}, "
-                  f"Response {worse} {float(meta['rejected_score']):.1f} of 5.")
-    return (f"Correctness: {why}. Credibility and relevance follow correctness here; redundancy and clarity "
-            f"do not change the outcome.{scores}")
+        scores = (
+            f" Quality: Response {better} {float(meta['chosen_score']):.1f}, "
+            f"Response {worse} {float(meta['rejected_score']):.1f} of 5."
+        )
+    return (
+        f"Correctness: {why}. Credibility and relevance follow correctness here; redundancy and clarity "
+        f"do not change the outcome.{scores}"
+    )
 
 
 def judge_conversations(example: Example) -> list[Conversation]:
@@ -136,5 +151,9 @@ def judge_conversations(example: Example) -> list[Conversation]:
 
 def rl_prompt(example: Example) -> RLPrompt:
     """An RL prompt from a record: its question (with media) and reference answer; hints from meta."""
-    return RLPrompt(id=example.sample_id, conversation=[{"role": "user", "content": example.user_parts}],
-                    reference=example.record.get("answer") or None, hints=tuple(example.meta.get("hints", ()))[:5])
+    return RLPrompt(
+        id=example.sample_id,
+        conversation=[{"role": "user", "content": example.user_parts}],
+        reference=example.record.get("answer") or None,
+        hints=tuple(example.meta.get("hints", ()))[:5],
+    )

@@ -28,8 +28,9 @@ class PairwiseJudge:
 
     @torch.no_grad()
     def __call__(self, query: str, answer_a: str, answer_b: str) -> float:
-        conversation = [{"role": "user", "content": [
-            {"type": "text", "text": judge_prompt(self.task, query, answer_a, answer_b)}]}]
+        conversation = [
+            {"role": "user", "content": [{"type": "text", "text": judge_prompt(self.task, query, answer_a, answer_b)}]}
+        ]
         batch = self.processor.build_prompt(conversation, enable_thinking=False)
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
         logits = self.model(**batch).logits[0, -1].float()

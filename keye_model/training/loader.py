@@ -84,8 +84,10 @@ def verify_shards(paths: Sequence[str | Path], sha256s: Sequence[str], num_bytes
         if digest != expected_sha:
             bad.append(f"{path}: sha256 {digest}, its manifest says {expected_sha} (corrupted)")
     if bad:
-        raise ShardError(f"{len(bad)} of {len(paths)} shards do not match their manifest; run curation again "
-                         f"to rewrite them: " + "; ".join(bad))
+        raise ShardError(
+            f"{len(bad)} of {len(paths)} shards do not match their manifest; run curation again "
+            f"to rewrite them: " + "; ".join(bad)
+        )
     log.info("%d shards match their manifest (size and sha256)", len(paths))
 
 
@@ -120,8 +122,9 @@ def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ShardError(f"shard {path}: cannot read {where}: {type(exc).__name__}: {exc}") from exc
     if not tail:
-        raise ShardError(f"shard {path} ends at byte {end}, after {where}, without the end-of-archive blocks "
-                         f"(truncated)")
+        raise ShardError(
+            f"shard {path} ends at byte {end}, after {where}, without the end-of-archive blocks (truncated)"
+        )
     if tail.strip(b"\0"):
         raise ShardError(f"shard {path}: unreadable tar header at byte {end}, after {where} (corrupt or truncated)")
     if current is not None:
@@ -140,8 +143,9 @@ class ShardStream:
     the stage starts; without them the shards are read unverified, which is logged.
     """
 
-    def __init__(self, shards: Sequence[str | Path], seed: int = 0, sha256s: Sequence[str] = (),
-                 num_bytes: Sequence[int] = ()) -> None:
+    def __init__(
+        self, shards: Sequence[str | Path], seed: int = 0, sha256s: Sequence[str] = (), num_bytes: Sequence[int] = ()
+    ) -> None:
         if not shards:
             raise ValueError("the stage has no shards to read")
         missing = [str(s) for s in shards if not Path(s).is_file()]

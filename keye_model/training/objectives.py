@@ -82,8 +82,12 @@ class Objective:
         merged: dict[str, float] = {}
         for out in outs:
             merged.update(out.metrics)
-        return StepOutput(loss=sum(o.loss.item() for o in outs) / len(outs), metrics=merged,
-                          sample_ids=[i for o in outs for i in o.sample_ids], tokens=sum(o.tokens for o in outs))
+        return StepOutput(
+            loss=sum(o.loss.item() for o in outs) / len(outs),
+            metrics=merged,
+            sample_ids=[i for o in outs for i in o.sample_ids],
+            tokens=sum(o.tokens for o in outs),
+        )
 
 
 REGISTRY: dict[str, type[Objective]] = {}
@@ -123,8 +127,12 @@ class LM(Objective):
                 encoded.append(self.batches.encode(conv, sample_id, ex.weight))
         packed = self.batches.pack(encoded)
         inputs = {k: v.to(self.engine.device) for k, v in packed.model_inputs().items()}
-        return MicroStep(self.loss(inputs, packed), {"packing_efficiency": packed.efficiency}, packed.sample_ids,
-                         packed.num_real_tokens)
+        return MicroStep(
+            self.loss(inputs, packed),
+            {"packing_efficiency": packed.efficiency},
+            packed.sample_ids,
+            packed.num_real_tokens,
+        )
 
 
 @register
@@ -170,8 +178,10 @@ class MPO(Objective):
         exs = self.batches.my_examples()
         pairs = [examples.preference_conversations(ex) for ex in exs]
         ids = [ex.sample_id for ex in exs]
-        batch = self.batches.processor([c for c, _ in pairs] + [r for _, r in pairs],
-                                       sample_ids=[f"{i}-chosen" for i in ids] + [f"{i}-rejected" for i in ids])
+        batch = self.batches.processor(
+            [c for c, _ in pairs] + [r for _, r in pairs],
+            sample_ids=[f"{i}-chosen" for i in ids] + [f"{i}-rejected" for i in ids],
+        )
         batch = {k: v.to(self.engine.device) for k, v in batch.items()}
         n = len(ids)
         labels = batch.pop("labels")
@@ -181,13 +191,21 @@ class MPO(Objective):
             ref_logp = losses.sequence_logprobs(self.reference(**batch).logits, labels)
         chosen_logp, chosen_mask = losses.token_logprobs(logits[:n], labels[:n])
         generation = -chosen_logp.sum() / chosen_mask.sum().clamp_min(1)
-        out = losses.mpo_loss(policy_chosen_B=seq_logp[:n], policy_rejected_B=seq_logp[n:],
-                              ref_chosen_B=ref_logp[:n], ref_rejected_B=ref_logp[n:], generation=generation,
-                              reward_mean=self.reward_mean)
-        metrics = {"preference_loss": out.preference.item(), "quality_loss": out.quality.item(),
-                   "generation_loss": out.generation.item(), "bco_delta": out.delta,
-                   "reward_accuracy": float((seq_logp[:n] - ref_logp[:n] > seq_logp[n:] - ref_logp[n:]).float()
-                                            .mean())}
+        out = losses.mpo_loss(
+            policy_chosen_B=seq_logp[:n],
+            policy_rejected_B=seq_logp[n:],
+            ref_chosen_B=ref_logp[:n],
+            ref_rejected_B=ref_logp[n:],
+            generation=generation,
+            reward_mean=self.reward_mean,
+        )
+        metrics = {
+            "preference_loss": out.preference.item(),
+            "quality_loss": out.quality.item(),
+            "generation_loss": out.generation.item(),
+            "bco_delta": out.delta,
+            "reward_accuracy": float((seq_logp[:n] - ref_logp[:n] > seq_logp[n:] - ref_logp[n:]).float().mean()),
+        }
         return MicroStep(out.total, metrics, ids, int(batch["attention_mask"].sum()))
 
 
@@ -210,12 +228,24 @@ class GSPO(Objective):
         spec = self.stage.rl
         prompts = [examples.rl_prompt(ex) for ex in self.batches.my_examples()]
         model = self.engine.module
-        groups = [progressive_hint_rollout(model, self.batches.processor, prompt, spec, self.reward_fn,
-                                           generator_seed=self.config.seed + 1000 * step + j)
-                  for j, prompt in enumerate(prompts)]
+        groups = [
+            progressive_hint_rollout(
+                model,
+                self.batches.processor,
+                prompt,
+                spec,
+                self.reward_fn,
+                generator_seed=self.config.seed + 1000 * step + j,
+            )
+            for j, prompt in enumerate(prompts)
+        ]
         m = gspo_update(self.engine, model, self.batches.processor, groups, spec)
-        metrics = {"mean_reward": m.mean_reward, "ratio_mean": m.ratio_mean, "clipped_fraction": m.clipped_fraction,
-                   **{f"hint_level_{k}": float(v) for k, v in m.hint_levels.items()}}
+        metrics = {
+            "mean_reward": m.mean_reward,
+            "ratio_mean": m.ratio_mean,
+            "clipped_fraction": m.clipped_fraction,
+            **{f"hint_level_{k}": float(v) for k, v in m.hint_levels.items()},
+        }
         tokens = sum(int(g.response_mask.sum()) for g in groups)
         return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)
 
@@ -233,8 +263,9 @@ class Fusion(Objective):
         keeps the config (RoPE theta, ...) of the input ``FusionSpec.config_from`` names."""
         spec = config.stage.fusion
         if not config.init_checkpoint or not config.expert_checkpoints:
-            raise ValueError(f"fusion stage {config.stage.name} needs init_checkpoint (the base) and "
-                             "expert_checkpoints")
+            raise ValueError(
+                f"fusion stage {config.stage.name} needs init_checkpoint (the base) and expert_checkpoints"
+            )
         paths = [config.init_checkpoint, *config.expert_checkpoints]
         models = [KeyeForConditionalGeneration.from_pretrained(p) for p in paths]
         merged = merge(models[0].state_dict(), [m.state_dict() for m in models[1:]], spec)
@@ -253,8 +284,10 @@ def build_reward_fn(config: RunConfig, processor: KeyeProcessor, device: torch.d
     if not needs_judge:
         return RewardFunction(weights=weights)
     if not config.reward_model_checkpoint:
-        raise ValueError(f"stage {config.stage.name} weighs judge/reward-model rewards but has no "
-                         "reward_model_checkpoint (set StageSpec.reward_model)")
+        raise ValueError(
+            f"stage {config.stage.name} weighs judge/reward-model rewards but has no "
+            "reward_model_checkpoint (set StageSpec.reward_model)"
+        )
     judge_model = KeyeForConditionalGeneration.from_pretrained(config.reward_model_checkpoint).to(device)
     score = versus_reference(PairwiseJudge(judge_model, processor))
     return RewardFunction(weights=weights, judge=score, reward_model=score)

@@ -35,11 +35,17 @@ class Encoded:
     weight: float = 1.0
 
     @classmethod
-    def from_batch(cls, sample_id: str, batch: dict[str, torch.Tensor], weight: float = 1.0) -> "Encoded":
+    def from_batch(cls, sample_id: str, batch: dict[str, torch.Tensor], weight: float = 1.0) -> Encoded:
         """Take row 0 of a processor batch of one, dropping right padding."""
         n = int(batch["attention_mask"][0].sum())
-        return cls(sample_id, batch["input_ids"][0, :n], batch["labels"][0, :n], batch["pixel_values"],
-                   batch["grid_hw"], weight)
+        return cls(
+            sample_id,
+            batch["input_ids"][0, :n],
+            batch["labels"][0, :n],
+            batch["pixel_values"],
+            batch["grid_hw"],
+            weight,
+        )
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -67,8 +73,13 @@ class Packed:
         return self.num_real_tokens / self.input_ids.numel()
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids,
-                "pixel_values": self.pixel_values, "grid_hw": self.grid_hw}
+        return {
+            "input_ids": self.input_ids,
+            "labels": self.labels,
+            "position_ids": self.position_ids,
+            "pixel_values": self.pixel_values,
+            "grid_hw": self.grid_hw,
+        }
 
 
 def pack(samples: list[Encoded], seq_len: int, pad_id: int) -> Packed:
@@ -78,8 +89,12 @@ def pack(samples: list[Encoded], seq_len: int, pad_id: int) -> Packed:
     skipped = []
     for sample in samples:
         if len(sample) > seq_len:
-            log.warning("sample %s has %d tokens, more than the stage's seq_len %d: skipped",
-                        sample.sample_id, len(sample), seq_len)
+            log.warning(
+                "sample %s has %d tokens, more than the stage's seq_len %d: skipped",
+                sample.sample_id,
+                len(sample),
+                seq_len,
+            )
             skipped.append(sample.sample_id)
             continue
         for i, used in enumerate(fill):
@@ -107,10 +122,10 @@ def pack(samples: list[Encoded], seq_len: int, pad_id: int) -> Packed:
             labels[r, start] = IGNORE_INDEX
             position_ids[r, start:end] = torch.arange(len(sample))
             # Loss positions are the shifted ones: label t is predicted at t - 1.
-            counted = labels[r, start + 1:end] != IGNORE_INDEX
+            counted = labels[r, start + 1 : end] != IGNORE_INDEX
             num = int(counted.sum())
             if num:
-                token_weights[r, start + 1:end][counted] = sample.weight / num
+                token_weights[r, start + 1 : end][counted] = sample.weight / num
             pixels.append(sample.pixel_values)
             grids.append(sample.grid_hw)
             ids.append(sample.sample_id)
@@ -118,8 +133,13 @@ def pack(samples: list[Encoded], seq_len: int, pad_id: int) -> Packed:
         # Padding is one more "sample" with its own positions, so it attends to nothing real.
         position_ids[r, start:] = torch.arange(width - start)
     return Packed(
-        input_ids=input_ids, labels=labels, position_ids=position_ids,
+        input_ids=input_ids,
+        labels=labels,
+        position_ids=position_ids,
         pixel_values=torch.cat(pixels),
-        grid_hw=torch.cat(grids).reshape(-1, 2), token_weights=token_weights, num_real_tokens=sum(fill),
-        sample_ids=ids, skipped=skipped,
+        grid_hw=torch.cat(grids).reshape(-1, 2),
+        token_weights=token_weights,
+        num_real_tokens=sum(fill),
+        sample_ids=ids,
+        skipped=skipped,
     )

@@ -143,6 +143,7 @@ class GSPOMetrics:
 
 # ---------------------------------------------------------------- prompts and sampling
 
+
 def text_of(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
@@ -196,8 +197,15 @@ def _stop_mask(response_GT: torch.Tensor, tokenizer: PreTrainedTokenizerBase) ->
     return stops_before == 0
 
 
-def sample_responses(model: torch.nn.Module, processor: KeyeProcessor, conversation: list[dict[str, Any]], *,
-                     num: int, spec: RLSpec, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def sample_responses(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    conversation: list[dict[str, Any]],
+    *,
+    num: int,
+    spec: RLSpec,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """``num`` sampled responses to one conversation: (prompt batch of 1, response ids (G, T), mask (G, T))."""
     if spec.temperature <= 0:
         raise ValueError(f"RL sampling needs temperature > 0, got {spec.temperature}")
@@ -208,18 +216,25 @@ def sample_responses(model: torch.nn.Module, processor: KeyeProcessor, conversat
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            prompt["input_ids"].expand(num, -1), prompt["attention_mask"].expand(num, -1),
+            prompt["input_ids"].expand(num, -1),
+            prompt["attention_mask"].expand(num, -1),
             prompt["pixel_values"].repeat(num, 1) if media else None,
             prompt["grid_hw"].repeat(num, 1) if media else None,
-            do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0,
-            max_new_tokens=spec.max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
-            pad_token_id=tokenizer.pad_token_id)
-    response = out[:, prompt["input_ids"].shape[1]:]
+            do_sample=True,
+            temperature=spec.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=spec.max_new_tokens,
+            eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    response = out[:, prompt["input_ids"].shape[1] :]
     return prompt, response, _stop_mask(response, tokenizer)
 
 
-def response_logprobs(model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup, int]],
-                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(
+    model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup, int]], temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the responses of ``rows`` ((group, index) pairs) under ``model``.
 
     ``model`` may be the DeepSpeed engine (its forward). Returns (logp (N, T), mask (N, T)) with T the
@@ -242,9 +257,13 @@ def response_logprobs(model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup,
     pixel_values = torch.cat([group.pixel_values for group, _ in rows])
     grid_hw = torch.cat([group.grid_hw for group, _ in rows])
     media = grid_hw.shape[0] > 0
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                   pixel_values=pixel_values.to(device) if media else None,
-                   grid_hw=grid_hw.to(device) if media else None, position_ids=position_ids.to(device)).logits
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        pixel_values=pixel_values.to(device) if media else None,
+        grid_hw=grid_hw.to(device) if media else None,
+        position_ids=position_ids.to(device),
+    ).logits
     # logits[n, P_n - 1 + t] predicts response token t of row n (module docstring).
     prompt_lens = torch.tensor([group.prompt_ids.shape[0] for group, _ in rows])
     offsets = (prompt_lens[:, None] - 1 + torch.arange(num_t)[None, :]).clamp_max(length - 1).to(device)
@@ -254,21 +273,36 @@ def response_logprobs(model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup,
     return logp * mask, mask
 
 
-def rollout_group(model: torch.nn.Module, processor: KeyeProcessor, prompt: RLPrompt, spec: RLSpec, hint_level: int,
-                  generator_seed: int, *, reward_fn: RewardFn | None = None,
-                  correct_threshold: float = 1.0) -> RolloutGroup:
+def rollout_group(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    prompt: RLPrompt,
+    spec: RLSpec,
+    hint_level: int,
+    generator_seed: int,
+    *,
+    reward_fn: RewardFn | None = None,
+    correct_threshold: float = 1.0,
+) -> RolloutGroup:
     """G = spec.group_size sampled responses at ``hint_level`` with pi_old log-probs (no grad).
 
     With ``reward_fn`` the group comes back scored (``score_group``).
     """
     conversation = with_hint(prompt, hint_level)
-    batch, response, mask = sample_responses(model, processor, conversation, num=spec.group_size, spec=spec,
-                                             seed=generator_seed)
+    batch, response, mask = sample_responses(
+        model, processor, conversation, num=spec.group_size, spec=spec, seed=generator_seed
+    )
     group = RolloutGroup(
-        prompt_id=prompt.id, hint_level=hint_level, prompt_ids=batch["input_ids"][0].cpu(),
-        pixel_values=batch["pixel_values"].cpu(), grid_hw=batch["grid_hw"].cpu(),
-        response_ids=response.cpu(), response_mask=mask.cpu(),
-        old_logp=torch.zeros(response.shape), texts=tuple(processor.decode_response(r) for r in response))
+        prompt_id=prompt.id,
+        hint_level=hint_level,
+        prompt_ids=batch["input_ids"][0].cpu(),
+        pixel_values=batch["pixel_values"].cpu(),
+        grid_hw=batch["grid_hw"].cpu(),
+        response_ids=response.cpu(),
+        response_mask=mask.cpu(),
+        old_logp=torch.zeros(response.shape),
+        texts=tuple(processor.decode_response(r) for r in response),
+    )
     with torch.no_grad():
         old_logp, _ = response_logprobs(model, [(group, i) for i in range(group.size)], spec.temperature)
     group.old_logp = old_logp.cpu()
@@ -278,13 +312,26 @@ def rollout_group(model: torch.nn.Module, processor: KeyeProcessor, prompt: RLPr
 
 
 def reward_sample(prompt: RLPrompt, text: str, prompt_text: str, hint_level: int) -> RewardSample:
-    return RewardSample(id=prompt.id, query=prompt.query, response=text, reference=prompt.reference,
-                        thinking=prompt.think_mode, constraints=prompt.constraints, prompt_text=prompt_text,
-                        hint_level=hint_level)
+    return RewardSample(
+        id=prompt.id,
+        query=prompt.query,
+        response=text,
+        reference=prompt.reference,
+        thinking=prompt.think_mode,
+        constraints=prompt.constraints,
+        prompt_text=prompt_text,
+        hint_level=hint_level,
+    )
 
 
-def score_group(group: RolloutGroup, prompt: RLPrompt, processor: KeyeProcessor, reward_fn: RewardFn, *,
-                correct_threshold: float = 1.0) -> RolloutGroup:
+def score_group(
+    group: RolloutGroup,
+    prompt: RLPrompt,
+    processor: KeyeProcessor,
+    reward_fn: RewardFn,
+    *,
+    correct_threshold: float = 1.0,
+) -> RolloutGroup:
     """Fill ``rewards`` and ``correct`` (total >= correct_threshold) of a group in place; returns it."""
     prompt_text = processor.decode(group.prompt_ids)
     totals = [reward_fn(reward_sample(prompt, text, prompt_text, group.hint_level)).total for text in group.texts]
@@ -293,22 +340,38 @@ def score_group(group: RolloutGroup, prompt: RLPrompt, processor: KeyeProcessor,
     return group
 
 
-def progressive_hint_rollout(model: torch.nn.Module, processor: KeyeProcessor, prompt: RLPrompt, spec: RLSpec,
-                             reward_fn: RewardFn, *, generator_seed: int,
-                             correct_threshold: float = 1.0) -> RolloutGroup:
+def progressive_hint_rollout(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    prompt: RLPrompt,
+    spec: RLSpec,
+    reward_fn: RewardFn,
+    *,
+    generator_seed: int,
+    correct_threshold: float = 1.0,
+) -> RolloutGroup:
     """A scored group; if no rollout is correct, retry at hint levels 1..max_hint_level, low to high.
 
     The first level with a correct rollout is the group used for the update (``hint_level`` records it).
     If no level helps, the hint-free group comes back with ``solved=False`` (all-wrong: zero advantages).
     Level k samples with seed ``generator_seed + k``.
     """
-    first = rollout_group(model, processor, prompt, spec, 0, generator_seed, reward_fn=reward_fn,
-                          correct_threshold=correct_threshold)
+    first = rollout_group(
+        model, processor, prompt, spec, 0, generator_seed, reward_fn=reward_fn, correct_threshold=correct_threshold
+    )
     if any(first.correct):
         return first
     for level in range(1, min(spec.max_hint_level, len(prompt.hints)) + 1):
-        group = rollout_group(model, processor, prompt, spec, level, generator_seed + level, reward_fn=reward_fn,
-                              correct_threshold=correct_threshold)
+        group = rollout_group(
+            model,
+            processor,
+            prompt,
+            spec,
+            level,
+            generator_seed + level,
+            reward_fn=reward_fn,
+            correct_threshold=correct_threshold,
+        )
         if any(group.correct):
             log.info("prompt %s: solved with hint level %d", prompt.id, level)
             return group
@@ -318,14 +381,16 @@ def progressive_hint_rollout(model: torch.nn.Module, processor: KeyeProcessor, p
 
 # ---------------------------------------------------------------- update
 
+
 def hint_histogram(groups: Sequence[RolloutGroup]) -> dict[str, int]:
     """Groups per hint level used: {"L0": .., ..., "L5": .., "unsolved": ..}."""
     counts = Counter("unsolved" if not g.solved else f"L{g.hint_level}" for g in groups)
     return {key: counts.get(key, 0) for key in [f"L{k}" for k in range(MAX_HINTS + 1)] + ["unsolved"]}
 
 
-def gspo_update(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, groups: Sequence[RolloutGroup],
-                spec: RLSpec) -> GSPOMetrics:
+def gspo_update(
+    engine: Any, model: torch.nn.Module, processor: KeyeProcessor, groups: Sequence[RolloutGroup], spec: RLSpec
+) -> GSPOMetrics:
     """One GSPO update on scored groups: spec.num_minibatches optimizer steps through ``engine``.
 
     Advantages are normalized within each group; the rollouts, in group order, are cut into contiguous
@@ -338,8 +403,10 @@ def gspo_update(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, g
     if getattr(engine, "module", None) is not model:
         raise ValueError("gspo_update: engine.module is not the given model")
     if engine.gradient_accumulation_steps() != 1:
-        raise ValueError(f"gspo_update needs gradient_accumulation_steps 1 (one optimizer step per mini-batch), "
-                         f"the engine has {engine.gradient_accumulation_steps()}")
+        raise ValueError(
+            f"gspo_update needs gradient_accumulation_steps 1 (one optimizer step per mini-batch), "
+            f"the engine has {engine.gradient_accumulation_steps()}"
+        )
     unscored = [g.prompt_id for g in groups if g.rewards is None]
     if unscored:
         raise ValueError(f"gspo_update: groups of prompts {unscored} have no rewards (score_group first)")
@@ -353,9 +420,9 @@ def gspo_update(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, g
         batch_rows = [rows[k] for k in chunk.tolist()]
         new_logp, mask = response_logprobs(engine, batch_rows, spec.temperature)
         num_t = new_logp.shape[1]
-        old_logp = torch.stack([
-            torch.nn.functional.pad(g.old_logp[i], (0, num_t - g.old_logp.shape[1])) for g, i in batch_rows
-        ]).to(new_logp.device)
+        old_logp = torch.stack(
+            [torch.nn.functional.pad(g.old_logp[i], (0, num_t - g.old_logp.shape[1])) for g, i in batch_rows]
+        ).to(new_logp.device)
         out = gspo_loss(new_logp, old_logp, mask, advantages[chunk].to(new_logp.device), clip)
         engine.backward(out.loss)
         engine.step()
@@ -365,15 +432,30 @@ def gspo_update(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, g
     all_ratios = [r for batch in ratios for r in batch]
     rewards = torch.cat([g.rewards for g in groups])
     return GSPOMetrics(
-        mean_reward=rewards.mean().item(), loss=sum(losses) / len(losses),
-        ratio_mean=sum(all_ratios) / len(all_ratios), clipped_fraction=clipped / len(rows),
-        hint_levels=hint_histogram(groups), num_rollouts=len(rows), minibatch_losses=tuple(losses),
-        minibatch_ratios=tuple(ratios))
+        mean_reward=rewards.mean().item(),
+        loss=sum(losses) / len(losses),
+        ratio_mean=sum(all_ratios) / len(all_ratios),
+        clipped_fraction=clipped / len(rows),
+        hint_levels=hint_histogram(groups),
+        num_rollouts=len(rows),
+        minibatch_losses=tuple(losses),
+        minibatch_ratios=tuple(ratios),
+    )
 
 
-def run_gspo(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, prompts: Sequence[RLPrompt],
-             spec: RLSpec, reward_fn: RewardFn, num_steps: int, *, prompts_per_step: int = 1, seed: int = 0,
-             correct_threshold: float = 1.0) -> list[GSPOMetrics]:
+def run_gspo(
+    engine: Any,
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    prompts: Sequence[RLPrompt],
+    spec: RLSpec,
+    reward_fn: RewardFn,
+    num_steps: int,
+    *,
+    prompts_per_step: int = 1,
+    seed: int = 0,
+    correct_threshold: float = 1.0,
+) -> list[GSPOMetrics]:
     """``num_steps`` GSPO steps over ``prompts`` taken in order, cycling; per-step metrics.
 
     Step s rolls out prompts [s*k, (s+1)*k) mod len(prompts) (k = prompts_per_step) with progressive hints,
@@ -387,11 +469,26 @@ def run_gspo(engine: Any, model: torch.nn.Module, processor: KeyeProcessor, prom
         for j in range(prompts_per_step):
             index = step * prompts_per_step + j
             prompt = prompts[index % len(prompts)]
-            groups.append(progressive_hint_rollout(model, processor, prompt, spec, reward_fn,
-                                                   generator_seed=seed + 1000 * index,
-                                                   correct_threshold=correct_threshold))
+            groups.append(
+                progressive_hint_rollout(
+                    model,
+                    processor,
+                    prompt,
+                    spec,
+                    reward_fn,
+                    generator_seed=seed + 1000 * index,
+                    correct_threshold=correct_threshold,
+                )
+            )
         metrics = gspo_update(engine, model, processor, groups, spec)
-        log.info("gspo step %d: reward %.3f loss %.4g ratio %.4f clipped %.2f hints %s", step, metrics.mean_reward,
-                 metrics.loss, metrics.ratio_mean, metrics.clipped_fraction, metrics.hint_levels)
+        log.info(
+            "gspo step %d: reward %.3f loss %.4g ratio %.4f clipped %.2f hints %s",
+            step,
+            metrics.mean_reward,
+            metrics.loss,
+            metrics.ratio_mean,
+            metrics.clipped_fraction,
+            metrics.hint_levels,
+        )
         history.append(metrics)
     return history

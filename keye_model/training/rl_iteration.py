@@ -33,9 +33,17 @@ class PassRateFilter:
     """Sampling accuracy of every prompt, by id."""
 
 
-def pass_rate_filter(model: torch.nn.Module, processor: KeyeProcessor, prompts: Sequence[RLPrompt], k: int,
-                     reward_fn: RewardFn, *, spec: RLSpec, seed: int = 0,
-                     correct_threshold: float = 1.0) -> PassRateFilter:
+def pass_rate_filter(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    prompts: Sequence[RLPrompt],
+    k: int,
+    reward_fn: RewardFn,
+    *,
+    spec: RLSpec,
+    seed: int = 0,
+    correct_threshold: float = 1.0,
+) -> PassRateFilter:
     """SPEC iteration step 4: k samples per prompt (no hints); keep prompts with 0 < accuracy < 1."""
     if k < 1:
         raise ValueError(f"pass_rate_filter needs k >= 1 samples per prompt, got {k}")
@@ -43,8 +51,9 @@ def pass_rate_filter(model: torch.nn.Module, processor: KeyeProcessor, prompts: 
     for n, prompt in enumerate(prompts):
         batch, response, _ = sample_responses(model, processor, prompt.conversation, num=k, spec=spec, seed=seed + n)
         prompt_text = processor.decode(batch["input_ids"][0])
-        rewards = [reward_fn(reward_sample(prompt, processor.decode_response(r), prompt_text, 0)).total
-                   for r in response]
+        rewards = [
+            reward_fn(reward_sample(prompt, processor.decode_response(r), prompt_text, 0)).total for r in response
+        ]
         accuracy[prompt.id] = sum(r >= correct_threshold for r in rewards) / k
     kept = tuple(p for p in prompts if 0.0 < accuracy[p.id] < 1.0)
     return PassRateFilter(kept=kept, accuracy=accuracy)
@@ -78,9 +87,15 @@ def _assistant_text(message: dict[str, Any]) -> str:
     return body if reasoning is None else f"<think>\n{reasoning.strip()}\n</think>\n\n{body}"
 
 
-def rejection_sample(model: torch.nn.Module, processor: KeyeProcessor,
-                     cold_start_samples: Sequence[ColdStartSample],
-                     judge: Callable[[str, str, str], float], *, spec: RLSpec, seed: int = 0) -> RejectionSampling:
+def rejection_sample(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    cold_start_samples: Sequence[ColdStartSample],
+    judge: Callable[[str, str, str], float],
+    *,
+    spec: RLSpec,
+    seed: int = 0,
+) -> RejectionSampling:
     """SPEC iteration step 2: the RL model answers each cold-start prompt once; the answer replaces the
     reference where the judge prefers it: (judge(q, new, ref) + 1 - judge(q, ref, new)) / 2 > 0.5
     (both orders, so position bias cancels)."""

@@ -48,7 +48,7 @@ class RunConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
+    def from_json(cls, text: str) -> RunConfig:
         data = json.loads(text)
         data["stage"] = StageSpec.from_json(json.dumps(data["stage"]))
         for key in ("shards", "expert_checkpoints", "shard_sha256s", "shard_num_bytes"):

@@ -36,12 +36,12 @@ from keye_model.training.batches import Batches
 from keye_model.training.objectives import Objective, get_objective
 from keye_model.training.run_config import RunConfig, StageResult
 
-__all__ = ["RunConfig", "StageResult", "build_model", "deepspeed_config", "init_distributed", "lr_lambda",
-           "run_stage"]
+__all__ = ["RunConfig", "StageResult", "build_model", "deepspeed_config", "init_distributed", "lr_lambda", "run_stage"]
 
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ distributed set-up
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -54,8 +54,9 @@ def init_distributed() -> tuple[int, int]:
     import deepspeed
 
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
     if not torch.cuda.is_available():
         # CPU runs (tests, development) use plain gloo collectives; without this DeepSpeed JIT-compiles
         # its shared-memory collective op (~80 s on 2 cores) before the first step.
@@ -97,6 +98,7 @@ def lr_lambda(stage: StageSpec) -> Callable[[int], float]:
 
 # ------------------------------------------------------------------ model
 
+
 def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
     if config.init_checkpoint:
         model = KeyeForConditionalGeneration.from_pretrained(config.init_checkpoint)
@@ -104,12 +106,16 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
         torch.manual_seed(config.seed)
         base = KeyeConfig.preset(config.model_preset)
         model_config = dataclasses.replace(
-            base, image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-            video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
+            base,
+            image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+            video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        )
         if len(tokenizer) > model_config.text.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than model preset "
-                             f"{config.model_preset!r}'s "
-                             f"vocabulary of {model_config.text.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens, more than model preset "
+                f"{config.model_preset!r}'s "
+                f"vocabulary of {model_config.text.vocab_size}"
+            )
         model = KeyeForConditionalGeneration(model_config)
     if config.stage.rope_theta is not None:
         model.set_rope_theta(config.stage.rope_theta)
@@ -118,6 +124,7 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
 
 
 # ------------------------------------------------------------------ the run
+
 
 def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | None = None) -> StageResult:
     """Run (or resume) one stage; returns where its final checkpoint is."""
@@ -137,11 +144,11 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     model = build_model(config, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_spec = config.stage.optimizer
-    optimizer = torch.optim.AdamW(params, lr=opt_spec.lr, betas=opt_spec.betas,
-                                  weight_decay=opt_spec.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=opt_spec.lr, betas=opt_spec.betas, weight_decay=opt_spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.stage))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(config.stage))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config.stage)
+    )
     processor = KeyeProcessor(tokenizer)
     batches = Batches(config, processor, rank, world_size)
     objective = objective_cls(config, engine, batches)
@@ -153,29 +160,54 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     while step < config.stage.num_steps:
         if config.stop_after_steps is not None and step >= config.stop_after_steps:
             log.warning("stage %s stopping after %d steps as asked (no final checkpoint)", config.stage.name, step)
-            return StageResult(config.stage.name, "", step, batches.stream.state.samples_seen, tokens_seen,
-                               loss_value, time.monotonic() - started)
+            return StageResult(
+                config.stage.name,
+                "",
+                step,
+                batches.stream.state.samples_seen,
+                tokens_seen,
+                loss_value,
+                time.monotonic() - started,
+            )
         output = objective.train_step(step)
         step += 1
         tokens_seen += output.tokens
         loss_value = output.loss
-        record = {"stage": config.stage.name, "step": step, "loss": loss_value, "lr": engine.get_lr()[0],
-                  "tokens": tokens_seen, **output.metrics}
+        record = {
+            "stage": config.stage.name,
+            "step": step,
+            "loss": loss_value,
+            "lr": engine.get_lr()[0],
+            "tokens": tokens_seen,
+            **output.metrics,
+        }
         if rank == 0:
             _append_jsonl(out / "metrics.jsonl", record)
-        _append_jsonl(out / ("samples.jsonl" if rank == 0 else f"samples-rank{rank}.jsonl"),
-                      {"step": step, "samples": output.sample_ids})
+        _append_jsonl(
+            out / ("samples.jsonl" if rank == 0 else f"samples-rank{rank}.jsonl"),
+            {"step": step, "samples": output.sample_ids},
+        )
         log.info("stage %s step %d/%d loss %.4f", config.stage.name, step, config.stage.num_steps, loss_value)
         if on_step is not None:
             on_step(record)
         if step % config.stage.checkpoint_every == 0 or step == config.stage.num_steps:
-            engine.save_checkpoint(str(ds_dir), tag=f"step{step}", client_state={
-                "step": step, "stream": batches.state_dict(), "objective": objective.state_dict()})
+            engine.save_checkpoint(
+                str(ds_dir),
+                tag=f"step{step}",
+                client_state={"step": step, "stream": batches.state_dict(), "objective": objective.state_dict()},
+            )
 
     checkpoint_dir = out / "checkpoint"
     _save_final(engine, model, tokenizer, checkpoint_dir, config.stage.zero_stage, rank)
-    result = StageResult(config.stage.name, str(checkpoint_dir), step, batches.stream.state.samples_seen,
-                         tokens_seen, loss_value, time.monotonic() - started)
+    result = StageResult(
+        config.stage.name,
+        str(checkpoint_dir),
+        step,
+        batches.stream.state.samples_seen,
+        tokens_seen,
+        loss_value,
+        time.monotonic() - started,
+    )
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
@@ -200,8 +232,9 @@ def _resume(engine, ds_dir: Path, batches: Batches, objective: Objective, out: P
     return step
 
 
-def _save_final(engine, model: KeyeForConditionalGeneration, tokenizer, directory: Path, zero_stage: int,
-                rank: int) -> None:
+def _save_final(
+    engine, model: KeyeForConditionalGeneration, tokenizer, directory: Path, zero_stage: int, rank: int
+) -> None:
     """HF-format checkpoint on rank 0, through a fresh model: ZeRO leaves parameters as views into flat
     buffers (stage 1-2) or partitioned (stage 3, gathered here), which safetensors will not write."""
     if zero_stage == 3:
@@ -224,9 +257,16 @@ def _run_merge(config: RunConfig, objective_cls, tokenizer, started: float) -> S
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     result = StageResult(config.stage.name, str(directory), 1, 0, 0, None, time.monotonic() - started)
-    (Path(config.output_dir) / "result.json").write_text(json.dumps(
-        {**result.to_dict(), "fusion": dataclasses.asdict(config.stage.fusion),
-         "experts": list(config.expert_checkpoints)}, indent=2))
+    (Path(config.output_dir) / "result.json").write_text(
+        json.dumps(
+            {
+                **result.to_dict(),
+                "fusion": dataclasses.asdict(config.stage.fusion),
+                "experts": list(config.expert_checkpoints),
+            },
+            indent=2,
+        )
+    )
     return result
 
 

@@ -35,8 +35,14 @@ class EvalModel:
     """Where it was loaded from (for messages and lineage)."""
 
     @classmethod
-    def load(cls, checkpoint_dir: str | Path, *, tokenizer_dir: str | Path | None = None,
-             video_preset: str = "default", device: str = "cpu") -> EvalModel:
+    def load(
+        cls,
+        checkpoint_dir: str | Path,
+        *,
+        tokenizer_dir: str | Path | None = None,
+        video_preset: str = "default",
+        device: str = "cpu",
+    ) -> EvalModel:
         """Load model and tokenizer; videos are planned with the Slow-Fast preset ``video_preset``."""
         directory = Path(checkpoint_dir)
         if not directory.is_dir():
@@ -47,8 +53,14 @@ class EvalModel:
         log.info("loaded %s for evaluation (%d parameters)", directory, model.num_parameters())
         return cls(model=model, processor=processor, checkpoint_dir=str(directory))
 
-    def answer(self, conversation: list[dict[str, Any]], *, max_new_tokens: int = 32, sample_id: str = "",
-               enable_thinking: bool | None = None) -> str:
+    def answer(
+        self,
+        conversation: list[dict[str, Any]],
+        *,
+        max_new_tokens: int = 32,
+        sample_id: str = "",
+        enable_thinking: bool | None = None,
+    ) -> str:
         """Greedy answer to the conversation's last user turn (the reasoning, if any, stripped).
 
         ValueError naming ``sample_id`` when its media cannot be read.
@@ -60,13 +72,16 @@ class EvalModel:
         device = self.model.device
         prompt_ids = batch["input_ids"].to(device)
         output = self.model.generate(
-            prompt_ids, attention_mask=batch["attention_mask"].to(device),
+            prompt_ids,
+            attention_mask=batch["attention_mask"].to(device),
             pixel_values=batch["pixel_values"].to(device) if batch["grid_hw"].numel() else None,
             grid_hw=batch["grid_hw"].to(device) if batch["grid_hw"].numel() else None,
-            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_token_ids(self.processor.tokenizer),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_token_ids(self.processor.tokenizer),
             pad_token_id=self.processor.tokenizer.pad_token_id,
         )
-        _reasoning, answer = self.processor.parse_response(output[0, prompt_ids.shape[1]:])
+        _reasoning, answer = self.processor.parse_response(output[0, prompt_ids.shape[1] :])
         return answer
 
 
@@ -78,8 +93,9 @@ def as_eval_model(checkpoint: str | Path | EvalModel, **load_options: Any) -> Ev
 
 
 @torch.no_grad()
-def answer_batch(evaluator: EvalModel, conversations: list[list[dict[str, Any]]], sample_ids: list[str], *,
-                 max_new_tokens: int) -> list[str]:
+def answer_batch(
+    evaluator: EvalModel, conversations: list[list[dict[str, Any]]], sample_ids: list[str], *, max_new_tokens: int
+) -> list[str]:
     """Greedy answers to several conversations in one batch, the same answers ``EvalModel.answer`` gives.
 
     Prompts are right-padded into one (B, L) batch; each step runs the whole batch (no KV cache: the
@@ -109,8 +125,12 @@ def answer_batch(evaluator: EvalModel, conversations: list[list[dict[str, Any]]]
     for _ in range(max_new_tokens):
         width = max(ends)
         position_ids = torch.arange(width).expand(len(prompts), width)
-        logits = evaluator.model(input_ids=ids[:, :width].to(device), position_ids=position_ids.to(device),
-                                 pixel_values=pixel_values, grid_hw=grid_hw).logits
+        logits = evaluator.model(
+            input_ids=ids[:, :width].to(device),
+            position_ids=position_ids.to(device),
+            pixel_values=pixel_values,
+            grid_hw=grid_hw,
+        ).logits
         chosen = logits[torch.arange(len(prompts)), torch.tensor(ends) - 1].argmax(-1).tolist()
         for row, token in enumerate(chosen):
             if done[row]:
@@ -122,16 +142,26 @@ def answer_batch(evaluator: EvalModel, conversations: list[list[dict[str, Any]]]
             ends[row] += 1
         if all(done):
             break
-    return [evaluator.processor.parse_response(ids[row, lengths[row]: ends[row]])[1] for row in range(len(prompts))]
+    return [evaluator.processor.parse_response(ids[row, lengths[row] : ends[row]])[1] for row in range(len(prompts))]
 
 
 @torch.no_grad()
-def answer_all(evaluator: EvalModel, conversations: list[list[dict[str, Any]]], sample_ids: list[str], *,
-               max_new_tokens: int, batch_size: int = 64) -> list[str]:
+def answer_all(
+    evaluator: EvalModel,
+    conversations: list[list[dict[str, Any]]],
+    sample_ids: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[str]:
     """Greedy answers to many conversations, in order, ``batch_size`` at a time, logging progress."""
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
-        answers += answer_batch(evaluator, conversations[start: start + batch_size],
-                                sample_ids[start: start + batch_size], max_new_tokens=max_new_tokens)
+        answers += answer_batch(
+            evaluator,
+            conversations[start : start + batch_size],
+            sample_ids[start : start + batch_size],
+            max_new_tokens=max_new_tokens,
+        )
         log.info("answered %d / %d", len(answers), len(conversations))
     return answers

@@ -26,6 +26,7 @@ from keye_model.special_tokens import CLIP_TIME_END, CLIP_TIME_START, THINK_END
 
 # ---- VQA ------------------------------------------------------------------------------------------
 
+
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str | Sequence[str]]) -> float:
     """Share of predictions matching their references (``answers_match``: one reference or any of several);
     0.0 for no samples."""
@@ -108,8 +109,9 @@ class TemporalScores:
         return {f"{prefix}{name}": float(value) for name, value in vars(self).items()}
 
 
-def temporal_scores(predicted: Sequence[tuple[float, float] | None],
-                    truth: Sequence[tuple[float, float]]) -> TemporalScores:
+def temporal_scores(
+    predicted: Sequence[tuple[float, float] | None], truth: Sequence[tuple[float, float]]
+) -> TemporalScores:
     """Score predicted spans (None = unparsable answer) against the true spans, in order."""
     if len(predicted) != len(truth):
         raise ValueError(f"{len(predicted)} predicted spans for {len(truth)} true spans")
@@ -132,6 +134,7 @@ def temporal_scores(predicted: Sequence[tuple[float, float] | None],
 
 
 # ---- multiple choice -----------------------------------------------------------------------------
+
 
 def multiple_choice_accuracy(predicted: Sequence[str | None], truth: Sequence[str]) -> float:
     """Share of predicted letters equal to the true ones (None = no letter found = wrong); 0.0 if empty."""

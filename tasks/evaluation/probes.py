@@ -71,8 +71,9 @@ class ProbeResult:
         return {f"{prefix}{name}": float(value) for name, value in vars(self).items()}
 
 
-def nearest_centroid_predict(shot_features: np.ndarray, shot_labels: Sequence[str],
-                             test_features: np.ndarray) -> list[str]:
+def nearest_centroid_predict(
+    shot_features: np.ndarray, shot_labels: Sequence[str], test_features: np.ndarray
+) -> list[str]:
     """Label of the prototype (class-mean of the L2-normalized shots) with the highest cosine per test row."""
     if len(shot_features) != len(shot_labels):
         raise ValueError(f"{len(shot_features)} shot feature rows for {len(shot_labels)} labels")
@@ -97,14 +98,25 @@ def run_probe(features: FeatureFn, probe_set: ProbeSet) -> ProbeResult:
     unknown = sorted(set(probe_set.test_labels) - set(probe_set.shot_labels))
     if unknown:
         raise ValueError(f"probe set {probe_set.name!r}: test classes {unknown} have no shot images")
-    predicted = nearest_centroid_predict(features(probe_set.shot_images), probe_set.shot_labels,
-                                         features(probe_set.test_images))
+    predicted = nearest_centroid_predict(
+        features(probe_set.shot_images), probe_set.shot_labels, features(probe_set.test_images)
+    )
     accuracy = float(np.mean([p == t for p, t in zip(predicted, probe_set.test_labels)]))
     num_classes = len(set(probe_set.shot_labels))
-    result = ProbeResult(accuracy=accuracy, chance=1.0 / num_classes, num_classes=num_classes,
-                         num_shots=len(probe_set.shot_images), num_test=len(probe_set.test_images))
-    log.info("probe %s: accuracy %.3f (chance %.3f) on %d test images", probe_set.name, result.accuracy,
-             result.chance, result.num_test)
+    result = ProbeResult(
+        accuracy=accuracy,
+        chance=1.0 / num_classes,
+        num_classes=num_classes,
+        num_shots=len(probe_set.shot_images),
+        num_test=len(probe_set.test_images),
+    )
+    log.info(
+        "probe %s: accuracy %.3f (chance %.3f) on %d test images",
+        probe_set.name,
+        result.accuracy,
+        result.chance,
+        result.num_test,
+    )
     return result
 
 
@@ -114,6 +126,7 @@ def vit_features(model, processor) -> FeatureFn:
     ``model`` is a KeyeForConditionalGeneration, ``processor`` a KeyeProcessor. Images go through the
     encoder one batch at a time (block-diagonal attention keeps them independent).
     """
+
     def embed(images: Sequence[np.ndarray]) -> np.ndarray:
         patches, grids = [], []
         for number, image in enumerate(images):
@@ -139,8 +152,9 @@ def augment(photo: np.ndarray, rng: random.Random, size: tuple[int, int]) -> np.
     height, width = photo.shape[:2]
     crop_h, crop_w = round(height * rng.uniform(0.6, 1.0)), round(width * rng.uniform(0.6, 1.0))
     top, left = rng.randrange(height - crop_h + 1), rng.randrange(width - crop_w + 1)
-    view = Image.fromarray(photo[top:top + crop_h, left:left + crop_w]).resize((size[1], size[0]),
-                                                                               Image.Resampling.BILINEAR)
+    view = Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize(
+        (size[1], size[0]), Image.Resampling.BILINEAR
+    )
     pixels = np.asarray(view, dtype=np.float32)
     if rng.random() < 0.5:
         pixels = pixels[:, ::-1]
@@ -149,8 +163,14 @@ def augment(photo: np.ndarray, rng: random.Random, size: tuple[int, int]) -> np.
     return np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8)
 
 
-def photo_probe_set(num_shots: int = 4, num_test: int = 4, *, photos: Sequence[str] = PROBE_PHOTOS,
-                    size: tuple[int, int] = (56, 56), seed: int = 0) -> ProbeSet:
+def photo_probe_set(
+    num_shots: int = 4,
+    num_test: int = 4,
+    *,
+    photos: Sequence[str] = PROBE_PHOTOS,
+    size: tuple[int, int] = (56, 56),
+    seed: int = 0,
+) -> ProbeSet:
     """``num_shots`` + ``num_test`` augmented views of each scikit-image photograph, one class per photo."""
     import skimage.data
 
@@ -162,8 +182,13 @@ def photo_probe_set(num_shots: int = 4, num_test: int = 4, *, photos: Sequence[s
             view = augment(photo, rng, size)
             (shots if index < num_shots else tests).append(view)
             (shot_labels if index < num_shots else test_labels).append(name)
-    return ProbeSet(name="photos", shot_images=tuple(shots), shot_labels=tuple(shot_labels),
-                    test_images=tuple(tests), test_labels=tuple(test_labels))
+    return ProbeSet(
+        name="photos",
+        shot_images=tuple(shots),
+        shot_labels=tuple(shot_labels),
+        test_images=tuple(tests),
+        test_labels=tuple(test_labels),
+    )
 
 
 def easy_vqa_labels(attribute: str) -> dict[int, str]:
@@ -180,8 +205,7 @@ def easy_vqa_labels(attribute: str) -> dict[int, str]:
     return labels
 
 
-def easy_vqa_probe_set(attribute: str = "shape", num_shots: int = 4, num_test: int = 4, *,
-                       seed: int = 0) -> ProbeSet:
+def easy_vqa_probe_set(attribute: str = "shape", num_shots: int = 4, num_test: int = 4, *, seed: int = 0) -> ProbeSet:
     """easy-vqa test images by shape or colour: per class ``num_shots`` shots and ``num_test`` test images."""
     import easy_vqa
 
@@ -202,12 +226,17 @@ def easy_vqa_probe_set(attribute: str = "shape", num_shots: int = 4, num_test: i
                 pixels = np.asarray(opened.convert("RGB"))
             (shots if index < num_shots else tests).append(pixels)
             (shot_labels if index < num_shots else test_labels).append(label)
-    return ProbeSet(name=f"easy-vqa-{attribute}", shot_images=tuple(shots), shot_labels=tuple(shot_labels),
-                    test_images=tuple(tests), test_labels=tuple(test_labels))
+    return ProbeSet(
+        name=f"easy-vqa-{attribute}",
+        shot_images=tuple(shots),
+        shot_labels=tuple(shot_labels),
+        test_images=tuple(tests),
+        test_labels=tuple(test_labels),
+    )
 
 
 def probe_set_named(name: str, num_shots: int, num_test: int, seed: int = 0) -> ProbeSet:
-    """"photos", "easy-vqa-shape" or "easy-vqa-color" (the names an EvalConfig uses)."""
+    """ "photos", "easy-vqa-shape" or "easy-vqa-color" (the names an EvalConfig uses)."""
     if name == "photos":
         return photo_probe_set(num_shots, num_test, seed=seed)
     if name in ("easy-vqa-shape", "easy-vqa-color"):

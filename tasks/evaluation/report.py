@@ -32,10 +32,18 @@ def eval_artifact(checkpoint_id: str, run_id: str, stage: str, metrics: Mapping[
     its hash the values (so the same evaluation written twice is one artifact)."""
     values = {name: float(value) for name, value in sorted(metrics.items())}
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
-    return Artifact(kind="eval", uri=f"eval://{run_id}/{stage}/{checkpoint_id}", sha256=digest,
-                    num_records=len(values), created_by_run=run_id,
-                    metadata={"stage": stage, "checkpoint_id": checkpoint_id,
-                              "metrics": {k: (None if math.isnan(v) else v) for k, v in values.items()}})
+    return Artifact(
+        kind="eval",
+        uri=f"eval://{run_id}/{stage}/{checkpoint_id}",
+        sha256=digest,
+        num_records=len(values),
+        created_by_run=run_id,
+        metadata={
+            "stage": stage,
+            "checkpoint_id": checkpoint_id,
+            "metrics": {k: (None if math.isnan(v) else v) for k, v in values.items()},
+        },
+    )
 
 
 def _checkpoint_id(store: LineageStore, checkpoint_uri: str, run_id: str, stage: str) -> str:
@@ -47,13 +55,17 @@ def _checkpoint_id(store: LineageStore, checkpoint_uri: str, run_id: str, stage:
             raise
     checkpoint = Artifact(kind="checkpoint", uri=checkpoint_uri, metadata={"stage": stage})
     store.record_artifacts([checkpoint])
-    log.warning("checkpoint %s was not in the lineage store; recorded it without a content hash (run %s)",
-                checkpoint_uri, run_id)
+    log.warning(
+        "checkpoint %s was not in the lineage store; recorded it without a content hash (run %s)",
+        checkpoint_uri,
+        run_id,
+    )
     return checkpoint.artifact_id
 
 
-def record_eval_metrics(store: LineageStore, run_id: str, stage: str, checkpoint_uri: str,
-                        metrics: Mapping[str, float], *, step: int = 0) -> Artifact:
+def record_eval_metrics(
+    store: LineageStore, run_id: str, stage: str, checkpoint_uri: str, metrics: Mapping[str, float], *, step: int = 0
+) -> Artifact:
     """Write the metrics (as ``eval/<name>``), the eval artifact and its edge from the checkpoint.
 
     ``checkpoint_uri`` is the checkpoint's artifact id or uri (tasks.train records the resolved directory
@@ -64,10 +76,15 @@ def record_eval_metrics(store: LineageStore, run_id: str, stage: str, checkpoint
     parent = _checkpoint_id(store, checkpoint_uri, run_id, stage)
     artifact = eval_artifact(parent, run_id, stage, metrics)
     store.record_artifacts([artifact])
-    store.record_edges([Edge(parent_id=parent, child_id=artifact.artifact_id, run_id=run_id,
-                             relation="evaluated_from")])
-    store.record_metrics([Metric(run_id=run_id, stage=stage, step=step, name=METRIC_PREFIX + name,
-                                 value=float(value)) for name, value in metrics.items()])
+    store.record_edges(
+        [Edge(parent_id=parent, child_id=artifact.artifact_id, run_id=run_id, relation="evaluated_from")]
+    )
+    store.record_metrics(
+        [
+            Metric(run_id=run_id, stage=stage, step=step, name=METRIC_PREFIX + name, value=float(value))
+            for name, value in metrics.items()
+        ]
+    )
     log.info("recorded %d eval metrics of %s (stage %s, run %s)", len(metrics), checkpoint_uri, stage, run_id)
     return artifact
 
@@ -76,8 +93,11 @@ def eval_rows(store: LineageStore, run_id: str, stages: Sequence[str]) -> list[t
     """(stage, {metric: value}) for ``stages`` in order, from the ``eval/`` metrics of ``run_id`` (last step)."""
     rows = []
     for stage in stages:
-        values = {m.name[len(METRIC_PREFIX):]: m.value for m in store.metrics(run_id, stage=stage)
-                  if m.name.startswith(METRIC_PREFIX)}  # ordered by step: the last one wins
+        values = {
+            m.name[len(METRIC_PREFIX) :]: m.value
+            for m in store.metrics(run_id, stage=stage)
+            if m.name.startswith(METRIC_PREFIX)
+        }  # ordered by step: the last one wins
         rows.append((stage, values))
     return rows
 
@@ -100,8 +120,7 @@ def comparison_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
     if len(set(labels)) != len(labels):
         raise ValueError(f"comparison_table: stage labels repeat: {labels}")
     names = sorted({name for _, metrics in rows for name in metrics})
-    lines = ["| metric | " + " | ".join(labels) + " | change |",
-             "|---|" + "---:|" * len(labels) + "---:|"]
+    lines = ["| metric | " + " | ".join(labels) + " | change |", "|---|" + "---:|" * len(labels) + "---:|"]
     for name in names:
         values = [metrics.get(name) for _, metrics in rows]
         known = [v for v in values if v is not None and not math.isnan(v)]
@@ -114,8 +133,9 @@ def comparison_table(rows: Sequence[tuple[str, Mapping[str, float]]]) -> str:
 
 
 @task(name="record-eval-metrics")
-def record_eval_metrics_task(db_path: str, run_id: str, stage: str, checkpoint_uri: str,
-                             metrics: dict[str, float]) -> str:
+def record_eval_metrics_task(
+    db_path: str, run_id: str, stage: str, checkpoint_uri: str, metrics: dict[str, float]
+) -> str:
     """Open the store, record the evaluation, return the eval artifact id."""
     with LineageStore(db_path) as store:
         return record_eval_metrics(store, run_id, stage, checkpoint_uri, metrics).artifact_id

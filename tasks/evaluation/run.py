@@ -38,8 +38,14 @@ def _user_turn(media: dict, text: str) -> list[dict]:
 # ---- easy-vqa ------------------------------------------------------------------------------------
 
 
-def evaluate_vqa(checkpoint: Checkpoint, num_samples: int, *, seed: int = 0, max_new_tokens: int = 8,
-                 tokenizer_dir: str | None = None) -> dict[str, float]:
+def evaluate_vqa(
+    checkpoint: Checkpoint,
+    num_samples: int,
+    *,
+    seed: int = 0,
+    max_new_tokens: int = 8,
+    tokenizer_dir: str | None = None,
+) -> dict[str, float]:
     """Greedy answers to ``num_samples`` easy-vqa test questions (picked by ``seed``), scored by ``vqa_accuracy``.
 
     Returns ``vqa/accuracy``, ``vqa/num_samples`` and, per question kind, ``vqa/accuracy/yes_no`` and
@@ -52,15 +58,21 @@ def evaluate_vqa(checkpoint: Checkpoint, num_samples: int, *, seed: int = 0, max
     paths = easy_vqa.get_test_image_paths()
     picked = sorted(random.Random(seed).sample(range(len(questions)), min(num_samples, len(questions))))
     conversations = [_user_turn({"type": "image", "image": paths[image_ids[i]]}, questions[i]) for i in picked]
-    responses = answer_all(evaluator, conversations, [f"easy-vqa-test-{i}" for i in picked],
-                           max_new_tokens=max_new_tokens)
+    responses = answer_all(
+        evaluator, conversations, [f"easy-vqa-test-{i}" for i in picked], max_new_tokens=max_new_tokens
+    )
     references = [answers[i] for i in picked]
     accuracy = vqa_accuracy(responses, references)
     low, high = wilson_interval(accuracy, len(picked))
     baseline = majority_by_question_type()
     majority = [baseline.get(question_type(questions[i]), "") for i in picked]
-    metrics = {"vqa/accuracy": accuracy, "vqa/num_samples": float(len(picked)), "vqa/ci95_low": low,
-               "vqa/ci95_high": high, "vqa/majority_baseline": vqa_accuracy(majority, references)}
+    metrics = {
+        "vqa/accuracy": accuracy,
+        "vqa/num_samples": float(len(picked)),
+        "vqa/ci95_low": low,
+        "vqa/ci95_high": high,
+        "vqa/majority_baseline": vqa_accuracy(majority, references),
+    }
     for kind, is_kind in (("yes_no", True), ("open", False)):
         chosen = [(r, a) for r, a in zip(responses, references) if (a in ("yes", "no")) == is_kind]
         if chosen:
@@ -131,8 +143,9 @@ class TemporalSample:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.start_s <= self.end_s:
-            raise ValueError(f"temporal sample {self.sample_id}: need 0 <= start_s <= end_s, got "
-                             f"{self.start_s}, {self.end_s}")
+            raise ValueError(
+                f"temporal sample {self.sample_id}: need 0 <= start_s <= end_s, got {self.start_s}, {self.end_s}"
+            )
 
 
 def load_temporal_samples(path: str | Path) -> list[TemporalSample]:
@@ -144,56 +157,89 @@ def load_temporal_samples(path: str | Path) -> list[TemporalSample]:
             continue
         row = json.loads(line)
         if "start_s" in row:
-            samples.append(TemporalSample(sample_id=str(row.get("sample_id", f"{path}:{number}")),
-                                          video_path=row["video_path"], query=row["query"],
-                                          start_s=float(row["start_s"]), end_s=float(row["end_s"])))
+            samples.append(
+                TemporalSample(
+                    sample_id=str(row.get("sample_id", f"{path}:{number}")),
+                    video_path=row["video_path"],
+                    query=row["query"],
+                    start_s=float(row["start_s"]),
+                    end_s=float(row["end_s"]),
+                )
+            )
             continue
         span = parse_span(str(row.get("answer", "")))
         if span is None or not row.get("media_path"):
             skipped += 1
             continue
-        samples.append(TemporalSample(sample_id=str(row.get("id", f"{path}:{number}")), video_path=row["media_path"],
-                                      query=row["question"], start_s=span[0], end_s=span[1]))
+        samples.append(
+            TemporalSample(
+                sample_id=str(row.get("id", f"{path}:{number}")),
+                video_path=row["media_path"],
+                query=row["question"],
+                start_s=span[0],
+                end_s=span[1],
+            )
+        )
     log.info("temporal samples: %d from %s (%d records without a span skipped)", len(samples), path, skipped)
     return samples
 
 
-def evaluate_temporal(checkpoint: Checkpoint, videos_with_events: Sequence[TemporalSample], *,
-                      max_new_tokens: int = 24, tokenizer_dir: str | None = None,
-                      video_preset: str = "default") -> dict[str, float]:
+def evaluate_temporal(
+    checkpoint: Checkpoint,
+    videos_with_events: Sequence[TemporalSample],
+    *,
+    max_new_tokens: int = 24,
+    tokenizer_dir: str | None = None,
+    video_preset: str = "default",
+) -> dict[str, float]:
     """Ask each sample's query about its video; parse the span answered; ``temporal/...`` scores."""
     evaluator = as_eval_model(checkpoint, tokenizer_dir=tokenizer_dir, video_preset=video_preset)
     for sample in videos_with_events:
         if not Path(sample.video_path).is_file():
             raise FileNotFoundError(f"temporal sample {sample.sample_id}: video {sample.video_path} does not exist")
     conversations = [_user_turn({"type": "video", "video": s.video_path}, s.query) for s in videos_with_events]
-    responses = answer_all(evaluator, conversations, [s.sample_id for s in videos_with_events],
-                           max_new_tokens=max_new_tokens)
-    scores = temporal_scores([parse_span(r) for r in responses],
-                             [(s.start_s, s.end_s) for s in videos_with_events])
+    responses = answer_all(
+        evaluator, conversations, [s.sample_id for s in videos_with_events], max_new_tokens=max_new_tokens
+    )
+    scores = temporal_scores([parse_span(r) for r in responses], [(s.start_s, s.end_s) for s in videos_with_events])
     return scores.as_metrics()
 
 
 # ---- Video-MME -----------------------------------------------------------------------------------
 
 
-def evaluate_videomme(checkpoint: Checkpoint, json_path: str | Path, video_dir: str | Path, *,
-                      limit: int | None = None, max_new_tokens: int = 8, tokenizer_dir: str | None = None,
-                      video_preset: str = "default") -> dict[str, float]:
+def evaluate_videomme(
+    checkpoint: Checkpoint,
+    json_path: str | Path,
+    video_dir: str | Path,
+    *,
+    limit: int | None = None,
+    max_new_tokens: int = 8,
+    tokenizer_dir: str | None = None,
+    video_preset: str = "default",
+) -> dict[str, float]:
     """Video-MME accuracy overall and per duration and task type (``videomme/...``)."""
     items = load_videomme(json_path, video_dir, limit=limit)
     evaluator = as_eval_model(checkpoint, tokenizer_dir=tokenizer_dir, video_preset=video_preset)
     conversations = [_user_turn({"type": "video", "video": item.video_path}, videomme_prompt(item)) for item in items]
-    responses = answer_all(evaluator, conversations, [f"videomme-{item.question_id}" for item in items],
-                           max_new_tokens=max_new_tokens)
+    responses = answer_all(
+        evaluator, conversations, [f"videomme-{item.question_id}" for item in items], max_new_tokens=max_new_tokens
+    )
     return score_videomme(items, responses)
 
 
 # ---- vision probe --------------------------------------------------------------------------------
 
 
-def evaluate_probe(checkpoint: Checkpoint, probe_set: str = "photos", *, num_shots: int = 4, num_test: int = 4,
-                   seed: int = 0, tokenizer_dir: str | None = None) -> dict[str, float]:
+def evaluate_probe(
+    checkpoint: Checkpoint,
+    probe_set: str = "photos",
+    *,
+    num_shots: int = 4,
+    num_test: int = 4,
+    seed: int = 0,
+    tokenizer_dir: str | None = None,
+) -> dict[str, float]:
     """Nearest-prototype accuracy of the checkpoint's ViT on ``probe_set`` (``probe/accuracy``, ``probe/chance``)."""
     evaluator = as_eval_model(checkpoint, tokenizer_dir=tokenizer_dir)
     labelled = probe_set_named(probe_set, num_shots, num_test, seed)
@@ -236,8 +282,10 @@ class EvalConfig:
         if self.vqa_samples < 0:
             raise ValueError(f"EvalConfig: vqa_samples must be >= 0, got {self.vqa_samples}")
         if (self.videomme_json is None) != (self.videomme_video_dir is None):
-            raise ValueError("EvalConfig: videomme_json and videomme_video_dir go together "
-                             f"(got {self.videomme_json!r}, {self.videomme_video_dir!r})")
+            raise ValueError(
+                "EvalConfig: videomme_json and videomme_video_dir go together "
+                f"(got {self.videomme_json!r}, {self.videomme_video_dir!r})"
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"EvalConfig: max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -247,17 +295,23 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, config: EvalConfig = EvalCon
     evaluator = EvalModel.load(checkpoint_dir, tokenizer_dir=config.tokenizer_dir, video_preset=config.video_preset)
     metrics: dict[str, float] = {}
     if config.vqa_samples:
-        metrics |= evaluate_vqa(evaluator, config.vqa_samples, seed=config.seed,
-                                max_new_tokens=config.max_new_tokens)
+        metrics |= evaluate_vqa(evaluator, config.vqa_samples, seed=config.seed, max_new_tokens=config.max_new_tokens)
     if config.temporal_jsonl:
-        metrics |= evaluate_temporal(evaluator, load_temporal_samples(config.temporal_jsonl),
-                                     max_new_tokens=config.max_new_tokens)
+        metrics |= evaluate_temporal(
+            evaluator, load_temporal_samples(config.temporal_jsonl), max_new_tokens=config.max_new_tokens
+        )
     if config.videomme_json:
-        metrics |= evaluate_videomme(evaluator, config.videomme_json, config.videomme_video_dir,
-                                     limit=config.videomme_limit, max_new_tokens=config.max_new_tokens)
+        metrics |= evaluate_videomme(
+            evaluator,
+            config.videomme_json,
+            config.videomme_video_dir,
+            limit=config.videomme_limit,
+            max_new_tokens=config.max_new_tokens,
+        )
     if config.probe_set:
-        metrics |= evaluate_probe(evaluator, config.probe_set, num_shots=config.probe_shots,
-                                  num_test=config.probe_test, seed=config.seed)
+        metrics |= evaluate_probe(
+            evaluator, config.probe_set, num_shots=config.probe_shots, num_test=config.probe_test, seed=config.seed
+        )
     log.info("evaluated %s: %s", checkpoint_dir, ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
 

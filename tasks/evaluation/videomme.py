@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 DURATIONS = ("short", "medium", "long")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 #: The benchmark's own instruction (from its evaluation recipe); the model answers with one letter.
-PROMPT_HEAD = ("Select the best answer to the following multiple-choice question based on the video. "
-               "Respond with only the letter ({letters}) of the correct option.")
+PROMPT_HEAD = (
+    "Select the best answer to the following multiple-choice question based on the video. "
+    "Respond with only the letter ({letters}) of the correct option."
+)
 PROMPT_TAIL = "The best answer is:"
 _VIDEO_FIELDS = ("video_id", "duration", "domain", "sub_category")
 _QUESTION_FIELDS = ("question_id", "task_type", "question", "options", "answer")
@@ -69,8 +71,10 @@ def find_video(video_dir: str | Path, names: Sequence[str], question_id: str) ->
     for path in tried:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"Video-MME question {question_id}: no video file for {list(filter(None, names))} "
-                            f"in {video_dir} (tried {', '.join(p.name for p in tried)})")
+    raise FileNotFoundError(
+        f"Video-MME question {question_id}: no video file for {list(filter(None, names))} "
+        f"in {video_dir} (tried {', '.join(p.name for p in tried)})"
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -114,24 +118,37 @@ def load_videomme(json_path: str | Path, video_dir: str | Path, *, limit: int | 
         if missing:
             raise ValueError(f"{path}: Video-MME question {question_id} lacks field(s) {missing}")
         options = tuple(str(o) for o in row["options"])
-        letters = LETTERS[:len(options)]
+        letters = LETTERS[: len(options)]
         answer = str(row["answer"]).strip().upper()
         if not options or [o.strip()[:1].upper() for o in options] != list(letters):
-            raise ValueError(f"{path}: Video-MME question {question_id}: options must start A., B., ... in "
-                             f"order, got {list(options)}")
+            raise ValueError(
+                f"{path}: Video-MME question {question_id}: options must start A., B., ... in "
+                f"order, got {list(options)}"
+            )
         if answer not in letters:
-            raise ValueError(f"{path}: Video-MME question {question_id}: answer {row['answer']!r} is not one "
-                             f"of {list(letters)}")
+            raise ValueError(
+                f"{path}: Video-MME question {question_id}: answer {row['answer']!r} is not one of {list(letters)}"
+            )
         if row["duration"] not in DURATIONS:
-            raise ValueError(f"{path}: Video-MME question {question_id}: duration {row['duration']!r} not in "
-                             f"{DURATIONS}")
+            raise ValueError(
+                f"{path}: Video-MME question {question_id}: duration {row['duration']!r} not in {DURATIONS}"
+            )
         video_id = str(row["video_id"])
         video = find_video(video_dir, [str(row.get("videoID") or ""), video_id], question_id)
-        items.append(VideoMMEItem(
-            question_id=question_id, video_id=video_id, video_path=str(video), duration=row["duration"],
-            domain=str(row["domain"]), sub_category=str(row["sub_category"]), task_type=str(row["task_type"]),
-            question=str(row["question"]), options=options, answer=answer,
-        ))
+        items.append(
+            VideoMMEItem(
+                question_id=question_id,
+                video_id=video_id,
+                video_path=str(video),
+                duration=row["duration"],
+                domain=str(row["domain"]),
+                sub_category=str(row["sub_category"]),
+                task_type=str(row["task_type"]),
+                question=str(row["question"]),
+                options=options,
+                answer=answer,
+            )
+        )
     log.info("Video-MME: %d questions from %s", len(items), path)
     return items
 
@@ -142,7 +159,7 @@ def videomme_prompt(item: VideoMMEItem) -> str:
     Example (4 options): "Select the best answer ... Respond with only the letter (A, B, C, or D) of the
     correct option.\\nHow many ...?\\nA. 1\\nB. 2\\nC. 3\\nD. 4\\nThe best answer is:".
     """
-    letters = list(LETTERS[:len(item.options)])
+    letters = list(LETTERS[: len(item.options)])
     spoken = ", ".join(letters[:-1]) + f", or {letters[-1]}" if len(letters) > 1 else letters[0]
     return "\n".join([PROMPT_HEAD.format(letters=spoken), item.question, *item.options, PROMPT_TAIL])
 
@@ -168,5 +185,6 @@ def score_videomme(items: Sequence[VideoMMEItem], responses: Sequence[str]) -> d
         for name in sorted(groups, key=lambda g: (DURATIONS.index(g) if g in DURATIONS else len(DURATIONS), g)):
             picked = groups[name]
             scores[f"videomme/{key}/{name}"] = multiple_choice_accuracy(
-                [letters[i] for i in picked], [items[i].answer for i in picked])
+                [letters[i] for i in picked], [items[i].answer for i in picked]
+            )
     return scores

@@ -17,7 +17,12 @@ import pandas as pd
 import pyarrow as pa
 
 from tasks.lineage.records import (
-    ARTIFACT_KINDS, REVIEW_DECISIONS, RUN_STATUSES, Review, artifact_id, as_utc,
+    ARTIFACT_KINDS,
+    REVIEW_DECISIONS,
+    RUN_STATUSES,
+    Review,
+    artifact_id,
+    as_utc,
 )
 from tasks.lineage.schema import ARTIFACTS, REVIEWS, RUNS, TASK_RUNS, TableSpec
 
@@ -60,12 +65,20 @@ def _fill_derived_ids(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Artifact and review ids are derived from content: compute them when the frame lacks them."""
     if spec is ARTIFACTS and "artifact_id" not in frame.columns:
         sha = frame["sha256"] if "sha256" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
-        ids = [artifact_id(k, u, s if isinstance(s, str) else None) for k, u, s in zip(frame["kind"], frame["uri"], sha)]
+        ids = [
+            artifact_id(k, u, s if isinstance(s, str) else None) for k, u, s in zip(frame["kind"], frame["uri"], sha)
+        ]
         frame = frame.assign(artifact_id=ids)
     if spec is REVIEWS and "review_id" not in frame.columns:
         ids = [
-            Review(run_id=r.run_id, reviewer=r.reviewer, decision=r.decision, sample_ids=tuple(r.sample_ids),
-                   note=getattr(r, "note", "") or "", reviewed_at=r.reviewed_at).review_id
+            Review(
+                run_id=r.run_id,
+                reviewer=r.reviewer,
+                decision=r.decision,
+                sample_ids=tuple(r.sample_ids),
+                note=getattr(r, "note", "") or "",
+                reviewed_at=r.reviewed_at,
+            ).review_id
             for r in frame.itertuples(index=False)
         ]
         frame = frame.assign(review_id=ids)
@@ -80,10 +93,14 @@ def frame_to_arrow(spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
         raise ValueError(f"table {spec.name}: frame lacks key columns {missing_keys} (has {list(frame.columns)})")
     extra = sorted(set(frame.columns) - set(spec.names))
     if extra:
-        raise ValueError(f"table {spec.name}: frame has unknown columns {extra}; expected a subset of {list(spec.names)}")
+        raise ValueError(
+            f"table {spec.name}: frame has unknown columns {extra}; expected a subset of {list(spec.names)}"
+        )
     for name in spec.key:
         if name in frame.columns and name != "shard_id" and frame[name].isna().any():
-            raise ValueError(f"table {spec.name}: key column {name} has nulls at rows {list(frame.index[frame[name].isna()][:5])}")
+            raise ValueError(
+                f"table {spec.name}: key column {name} has nulls at rows {list(frame.index[frame[name].isna()][:5])}"
+            )
     for (table, name), allowed in ALLOWED_VALUES.items():
         if table == spec.name and name in frame.columns:
             bad = sorted(set(frame[name].dropna().unique()) - set(allowed))

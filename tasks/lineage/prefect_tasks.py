@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import importlib.metadata
+import json
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -27,8 +27,14 @@ def code_version(repo: str | Path | None = None) -> str:
     """``git describe --always --dirty`` of the checkout, else the installed package version."""
     root = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         log.debug("no git checkout at %s; using the package version", root)
@@ -45,10 +51,17 @@ def current_run(*, status: str = "RUNNING", ended_at: dt.datetime | None = None)
     if not flow_run.id:
         raise ValueError("current_run() called outside a Prefect flow run; build a Run yourself")
     parent, root = flow_run.parent_flow_run_id, flow_run.root_flow_run_id
-    return Run(run_id=str(flow_run.id), flow_name=flow_run.flow_name, parameters=_plain(flow_run.parameters or {}),
-               code_version=code_version(), status=status, ended_at=ended_at,
-               parent_run_id=str(parent) if parent else None, run_name=flow_run.name or None,
-               root_run_id=str(root) if root else None)
+    return Run(
+        run_id=str(flow_run.id),
+        flow_name=flow_run.flow_name,
+        parameters=_plain(flow_run.parameters or {}),
+        code_version=code_version(),
+        status=status,
+        ended_at=ended_at,
+        parent_run_id=str(parent) if parent else None,
+        run_name=flow_run.name or None,
+        root_run_id=str(root) if root else None,
+    )
 
 
 def _plain(parameters: dict) -> dict:
@@ -79,9 +92,15 @@ def record_run_end(db_path: str, status: str = "COMPLETED") -> None:
 
 
 @task(name="record-lineage", retries=2, retry_delay_seconds=5)
-def record_lineage(db_path: str, *, artifacts: Sequence[Artifact] = (), edges: Sequence[Edge] = (),
-                   mix: Sequence[MixRow] = (), metrics: Sequence[Metric] = (),
-                   reviews: Sequence[Review] = ()) -> None:
+def record_lineage(
+    db_path: str,
+    *,
+    artifacts: Sequence[Artifact] = (),
+    edges: Sequence[Edge] = (),
+    mix: Sequence[MixRow] = (),
+    metrics: Sequence[Metric] = (),
+    reviews: Sequence[Review] = (),
+) -> None:
     """Write what a step made, in the order that keeps the graph whole (artifacts before edges)."""
     with LineageStore(db_path) as store:
         store.record_artifacts(artifacts)

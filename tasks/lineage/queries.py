@@ -118,14 +118,21 @@ def resolve(con: duckdb.DuckDBPyConnection, id_or_uri: str) -> str:
     uris = [id_or_uri]
     if Path(id_or_uri).exists():  # a local path in any form: artifacts record the absolute one
         uris.append(str(Path(id_or_uri).resolve()))
-    ids = [row[0] for row in con.execute(
-        "SELECT DISTINCT artifact_id, created_at FROM artifacts WHERE uri IN (SELECT unnest(?)) "
-        "ORDER BY created_at DESC", [uris]).fetchall()]
+    ids = [
+        row[0]
+        for row in con.execute(
+            "SELECT DISTINCT artifact_id, created_at FROM artifacts WHERE uri IN (SELECT unnest(?)) "
+            "ORDER BY created_at DESC",
+            [uris],
+        ).fetchall()
+    ]
     if len(ids) == 1:
         return ids[0]
     if ids:
         raise ValueError(f"uri {id_or_uri!r} names {len(ids)} artifact versions {ids}; pass one of these ids")
-    if con.execute("SELECT 1 FROM edges WHERE parent_id = ? OR child_id = ? LIMIT 1", [id_or_uri, id_or_uri]).fetchone():
+    if con.execute(
+        "SELECT 1 FROM edges WHERE parent_id = ? OR child_id = ? LIMIT 1", [id_or_uri, id_or_uri]
+    ).fetchone():
         return id_or_uri  # referenced by edges but never recorded as an artifact
     raise ValueError(f"no artifact with id or uri {id_or_uri!r} in the lineage store")
 
@@ -136,7 +143,8 @@ def _walk(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, upward: bool, max_d
     start = resolve(con, id_or_uri)
     near, far = ("child_id", "parent_id") if upward else ("parent_id", "child_id")
     # Each step carries the edge it came through, so the links toward the start need no second join.
-    rows = con.execute(f"""
+    rows = con.execute(
+        f"""
         WITH RECURSIVE walk(artifact_id, depth, via, relation) AS (
             SELECT ?::VARCHAR, 0, NULL::VARCHAR, NULL::VARCHAR
             UNION
@@ -153,10 +161,21 @@ def _walk(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, upward: bool, max_d
                f.via, f.relations
         FROM found f LEFT JOIN artifacts a USING (artifact_id)
         ORDER BY f.depth, a.kind, f.artifact_id
-    """, [start, max_depth]).fetchall()
+    """,
+        [start, max_depth],
+    ).fetchall()
     return [
-        LineageNode(artifact_id=r[0], depth=r[1], kind=r[2], uri=r[3], sha256=r[4], num_records=r[5],
-                    created_by_run=r[6], via=tuple(r[7] or ()), relations=tuple(r[8] or ()))
+        LineageNode(
+            artifact_id=r[0],
+            depth=r[1],
+            kind=r[2],
+            uri=r[3],
+            sha256=r[4],
+            num_records=r[5],
+            created_by_run=r[6],
+            via=tuple(r[7] or ()),
+            relations=tuple(r[8] or ()),
+        )
         for r in rows
     ]
 
@@ -172,10 +191,13 @@ def descendants(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, max_depth: in
 
 
 def latest_run_for_mix(con: duckdb.DuckDBPyConnection, name: str) -> str:
-    row = con.execute("""
+    row = con.execute(
+        """
         SELECT m.run_id FROM data_mix m LEFT JOIN runs r USING (run_id)
         WHERE m.mix = ? GROUP BY m.run_id ORDER BY max(r.started_at) DESC NULLS LAST, m.run_id DESC LIMIT 1
-    """, [name]).fetchone()
+    """,
+        [name],
+    ).fetchone()
     if row is None:
         known = [r[0] for r in con.execute("SELECT DISTINCT mix FROM data_mix ORDER BY 1").fetchall()]
         raise ValueError(f"no data mix {name!r} recorded; mixes recorded: {known}")
@@ -185,14 +207,18 @@ def latest_run_for_mix(con: duckdb.DuckDBPyConnection, name: str) -> str:
 def mix(con: duckdb.DuckDBPyConnection, name: str, *, run_id: str | None = None) -> MixReport:
     """Planned vs realized shares of data mix ``name`` (mix totals, else summed from the per-shard rows)."""
     run_id = run_id or latest_run_for_mix(con, name)
-    totals = con.execute("""
+    totals = con.execute(
+        """
         SELECT source, modality, planned_ratio, realized_ratio_samples, realized_ratio_tokens,
                num_samples, num_tokens
         FROM data_mix WHERE run_id = ? AND mix = ? AND shard_id IS NULL
-    """, [run_id, name]).fetchall()
+    """,
+        [run_id, name],
+    ).fetchall()
     from_shards = not totals
     if from_shards:
-        totals = con.execute("""
+        totals = con.execute(
+            """
             WITH s AS (
                 SELECT source, modality, max(planned_ratio) AS planned_ratio,
                        sum(num_samples) AS num_samples, sum(num_tokens) AS num_tokens
@@ -203,42 +229,67 @@ def mix(con: duckdb.DuckDBPyConnection, name: str, *, run_id: str | None = None)
                    coalesce(num_tokens / nullif(sum(num_tokens) OVER (), 0), 0),
                    num_samples, num_tokens
             FROM s
-        """, [run_id, name]).fetchall()
+        """,
+            [run_id, name],
+        ).fetchall()
     if not totals:
         raise ValueError(f"run {run_id} recorded no data mix {name!r}")
     lines = sorted(
-        (MixLine(source=r[0], modality=r[1], planned_ratio=r[2], realized_ratio_samples=float(r[3]),
-                 realized_ratio_tokens=float(r[4]), num_samples=int(r[5]), num_tokens=int(r[6])) for r in totals),
+        (
+            MixLine(
+                source=r[0],
+                modality=r[1],
+                planned_ratio=r[2],
+                realized_ratio_samples=float(r[3]),
+                realized_ratio_tokens=float(r[4]),
+                num_samples=int(r[5]),
+                num_tokens=int(r[6]),
+            )
+            for r in totals
+        ),
         key=lambda line: (-line.planned_ratio, line.source, line.modality),
     )
     return MixReport(run_id=run_id, mix=name, from_shards=from_shards, lines=tuple(lines))
 
 
-def metrics(con: duckdb.DuckDBPyConnection, run_id: str, *, stage: str | None = None,
-            name: str | None = None) -> list[Metric]:
+def metrics(
+    con: duckdb.DuckDBPyConnection, run_id: str, *, stage: str | None = None, name: str | None = None
+) -> list[Metric]:
     """Metrics of a run, optionally of one stage and/or one name, ordered by stage, name, step."""
-    rows = con.execute("""
+    rows = con.execute(
+        """
         SELECT run_id, stage, step, name, value FROM metrics
         WHERE run_id = ? AND (? IS NULL OR stage = ?) AND (? IS NULL OR name = ?)
         ORDER BY stage, name, step
-    """, [run_id, stage, stage, name, name]).fetchall()
+    """,
+        [run_id, stage, stage, name, name],
+    ).fetchall()
     return [Metric(run_id=r[0], stage=r[1], step=r[2], name=r[3], value=r[4]) for r in rows]
 
 
 def reviews(con: duckdb.DuckDBPyConnection, run_id: str) -> list[Review]:
     """Review decisions of a run, oldest first."""
-    rows = con.execute("""
-        SELECT run_id, reviewer, decision, sample_ids, note, reviewed_at FROM reviews WHERE run_id = ? ORDER BY reviewed_at, review_id
-    """, [run_id]).fetchall()
-    return [Review(run_id=r[0], reviewer=r[1], decision=r[2], sample_ids=tuple(r[3] or ()), note=r[4] or "",
-                   reviewed_at=r[5]) for r in rows]
+    rows = con.execute(
+        """
+        SELECT run_id, reviewer, decision, sample_ids, note, reviewed_at FROM reviews WHERE run_id = ?
+        ORDER BY reviewed_at, review_id
+    """,
+        [run_id],
+    ).fetchall()
+    return [
+        Review(
+            run_id=r[0], reviewer=r[1], decision=r[2], sample_ids=tuple(r[3] or ()), note=r[4] or "", reviewed_at=r[5]
+        )
+        for r in rows
+    ]
 
 
 def runs(con: duckdb.DuckDBPyConnection, *, limit: int | None = None) -> list[RunSummary]:
     """Recorded flow runs by tree, newest tree first: a top-level run, then its subflows as they started.
 
     A tree is the root run when recorded, else the parent (files from before ``root_run_id``)."""
-    rows = con.execute("""
+    rows = con.execute(
+        """
         WITH t AS (SELECT *, coalesce(root_run_id, parent_run_id, run_id) AS tree FROM runs)
         SELECT t.run_id, t.flow_name, t.run_name, t.status, t.started_at, t.ended_at, t.parent_run_id,
                t.root_run_id
@@ -246,9 +297,22 @@ def runs(con: duckdb.DuckDBPyConnection, *, limit: int | None = None) -> list[Ru
         ORDER BY coalesce(root.started_at, t.started_at) DESC NULLS LAST, t.tree, t.run_id <> t.tree,
                  t.started_at NULLS LAST, t.run_id
         LIMIT ?
-    """, [limit if limit is not None else 2**62]).fetchall()
-    return [RunSummary(run_id=r[0], flow_name=r[1], run_name=r[2], status=r[3], started_at=r[4], ended_at=r[5],
-                       parent_run_id=r[6], root_run_id=r[7]) for r in rows]
+    """,
+        [limit if limit is not None else 2**62],
+    ).fetchall()
+    return [
+        RunSummary(
+            run_id=r[0],
+            flow_name=r[1],
+            run_name=r[2],
+            status=r[3],
+            started_at=r[4],
+            ended_at=r[5],
+            parent_run_id=r[6],
+            root_run_id=r[7],
+        )
+        for r in rows
+    ]
 
 
 def run_row(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:

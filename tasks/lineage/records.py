@@ -17,7 +17,15 @@ from typing import Any
 RUN_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 #: What an artifact is. ``record`` is one curated sample; the rest are files or directories.
 ARTIFACT_KINDS = (
-    "source", "record", "dataset", "shard", "manifest", "pair", "checkpoint", "report", "eval",
+    "source",
+    "record",
+    "dataset",
+    "shard",
+    "manifest",
+    "pair",
+    "checkpoint",
+    "report",
+    "eval",
 )
 REVIEW_DECISIONS = ("approve", "edit", "reject")
 #: Edge relations are short snake_case verbs ("made_from", "filtered_from", "trained_on", ...).
@@ -25,7 +33,7 @@ RELATION_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -33,8 +41,8 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 def artifact_id(kind: str, uri: str, sha256: str | None = None) -> str:
@@ -108,7 +116,9 @@ class TaskRun:
 
     def __post_init__(self) -> None:
         if not self.task_run_id or not self.run_id or not self.name:
-            raise ValueError(f"task run {self.task_run_id!r} ({self.name!r}) in run {self.run_id!r}: ids and name must be non-empty")
+            raise ValueError(
+                f"task run {self.task_run_id!r} ({self.name!r}) in run {self.run_id!r}: ids and name must be non-empty"
+            )
         _check_status(f"task run {self.task_run_id}", self.status)
 
 
@@ -157,11 +167,16 @@ class Edge:
 
     def __post_init__(self) -> None:
         if not self.parent_id or not self.child_id or not self.run_id:
-            raise ValueError(f"edge {self.parent_id!r} -> {self.child_id!r} (run {self.run_id!r}): ids must be non-empty")
+            raise ValueError(
+                f"edge {self.parent_id!r} -> {self.child_id!r} (run {self.run_id!r}): ids must be non-empty"
+            )
         if self.parent_id == self.child_id:
             raise ValueError(f"edge {self.parent_id!r} -> itself: an artifact cannot be made from itself")
         if not RELATION_PATTERN.match(self.relation):
-            raise ValueError(f"edge {self.parent_id} -> {self.child_id}: relation {self.relation!r} must match {RELATION_PATTERN.pattern}")
+            raise ValueError(
+                f"edge {self.parent_id} -> {self.child_id}: relation {self.relation!r} "
+                f"must match {RELATION_PATTERN.pattern}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,10 +251,22 @@ class Review:
 
     def __post_init__(self) -> None:
         if self.decision not in REVIEW_DECISIONS:
-            raise ValueError(f"review by {self.reviewer!r} in run {self.run_id}: decision {self.decision!r} not in {REVIEW_DECISIONS}")
+            raise ValueError(
+                f"review by {self.reviewer!r} in run {self.run_id}: "
+                f"decision {self.decision!r} not in {REVIEW_DECISIONS}"
+            )
         if not self.reviewer:
             raise ValueError(f"review in run {self.run_id}: reviewer must be a name or 'auto'")
         object.__setattr__(self, "sample_ids", tuple(self.sample_ids))
         object.__setattr__(self, "reviewed_at", as_utc(self.reviewed_at))
-        key = "\n".join([self.run_id, self.reviewer, self.decision, ",".join(self.sample_ids), self.note, self.reviewed_at.isoformat()])
+        key = "\n".join(
+            [
+                self.run_id,
+                self.reviewer,
+                self.decision,
+                ",".join(self.sample_ids),
+                self.note,
+                self.reviewed_at.isoformat(),
+            ]
+        )
         object.__setattr__(self, "review_id", "review:" + hashlib.sha256(key.encode()).hexdigest()[:24])

@@ -46,10 +46,21 @@ class TableSpec:
 
 RUNS = TableSpec(
     name="runs",
-    columns=(("run_id", pa.string()), ("flow_name", pa.string()), ("parameters", pa.string()),
-             ("code_version", pa.string()), ("started_at", TS), ("ended_at", TS), ("status", pa.string()),
-             ("parent_run_id", pa.string()), ("run_name", pa.string()), ("root_run_id", pa.string())),
-    key=("run_id",), on_conflict="update", json_columns=("parameters",),
+    columns=(
+        ("run_id", pa.string()),
+        ("flow_name", pa.string()),
+        ("parameters", pa.string()),
+        ("code_version", pa.string()),
+        ("started_at", TS),
+        ("ended_at", TS),
+        ("status", pa.string()),
+        ("parent_run_id", pa.string()),
+        ("run_name", pa.string()),
+        ("root_run_id", pa.string()),
+    ),
+    key=("run_id",),
+    on_conflict="update",
+    json_columns=("parameters",),
     update_sql=(("started_at", "LEAST(t.started_at, excluded.started_at)"),),
     ddl="""CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR PRIMARY KEY, flow_name VARCHAR NOT NULL, parameters JSON, code_version VARCHAR,
@@ -58,9 +69,16 @@ RUNS = TableSpec(
 )
 TASK_RUNS = TableSpec(
     name="task_runs",
-    columns=(("task_run_id", pa.string()), ("run_id", pa.string()), ("name", pa.string()),
-             ("status", pa.string()), ("started_at", TS), ("ended_at", TS)),
-    key=("task_run_id",), on_conflict="update",
+    columns=(
+        ("task_run_id", pa.string()),
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("status", pa.string()),
+        ("started_at", TS),
+        ("ended_at", TS),
+    ),
+    key=("task_run_id",),
+    on_conflict="update",
     update_sql=(("started_at", "LEAST(t.started_at, excluded.started_at)"),),
     ddl="""CREATE TABLE IF NOT EXISTS task_runs (
         task_run_id VARCHAR PRIMARY KEY, run_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
@@ -68,29 +86,49 @@ TASK_RUNS = TableSpec(
 )
 ARTIFACTS = TableSpec(
     name="artifacts",
-    columns=(("artifact_id", pa.string()), ("kind", pa.string()), ("uri", pa.string()), ("sha256", pa.string()),
-             ("num_bytes", pa.int64()), ("num_records", pa.int64()), ("created_by_run", pa.string()),
-             ("metadata", pa.string()), ("created_at", TS)),
-    key=("artifact_id",), on_conflict="ignore", json_columns=("metadata",),
+    columns=(
+        ("artifact_id", pa.string()),
+        ("kind", pa.string()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("num_bytes", pa.int64()),
+        ("num_records", pa.int64()),
+        ("created_by_run", pa.string()),
+        ("metadata", pa.string()),
+        ("created_at", TS),
+    ),
+    key=("artifact_id",),
+    on_conflict="ignore",
+    json_columns=("metadata",),
     ddl="""CREATE TABLE IF NOT EXISTS artifacts (
         artifact_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, uri VARCHAR NOT NULL, sha256 VARCHAR,
         num_bytes BIGINT, num_records BIGINT, created_by_run VARCHAR, metadata JSON, created_at TIMESTAMPTZ)""",
 )
 EDGES = TableSpec(
     name="edges",
-    columns=(("parent_id", pa.string()), ("child_id", pa.string()), ("run_id", pa.string()),
-             ("relation", pa.string())),
-    key=("parent_id", "child_id", "relation", "run_id"), on_conflict="ignore",
+    columns=(("parent_id", pa.string()), ("child_id", pa.string()), ("run_id", pa.string()), ("relation", pa.string())),
+    key=("parent_id", "child_id", "relation", "run_id"),
+    on_conflict="ignore",
     ddl="""CREATE TABLE IF NOT EXISTS edges (
         parent_id VARCHAR NOT NULL, child_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL,
         relation VARCHAR NOT NULL, PRIMARY KEY (parent_id, child_id, relation, run_id))""",
 )
 DATA_MIX = TableSpec(
     name="data_mix",
-    columns=(("run_id", pa.string()), ("mix", pa.string()), ("shard_id", pa.string()), ("source", pa.string()),
-             ("modality", pa.string()), ("planned_ratio", pa.float64()), ("realized_ratio_samples", pa.float64()),
-             ("realized_ratio_tokens", pa.float64()), ("num_samples", pa.int64()), ("num_tokens", pa.int64())),
-    key=("run_id", "mix", "shard_id", "source", "modality"), on_conflict="replace",
+    columns=(
+        ("run_id", pa.string()),
+        ("mix", pa.string()),
+        ("shard_id", pa.string()),
+        ("source", pa.string()),
+        ("modality", pa.string()),
+        ("planned_ratio", pa.float64()),
+        ("realized_ratio_samples", pa.float64()),
+        ("realized_ratio_tokens", pa.float64()),
+        ("num_samples", pa.int64()),
+        ("num_tokens", pa.int64()),
+    ),
+    key=("run_id", "mix", "shard_id", "source", "modality"),
+    on_conflict="replace",
     ddl="""CREATE TABLE IF NOT EXISTS data_mix (
         run_id VARCHAR NOT NULL, mix VARCHAR NOT NULL, shard_id VARCHAR, source VARCHAR NOT NULL,
         modality VARCHAR NOT NULL, planned_ratio DOUBLE, realized_ratio_samples DOUBLE,
@@ -98,18 +136,32 @@ DATA_MIX = TableSpec(
 )
 METRICS = TableSpec(
     name="metrics",
-    columns=(("run_id", pa.string()), ("stage", pa.string()), ("step", pa.int64()), ("name", pa.string()),
-             ("value", pa.float64())),
-    key=("run_id", "stage", "step", "name"), on_conflict="update",
+    columns=(
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("step", pa.int64()),
+        ("name", pa.string()),
+        ("value", pa.float64()),
+    ),
+    key=("run_id", "stage", "step", "name"),
+    on_conflict="update",
     ddl="""CREATE TABLE IF NOT EXISTS metrics (
         run_id VARCHAR NOT NULL, stage VARCHAR NOT NULL, step BIGINT NOT NULL, name VARCHAR NOT NULL,
         value DOUBLE, PRIMARY KEY (run_id, stage, step, name))""",
 )
 REVIEWS = TableSpec(
     name="reviews",
-    columns=(("review_id", pa.string()), ("run_id", pa.string()), ("reviewer", pa.string()),
-             ("decision", pa.string()), ("sample_ids", pa.list_(pa.string())), ("note", pa.string()), ("reviewed_at", TS)),
-    key=("review_id",), on_conflict="ignore",
+    columns=(
+        ("review_id", pa.string()),
+        ("run_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("decision", pa.string()),
+        ("sample_ids", pa.list_(pa.string())),
+        ("note", pa.string()),
+        ("reviewed_at", TS),
+    ),
+    key=("review_id",),
+    on_conflict="ignore",
     ddl="""CREATE TABLE IF NOT EXISTS reviews (
         review_id VARCHAR PRIMARY KEY, run_id VARCHAR NOT NULL, reviewer VARCHAR NOT NULL,
         decision VARCHAR NOT NULL, sample_ids VARCHAR[], note VARCHAR, reviewed_at TIMESTAMPTZ)""",
@@ -125,9 +177,13 @@ RENAMED_COLUMNS = (("data_mix", "stage", "mix"),)  # a data mix is not a trainin
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {row[0] for row in con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
-        [table]).fetchall()}
+    return {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
+            [table],
+        ).fetchall()
+    }
 
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -32,7 +32,16 @@ from tasks.lineage import openlineage, queries
 from tasks.lineage.bulk import to_arrow
 from tasks.lineage.records import Artifact, Edge, Metric, MixRow, Review, Run, TaskRun
 from tasks.lineage.schema import (
-    ARTIFACTS, DATA_MIX, EDGES, METRICS, REVIEWS, RUNS, TASK_RUNS, TableSpec, create_schema, missing_tables,
+    ARTIFACTS,
+    DATA_MIX,
+    EDGES,
+    METRICS,
+    REVIEWS,
+    RUNS,
+    TASK_RUNS,
+    TableSpec,
+    create_schema,
+    missing_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -93,8 +102,11 @@ def _to_readable_format(path: Path) -> None:
     finally:
         con.close()
     os.replace(partial, path)
-    log.warning("lineage store %s: rewrote it in DuckDB storage format %s so DuckDB 1.x clients can read it",
-                path, STORAGE_VERSION)
+    log.warning(
+        "lineage store %s: rewrote it in DuckDB storage format %s so DuckDB 1.x clients can read it",
+        path,
+        STORAGE_VERSION,
+    )
 
 
 def _quoted(path: Path) -> str:
@@ -113,8 +125,9 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         if "lock" not in str(exc).lower():
             raise
         match = _PID.search(str(exc))
-        raise LineageLockedError(path, holder_pid=int(match.group(1)) if match else None,
-                                 detail=str(exc), read_only=read_only) from exc
+        raise LineageLockedError(
+            path, holder_pid=int(match.group(1)) if match else None, detail=str(exc), read_only=read_only
+        ) from exc
     except duckdb.ConnectionException as exc:
         # Same process, other mode: DuckDB shares one instance per file and refuses a second config.
         raise LineageLockedError(path, holder_pid=None, detail=str(exc), read_only=read_only) from exc
@@ -148,7 +161,7 @@ class LineageStore:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def __enter__(self) -> "LineageStore":
+    def __enter__(self) -> LineageStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -180,8 +193,7 @@ class LineageStore:
         select = ", ".join(f"CAST({c} AS JSON)" if c in spec.json_columns else c for c in spec.names)
         key = ", ".join(spec.key)
         # Last occurrence wins inside one batch, as a later write would across batches.
-        source = (f"SELECT {select} FROM incoming "
-                  f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _ord DESC) = 1")
+        source = f"SELECT {select} FROM incoming QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _ord DESC) = 1"
         with self._lock:
             con = self.con
             try:
@@ -195,8 +207,11 @@ class LineageStore:
                     tail = " ON CONFLICT DO NOTHING"
                 else:
                     overrides = dict(spec.update_sql)
-                    sets = ", ".join(f"{c} = {overrides.get(c, f'COALESCE(excluded.{c}, t.{c})')}"
-                                     for c in spec.names if c not in spec.key)
+                    sets = ", ".join(
+                        f"{c} = {overrides.get(c, f'COALESCE(excluded.{c}, t.{c})')}"
+                        for c in spec.names
+                        if c not in spec.key
+                    )
                     tail = f" ON CONFLICT ({key}) DO UPDATE SET {sets}"
                 (count,) = con.execute(f"INSERT INTO {spec.name} AS t ({cols}) {source}{tail}").fetchone()
                 con.execute("COMMIT")

@@ -40,8 +40,10 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 SIDECAR_SUFFIXES = (".txt", ".json")
 RAW_CHARS = 4096
 #: The accepted JSONL forms, named in the reason when a line matches neither.
-JSONL_FORMS = ("'answer' (optional 'question', 'media', 'id', 'task', 'meta'), or LLaVA-style 'conversations' "
-               "[{'from': 'human', 'value': ...}, {'from': 'gpt', 'value': ...}] (optional 'image' or 'video', 'id')")
+JSONL_FORMS = (
+    "'answer' (optional 'question', 'media', 'id', 'task', 'meta'), or LLaVA-style 'conversations' "
+    "[{'from': 'human', 'value': ...}, {'from': 'gpt', 'value': ...}] (optional 'image' or 'video', 'id')"
+)
 MEDIA_KEYS = ("media", "image", "video")
 HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
@@ -79,8 +81,9 @@ def inside(path: Path, real_root: Path) -> Path:
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise Unusable("media outside the folder", f"{path} does not resolve: {exc}") from exc
     if not resolved.is_relative_to(real_root):
-        raise Unusable("media outside the folder",
-                       f"{path} resolves to {resolved}, outside the source folder {real_root}")
+        raise Unusable(
+            "media outside the folder", f"{path} resolves to {resolved}, outside the source folder {real_root}"
+        )
     return resolved
 
 
@@ -99,14 +102,22 @@ def _media_record(path: Path, root: Path, real_root: Path) -> Record:
     if path.with_suffix(".json").is_file():
         sidecar = json.loads(_read_sidecar(path.with_suffix(".json"), real_root))
         if not isinstance(sidecar, dict) or not isinstance(sidecar.get("meta", {}), dict):
-            raise Unusable("not a valid record", f"sidecar {path.with_suffix('.json').name} must be a JSON object "
-                                                 "with 'question', 'answer', 'task', 'meta' (an object)")
+            raise Unusable(
+                "not a valid record",
+                f"sidecar {path.with_suffix('.json').name} must be a JSON object "
+                "with 'question', 'answer', 'task', 'meta' (an object)",
+            )
         fields.update(sidecar)
     elif path.with_suffix(".txt").is_file():
         fields["answer"] = _read_sidecar(path.with_suffix(".txt"), real_root).strip()
     return Record(
-        id=make_id(relative), source=NAME, modality=modality_of(path), task=fields["task"],
-        question=fields["question"], answer=fields["answer"], media_path=str(path),
+        id=make_id(relative),
+        source=NAME,
+        modality=modality_of(path),
+        task=fields["task"],
+        question=fields["question"],
+        answer=fields["answer"],
+        media_path=str(path),
         meta={**fields["meta"], "relative_path": relative},
     )
 
@@ -126,8 +137,10 @@ def _media_of(item: dict, jsonl: Path, real_root: Path) -> Path | None:
     media = jsonl.parent / value
     modality = modality_of(media)
     if modality is None:
-        raise Unusable("unsupported media", f"{keys[0]} {value!r} is neither an image {sorted(IMAGE_SUFFIXES)} "
-                                            f"nor a video {sorted(VIDEO_SUFFIXES)}")
+        raise Unusable(
+            "unsupported media",
+            f"{keys[0]} {value!r} is neither an image {sorted(IMAGE_SUFFIXES)} nor a video {sorted(VIDEO_SUFFIXES)}",
+        )
     if keys[0] != "media" and keys[0] != modality:
         raise Unusable("unsupported media", f"{keys[0]} {value!r} has a {modality} suffix; use 'media' or '{modality}'")
     inside(media, real_root)
@@ -143,11 +156,18 @@ def _exchanges(item: dict) -> list[tuple[str, str]]:
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
             raise Unusable("unknown JSONL keys", "'conversations' must be a list of {'from', 'value'} objects")
         roles = [t.get("from") for t in turns]
-        pairs_ok = (turns and len(turns) % 2 == 0 and all(r in HUMAN_ROLES for r in roles[0::2])
-                    and all(r in ASSISTANT_ROLES for r in roles[1::2]))
+        pairs_ok = (
+            turns
+            and len(turns) % 2 == 0
+            and all(r in HUMAN_ROLES for r in roles[0::2])
+            and all(r in ASSISTANT_ROLES for r in roles[1::2])
+        )
         if not pairs_ok or not all(isinstance(t.get("value"), str) for t in turns):
-            raise Unusable("unknown JSONL keys", f"'conversations' must alternate {HUMAN_ROLES} and {ASSISTANT_ROLES} "
-                                                f"turns with string 'value's, starting with a human; got roles {roles}")
+            raise Unusable(
+                "unknown JSONL keys",
+                f"'conversations' must alternate {HUMAN_ROLES} and {ASSISTANT_ROLES} "
+                f"turns with string 'value's, starting with a human; got roles {roles}",
+            )
         return [(turns[i]["value"], turns[i + 1]["value"]) for i in range(0, len(turns), 2)]
     if "answer" not in item:
         raise Unusable("unknown JSONL keys", f"line has keys {sorted(item)}; use {JSONL_FORMS}")
@@ -180,16 +200,24 @@ def _line_records(raw: bytes, jsonl: Path, line_no: int, root: Path, real_root: 
     records = []
     for turn, (question, answer) in enumerate(exchanges, start=1):
         if PLACEHOLDER.search(question) and media is None:
-            raise Unusable("unsupported media", f"the question holds {PLACEHOLDER.search(question)[0]} but the "
-                                                "line names no media; add 'image', 'video' or 'media'")
+            raise Unusable(
+                "unsupported media",
+                f"the question holds {PLACEHOLDER.search(question)[0]} but the "
+                "line names no media; add 'image', 'video' or 'media'",
+            )
         several = len(exchanges) > 1
-        records.append(Record(
-            id=make_id(f"{local_id}-turn{turn}" if several else local_id), source=NAME, modality=modality,
-            task=item.get("task", "instruction" if modality == "text" else "vqa"),
-            question=PLACEHOLDER.sub("", question).strip(), answer=answer,
-            media_path=str(media) if media else None,
-            meta={**meta, "from": where, **({"turn": turn} if several else {})},
-        ))
+        records.append(
+            Record(
+                id=make_id(f"{local_id}-turn{turn}" if several else local_id),
+                source=NAME,
+                modality=modality,
+                task=item.get("task", "instruction" if modality == "text" else "vqa"),
+                question=PLACEHOLDER.sub("", question).strip(),
+                answer=answer,
+                media_path=str(media) if media else None,
+                meta={**meta, "from": where, **({"turn": turn} if several else {})},
+            )
+        )
     return records
 
 
@@ -217,8 +245,11 @@ def _records_of(path: Path, line_no: int | None, raw: bytes | None, root: Path, 
         return [_media_record(path, root, real_root)]
     if path.suffix.lower() == ".jsonl":
         inside(path, real_root)  # raises: _items yields a JSONL whole only when it leaves the folder
-    raise Unusable("unsupported file type", f"{path.name}: not an image {sorted(IMAGE_SUFFIXES)}, a video "
-                                            f"{sorted(VIDEO_SUFFIXES)}, a .jsonl file or a sidecar .txt/.json of one")
+    raise Unusable(
+        "unsupported file type",
+        f"{path.name}: not an image {sorted(IMAGE_SUFFIXES)}, a video "
+        f"{sorted(VIDEO_SUFFIXES)}, a .jsonl file or a sidecar .txt/.json of one",
+    )
 
 
 def collect(spec: SourceSpec, work_dir: Path) -> Collected:
@@ -242,12 +273,20 @@ def collect(spec: SourceSpec, work_dir: Path) -> Collected:
         except (ValueError, TypeError, KeyError) as exc:  # Unusable, a bad sidecar, a Record refusing a field
             kind = exc.kind if isinstance(exc, Unusable) else "not a valid record"
             text = path.name if raw is None else raw.decode("utf-8", "backslashreplace")
-            rejected.append(Rejected(source=NAME, where=where, reason=f"{type(exc).__name__}: {exc}",
-                                     raw=text[:RAW_CHARS], kind=kind))
+            rejected.append(
+                Rejected(
+                    source=NAME, where=where, reason=f"{type(exc).__name__}: {exc}", raw=text[:RAW_CHARS], kind=kind
+                )
+            )
     if spec.folder_limit is not None and len(records) > spec.folder_limit:  # the last line had several turns
         num_dropped += len(records) - spec.folder_limit
-        records = records[:spec.folder_limit]
+        records = records[: spec.folder_limit]
     if num_dropped:
-        log.warning("source %s: folder_limit=%d reached, %d items of %s left unread (unset the limit to read "
-                    "the whole folder)", NAME, spec.folder_limit, num_dropped, root)
+        log.warning(
+            "source %s: folder_limit=%d reached, %d items of %s left unread (unset the limit to read the whole folder)",
+            NAME,
+            spec.folder_limit,
+            num_dropped,
+            root,
+        )
     return Collected(records=records, rejected=rejected, num_dropped=num_dropped)

@@ -51,7 +51,7 @@ def _pan(photo: np.ndarray, height: int, width: int, num_frames: int, rng: rando
     for i in range(num_frames):
         f = i / max(1, num_frames - 1)
         y, x = round(y0 + (y1 - y0) * f), round(x0 + (x1 - x0) * f)
-        frames.append(big[y:y + height, x:x + width])
+        frames.append(big[y : y + height, x : x + width])
     return np.stack(frames)
 
 
@@ -70,15 +70,29 @@ def render(photos: list[str], rng: random.Random, max_side_px: int) -> tuple[np.
     slots = int((scene["end_s"] - scene["start_s"]) / GRID_S)
     first = rng.randrange(slots)
     last = rng.randrange(first, slots) + 1
-    event = {"label": EVENT_LABEL, "scene": scene_index,
-             "start_s": scene["start_s"] + first * GRID_S, "end_s": scene["start_s"] + last * GRID_S}
+    event = {
+        "label": EVENT_LABEL,
+        "scene": scene_index,
+        "start_s": scene["start_s"] + first * GRID_S,
+        "end_s": scene["start_s"] + last * GRID_S,
+    }
     side = max(4, height // 4)
     top, left = rng.randrange(height - side), rng.randrange(width - side)
     event["box_yxhw"] = [top, left, side, side]
-    frames[round(event["start_s"] * FPS):round(event["end_s"] * FPS), top:top + side, left:left + side] = (220, 20, 20)
+    frames[round(event["start_s"] * FPS) : round(event["end_s"] * FPS), top : top + side, left : left + side] = (
+        220,
+        20,
+        20,
+    )
     meta = {
-        "fps": FPS, "num_frames": int(frames.shape[0]), "duration_s": start, "height": height, "width": width,
-        "scenes": scenes, "cuts_s": [s["start_s"] for s in scenes[1:]], "events": [event],
+        "fps": FPS,
+        "num_frames": int(frames.shape[0]),
+        "duration_s": start,
+        "height": height,
+        "width": width,
+        "scenes": scenes,
+        "cuts_s": [s["start_s"] for s in scenes[1:]],
+        "events": [event],
     }
     return frames, meta
 
@@ -88,11 +102,15 @@ def _question(meta: dict, rng: random.Random) -> tuple[str, str]:
     if rng.random() < 0.5:
         cut = rng.randrange(1, len(scenes))
         before, after = (scenes[cut - 1]["photo"].replace("_", " "), scenes[cut]["photo"].replace("_", " "))
-        return (f"At what time does the video cut from the {before} scene to the {after} scene?",
-                f"At {scenes[cut]['start_s']:.1f} seconds.")
+        return (
+            f"At what time does the video cut from the {before} scene to the {after} scene?",
+            f"At {scenes[cut]['start_s']:.1f} seconds.",
+        )
     event = meta["events"][0]
-    return (f"When is {event['label']} visible in the video?",
-            f"From {event['start_s']:.1f} to {event['end_s']:.1f} seconds.")
+    return (
+        f"When is {event['label']} visible in the video?",
+        f"From {event['start_s']:.1f} to {event['end_s']:.1f} seconds.",
+    )
 
 
 def collect(spec: SourceSpec, work_dir: Path) -> Collected:
@@ -107,8 +125,16 @@ def collect(spec: SourceSpec, work_dir: Path) -> Collected:
         path = work_dir / f"scene-{spec.seed}-{index:04d}.mp4"
         encode_video(frames, path, fps=FPS)
         question, answer = _question(meta, rng)
-        records.append(Record(
-            id=f"{NAME}-{spec.seed}-{index:04d}", source=NAME, modality="video", task="temporal_localization",
-            question=question, answer=answer, media_path=str(path), meta=meta,
-        ))
+        records.append(
+            Record(
+                id=f"{NAME}-{spec.seed}-{index:04d}",
+                source=NAME,
+                modality="video",
+                task="temporal_localization",
+                question=question,
+                answer=answer,
+                media_path=str(path),
+                meta=meta,
+            )
+        )
     return Collected(records=records)

@@ -18,8 +18,23 @@ from tasks.sources.spec import Collected, SourceSpec
 NAME = "skimage"
 #: Photographs (not synthetic test patterns) that ship inside the scikit-image wheel, no download.
 PHOTOS = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
 )
 PROMPTS = ("Describe this image.", "What does this picture show?", "Write a short caption for this photo.")
 
@@ -49,14 +64,16 @@ def collect(spec: SourceSpec, work_dir: Path) -> Collected:
         pixels = load_photo(name, spec.max_side_px)
         path = work_dir / f"{name}.jpg"
         Image.fromarray(pixels).save(path, quality=90)
-        records.append(Record(
-            id=f"{NAME}-{name.replace('_', '-')}",
-            source=NAME,
-            modality="image",
-            task="caption",
-            question=rng.choice(PROMPTS),
-            answer=caption(name),
-            media_path=str(path),
-            meta={"photo": name, "height": int(pixels.shape[0]), "width": int(pixels.shape[1])},
-        ))
+        records.append(
+            Record(
+                id=f"{NAME}-{name.replace('_', '-')}",
+                source=NAME,
+                modality="image",
+                task="caption",
+                question=rng.choice(PROMPTS),
+                answer=caption(name),
+                media_path=str(path),
+                meta={"photo": name, "height": int(pixels.shape[0]), "width": int(pixels.shape[1])},
+            )
+        )
     return Collected(records=records)

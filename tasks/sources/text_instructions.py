@@ -17,9 +17,34 @@ from tasks.sources.spec import Collected, SourceSpec
 
 NAME = "text-instructions"
 MODULES = (
-    "bisect", "base64", "calendar", "collections", "colorsys", "csv", "difflib", "fnmatch", "fractions",
-    "functools", "glob", "gzip", "hashlib", "heapq", "itertools", "json", "math", "os.path", "pathlib",
-    "random", "re", "shlex", "shutil", "statistics", "string", "tarfile", "textwrap", "zlib",
+    "bisect",
+    "base64",
+    "calendar",
+    "collections",
+    "colorsys",
+    "csv",
+    "difflib",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "json",
+    "math",
+    "os.path",
+    "pathlib",
+    "random",
+    "re",
+    "shlex",
+    "shutil",
+    "statistics",
+    "string",
+    "tarfile",
+    "textwrap",
+    "zlib",
 )
 PROMPTS = (
     "What does the Python function `{name}` do?",
@@ -53,13 +78,15 @@ def collect(spec: SourceSpec, work_dir: Path) -> Collected:
     records = []
     for index in picked:
         name, summary = summaries[index]
-        records.append(Record(
-            id=f"{NAME}-{name.replace('.', '-').replace('_', '-').lower()}",
-            source=NAME,
-            modality="text",
-            task="instruction",
-            question=rng.choice(PROMPTS).format(name=name),
-            answer=summary,
-            meta={"function": name},
-        ))
+        records.append(
+            Record(
+                id=f"{NAME}-{name.replace('.', '-').replace('_', '-').lower()}",
+                source=NAME,
+                modality="text",
+                task="instruction",
+                question=rng.choice(PROMPTS).format(name=name),
+                answer=summary,
+                meta={"function": name},
+            )
+        )
     return Collected(records=records)

@@ -20,14 +20,33 @@ def gx():
 
 
 def good_records() -> list[dict]:
-    return [record_row(r) for r in (
-        Record(id="t-img", source="easy-vqa", modality="image", task="vqa", question="what shape?",
-               answer="circle", media_path="/data/1.png", meta={"image_id": 1}),
-        Record(id="t-vid", source="scene-videos", modality="video", task="temporal_localization",
-               question="when?", answer="At 2.0 seconds.", media_path="/data/v.mp4"),
-        Record(id="t-txt", source="text-instructions", modality="text", task="instruction", question="q",
-               answer="a"),
-    )]
+    return [
+        record_row(r)
+        for r in (
+            Record(
+                id="t-img",
+                source="easy-vqa",
+                modality="image",
+                task="vqa",
+                question="what shape?",
+                answer="circle",
+                media_path="/data/1.png",
+                meta={"image_id": 1},
+            ),
+            Record(
+                id="t-vid",
+                source="scene-videos",
+                modality="video",
+                task="temporal_localization",
+                question="when?",
+                answer="At 2.0 seconds.",
+                media_path="/data/v.mp4",
+            ),
+            Record(
+                id="t-txt", source="text-instructions", modality="text", task="instruction", question="q", answer="a"
+            ),
+        )
+    ]
 
 
 def test_every_declared_check_names_a_real_gx_expectation_and_known_columns(gx):
@@ -85,15 +104,35 @@ def test_a_missing_column_fails_every_row(gx):
 
 
 def make_cot(**changes) -> CoTSample:
-    problem = CoTProblem(id="p1", record_id="easy-vqa-train-1", source="easy-vqa", task="counting",
-                         category="counting", question="How many shapes?", reference="1")
-    path = CoTPath(id="p1-p0", problem_id="p1", text="<think>one circle</think>1", thinking="one circle",
-                   answer="1", finish_reason="stop", num_tokens=6, mean_logprob=-0.2, step_min_logprob=-0.3,
-                   agreement=1.0)
+    problem = CoTProblem(
+        id="p1",
+        record_id="easy-vqa-train-1",
+        source="easy-vqa",
+        task="counting",
+        category="counting",
+        question="How many shapes?",
+        reference="1",
+    )
+    path = CoTPath(
+        id="p1-p0",
+        problem_id="p1",
+        text="<think>one circle</think>1",
+        thinking="one circle",
+        answer="1",
+        finish_reason="stop",
+        num_tokens=6,
+        mean_logprob=-0.2,
+        step_min_logprob=-0.3,
+        agreement=1.0,
+    )
     sample = CoTSample(
-        id="p1-p0", problem=problem, path=path,
+        id="p1-p0",
+        problem=problem,
+        path=path,
         rules=RuleReport(well_formed=True, answer_correct=True, length_ok=True, repetitive=False, num_steps=1),
-        verdict=JudgeVerdict(judge="rule-judge", scores={"relevance": 5}), tier=QualityTier.A, quality_score=4,
+        verdict=JudgeVerdict(judge="rule-judge", scores={"relevance": 5}),
+        tier=QualityTier.A,
+        quality_score=4,
         replay_weight=2.0,
     )
     return sample if not changes else CoTSample(**{**sample.__dict__, **changes})
@@ -122,9 +161,18 @@ def test_cot_suite(gx):
 
 
 def make_pair(**changes) -> PreferencePair:
-    fields = dict(id="p1-p0-p1", problem_id="p1", source="easy-vqa", prompt="How many?", media_path=None,
-                  chosen="<think>a</think>1", rejected="<think>b</think>2", chosen_score=2.0, rejected_score=1.0,
-                  reason="score-gap")
+    fields = dict(
+        id="p1-p0-p1",
+        problem_id="p1",
+        source="easy-vqa",
+        prompt="How many?",
+        media_path=None,
+        chosen="<think>a</think>1",
+        rejected="<think>b</think>2",
+        chosen_score=2.0,
+        rejected_score=1.0,
+        reason="score-gap",
+    )
     return PreferencePair(**{**fields, **changes})
 
 
@@ -143,10 +191,20 @@ def test_pair_suite(gx):
 
 
 def test_manifest_suite(gx):
-    good = {"shard": "stage3-000000.tar", "mix": "stage3", "sha256": "ab" * 32, "num_bytes": 10240,
-            "num_records": 3, "tokens": 120}
-    rows = [good, {**good, "shard": "stage3-000001.tar", "sha256": "xyz"},
-            {**good, "shard": "stage3.v2-1.tar"}, {**good, "shard": "stage3-000003.tar", "num_records": 0}]
+    good = {
+        "shard": "stage3-000000.tar",
+        "mix": "stage3",
+        "sha256": "ab" * 32,
+        "num_bytes": 10240,
+        "num_records": 3,
+        "tokens": 120,
+    }
+    rows = [
+        good,
+        {**good, "shard": "stage3-000001.tar", "sha256": "xyz"},
+        {**good, "shard": "stage3.v2-1.tar"},
+        {**good, "shard": "stage3-000003.tar", "num_records": 0},
+    ]
     found = run_suite("manifest", rows)
     assert found[0] == []
     assert found[1] == ["sha256 is not 64 hex digits"]

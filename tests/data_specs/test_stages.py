@@ -23,14 +23,26 @@ def test_keye_8b_follows_the_report():
     assert s["stage3"].rope_theta == 8_000_000 and s["stage3"].seq_len == 131_072
     assert s["stage3"].data_mix == "annealing"
     assert s["stage4"].objective == "fusion" and s["stage4"].inputs == ("stage2", "stage3", "expert")
-    assert [st.name for st in presets.stages("keye-8b")][5:] == ["sft", "mpo", "reward", "coldstart", "gspo", "alignment"]
+    assert [st.name for st in presets.stages("keye-8b")][5:] == [
+        "sft",
+        "mpo",
+        "reward",
+        "coldstart",
+        "gspo",
+        "alignment",
+    ]
     assert s["gspo"].rl.clip_low == 3e-4 and s["gspo"].rl.clip_high == 4e-4 and s["gspo"].rl.num_minibatches == 4
 
 
 def test_tiny_keeps_what_a_stage_is_and_shrinks_how_long():
     for big, tiny in zip(presets.stages("keye-8b"), presets.stages("tiny")):
         assert (tiny.name, tiny.objective, tiny.trainable, tiny.rope_theta, tiny.data_mix) == (
-            big.name, big.objective, big.trainable, big.rope_theta, big.data_mix)
+            big.name,
+            big.objective,
+            big.trainable,
+            big.rope_theta,
+            big.data_mix,
+        )
         assert tiny.num_steps <= 4
 
 

@@ -71,8 +71,9 @@ def wait_healthy(api_url: str, server: subprocess.Popen, log: Path) -> None:
 
 
 def prefect(args: list[str], env: dict[str, str], timeout_s: int = 180) -> str:
-    done = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+    done = subprocess.run(
+        [str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
     assert done.returncode == 0, f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -85,9 +86,15 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(tmp_path):
 
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api_url,
-           "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_UI_ENABLED": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("KEYE_REPO_DIR", None)  # the recipe's default: the folder `prefect deploy` runs in
     # A cwd other than the repository for the server and worker: the pull step, not the worker's
     # folder, must put the flow run in the checkout.
@@ -107,12 +114,23 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(tmp_path):
         assert all(d.work_pool_name == "local-process" for d in deployments.values())
         worker_argv = [str(BIN / "prefect"), "worker", "start", "--pool", "local-process"]
         with background(worker_argv, worker_log, env, elsewhere) as worker:
-            out = prefect(["deployment", "run", "keye/full-pipeline", "--param", f"run_dir={run_dir}",
-                           "--param", f"stages={json.dumps(['stage1'])}"], env)
+            out = prefect(
+                [
+                    "deployment",
+                    "run",
+                    "keye/full-pipeline",
+                    "--param",
+                    f"run_dir={run_dir}",
+                    "--param",
+                    f"stages={json.dumps(['stage1'])}",
+                ],
+                env,
+            )
             flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
             state = wait_for_final_state(api_url, flow_run_id, worker, worker_log)
             assert state.type == StateType.COMPLETED, (
-                f"flow run {flow_run_id} ended {state.type.value}: {state.message}\nworker log:\n{tail(worker_log)}")
+                f"flow run {flow_run_id} ended {state.type.value}: {state.message}\nworker log:\n{tail(worker_log)}"
+            )
             library_loggers = logger_names(api_url)
     # PREFECT_LOGGING_EXTRA_LOGGERS from the deployment's job variables: our library logs reach the UI
     assert "tasks.validate" in library_loggers, library_loggers
@@ -122,10 +140,12 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(tmp_path):
     with LineageStore(run_dir / "lineage.duckdb", read_only=True) as store:
         rows = store.con.execute(
             "SELECT a.uri, a.metadata->>'$.stage', r.flow_name, r.parent_run_id FROM artifacts a "
-            "JOIN runs r ON r.run_id = a.created_by_run WHERE a.kind = 'checkpoint'").fetchall()
+            "JOIN runs r ON r.run_id = a.created_by_run WHERE a.kind = 'checkpoint'"
+        ).fetchall()
     # made by the pretrain subflow of the deployment's run
     assert [(Path(uri), *rest) for uri, *rest in rows] == [
-        (run_dir / "stages" / "stage1" / "checkpoint", "stage1", "pretrain", flow_run_id)], rows
+        (run_dir / "stages" / "stage1" / "checkpoint", "stage1", "pretrain", flow_run_id)
+    ], rows
     assert (run_dir / "stages" / "stage1" / "checkpoint" / "model.safetensors").is_file()
 
 
@@ -150,8 +170,10 @@ def wait_for_final_state(api_url: str, flow_run_id: str, worker: subprocess.Pope
             if state is not None and state.is_final():
                 return state
             time.sleep(2)
-    pytest.fail(f"flow run {flow_run_id} not finished within {RUN_TIMEOUT_S} s (last state "
-                f"{state.type.value if state else None}):\nworker log:\n{tail(worker_log)}")
+    pytest.fail(
+        f"flow run {flow_run_id} not finished within {RUN_TIMEOUT_S} s (last state "
+        f"{state.type.value if state else None}):\nworker log:\n{tail(worker_log)}"
+    )
 
 
 def logger_names(api_url: str) -> set[str]:

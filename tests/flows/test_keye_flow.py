@@ -42,8 +42,10 @@ def test_every_stage_ends_with_a_loadable_checkpoint_recorded_in_lineage(pipelin
 def test_fusion_method_and_weights_are_in_lineage(pipeline):
     run_dir, result = pipeline
     with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:
-        row = store.con.execute("select metadata from artifacts where kind = 'checkpoint' and uri = ?",
-                                [str(Path(result["checkpoints"]["stage4"]).resolve())]).fetchone()
+        row = store.con.execute(
+            "select metadata from artifacts where kind = 'checkpoint' and uri = ?",
+            [str(Path(result["checkpoints"]["stage4"]).resolve())],
+        ).fetchone()
     metadata = json.loads(row[0])
     assert metadata["fusion"]["method"] == "ties" and len(metadata["experts"]) == 2
 

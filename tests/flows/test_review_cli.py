@@ -27,17 +27,39 @@ def run_cli(argv: list[str]) -> int:
 
 def tier_b(index: int, answer: str) -> CoTSample:
     """A sample the rules and judge left in tier B: it needs a person."""
-    problem = CoTProblem(id=f"p{index}", record_id=f"r{index}", source="hand", task="vqa", category="vqa",
-                         question=QUESTION, reference="blue")
+    problem = CoTProblem(
+        id=f"p{index}",
+        record_id=f"r{index}",
+        source="hand",
+        task="vqa",
+        category="vqa",
+        question=QUESTION,
+        reference="blue",
+    )
     text = f"<think>The shape is filled.\nIts color is {answer}.</think>{answer}"
-    path = CoTPath(id=f"p{index}-p0", problem_id=problem.id, text=text, thinking=text.split("</think>")[0][7:],
-                   answer=answer, finish_reason="stop", num_tokens=12, mean_logprob=-0.4, step_min_logprob=-1.2,
-                   agreement=0.5)
-    rules = RuleReport(well_formed=True, answer_correct=answer == "blue", length_ok=True, repetitive=False,
-                       num_steps=2)
+    path = CoTPath(
+        id=f"p{index}-p0",
+        problem_id=problem.id,
+        text=text,
+        thinking=text.split("</think>")[0][7:],
+        answer=answer,
+        finish_reason="stop",
+        num_tokens=12,
+        mean_logprob=-0.4,
+        step_min_logprob=-1.2,
+        agreement=0.5,
+    )
+    rules = RuleReport(well_formed=True, answer_correct=answer == "blue", length_ok=True, repetitive=False, num_steps=2)
     verdict = JudgeVerdict(judge="rule-judge", scores={"logical_consistency": 3, "factual_accuracy": 3, "relevance": 3})
-    return CoTSample(id=path.id, problem=problem, path=path, rules=rules, verdict=verdict, tier=QualityTier.B,
-                     reasons=("judge mean 3.0 < 4",))
+    return CoTSample(
+        id=path.id,
+        problem=problem,
+        path=path,
+        rules=rules,
+        verdict=verdict,
+        tier=QualityTier.B,
+        reasons=("judge mean 3.0 < 4",),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +108,8 @@ def test_review_list_and_answer_resume_the_paused_flow(prefect_harness, tmp_path
     (pending,) = wait_for_listed_review(capsys)
     assert pending["state"] == "Paused"
     assert [(s["sample_id"], s["tier"], s["question"], s["response"]) for s in pending["samples"]] == [
-        (s.id, "B", QUESTION, s.path.text) for s in samples]
+        (s.id, "B", QUESTION, s.path.text) for s in samples
+    ]
     run_id = pending["flow_run_id"]
     assert run_cli(["review", "list"]) == 0
     table = capsys.readouterr().out
@@ -103,19 +126,25 @@ def test_review_list_and_answer_resume_the_paused_flow(prefect_harness, tmp_path
     assert run_cli(["review", "list", "--json"]) == 0
     assert [p["flow_run_id"] for p in json.loads(capsys.readouterr().out)] == [run_id]  # still paused
 
-    assert run_cli(["review", "answer", run_id, "--reviewer", "alice", "--decision", "p0-p0=reject",
-                    "--rest", "approve"]) == 0
+    assert (
+        run_cli(["review", "answer", run_id, "--reviewer", "alice", "--decision", "p0-p0=reject", "--rest", "approve"])
+        == 0
+    )
     assert "1 approve, 0 edit, 1 reject" in capsys.readouterr().out
     thread.join(timeout=120)
     assert not thread.is_alive(), "the flow did not finish after the review was answered"
 
     decisions = [ReviewDecision.from_json(t) for t in result["decisions"]]
     assert [(d.sample_id, d.decision, d.reviewer) for d in decisions] == [
-        ("p0-p0", "reject", "alice"), ("p1-p0", "approve", "alice")]
+        ("p0-p0", "reject", "alice"),
+        ("p1-p0", "approve", "alice"),
+    ]
     with LineageStore(Path(lineage_db), read_only=True) as store:
         recorded = store.reviews(result["run_id"])
     assert sorted((r.sample_ids, r.decision, r.reviewer) for r in recorded) == [
-        (("p0-p0",), "reject", "alice"), (("p1-p0",), "approve", "alice")]
+        (("p0-p0",), "reject", "alice"),
+        (("p1-p0",), "approve", "alice"),
+    ]
     assert result["run_id"] == run_id
 
     with pytest.raises(ValueError, match=f"flow run {run_id} .* is Completed, not paused"):
@@ -123,8 +152,10 @@ def test_review_list_and_answer_resume_the_paused_flow(prefect_harness, tmp_path
 
 
 def test_parse_decision():
-    assert cli.parse_decision("s1=edit:<think>a</think> b") == ("s1", {"decision": "edit",
-                                                                       "edited_response": "<think>a</think> b"})
+    assert cli.parse_decision("s1=edit:<think>a</think> b") == (
+        "s1",
+        {"decision": "edit", "edited_response": "<think>a</think> b"},
+    )
     assert cli.parse_decision("s-2=reject") == ("s-2", {"decision": "reject", "edited_response": ""})
     for bad in ("s1", "s1=maybe", "=approve", "s1=reject:why"):
         with pytest.raises(ValueError, match="--decision"):

@@ -8,7 +8,13 @@ import pytest
 
 from data_specs.longcot import CoTProblem, LongCoTConfig
 from keye_model.answers import (
-    answers_match, extract_answer, extract_choice, judge_answer, normalize_answer, parse_number, split_thinking,
+    answers_match,
+    extract_answer,
+    extract_choice,
+    judge_answer,
+    normalize_answer,
+    parse_number,
+    split_thinking,
 )
 from keye_model.rewards import RewardSample, rule_reward
 from tasks.evaluation.metrics import vqa_accuracy
@@ -30,14 +36,14 @@ TABLE = [
     ("50 percent", "50", True),
     ("1e3", "1,000", True),
     ("1,000", "1000", True),
-    ("0.3333333", "1/3", True),                      # relative tolerance 1e-6
+    ("0.3333333", "1/3", True),  # relative tolerance 1e-6
     ("0.33", "1/3", False),
     ("Answer: 0.5", "1/2", True),
-    ("12", "13", False),                             # numbers never match fuzzily
+    ("12", "13", False),  # numbers never match fuzzily
     ("4", "3", False),
     ("-2", "2", False),
-    ("4 apples", "4", False),                        # a number never equals a non-number
-    ("There are 3.", "three", True),                 # filler dropped
+    ("4 apples", "4", False),  # a number never equals a non-number
+    ("There are 3.", "three", True),  # filler dropped
     # units
     ("3 cm", "3", True),
     ("3cm", "3 centimeters", True),
@@ -53,11 +59,11 @@ TABLE = [
     ("traingle", "triangle", True),
     ("grey", "gray", True),
     ("rectangle", "triangle", False),
-    ("horse", "house", False),                       # short words: no typo tolerance
+    ("horse", "house", False),  # short words: no typo tolerance
     ("visible", "invisible", False),
     ("red", "blue", False),
     ("triangle", "circle", False),
-    ("dark red", "red", False),                      # an extra content word is a different answer
+    ("dark red", "red", False),  # an extra content word is a different answer
     ("red circle", "circle", False),
     ("It is a blue circle.", "circle", False),
     # yes / no variants
@@ -67,7 +73,7 @@ TABLE = [
     ("Correct", "yes", True),
     ("false", "no", True),
     ("Incorrect.", "no", True),
-    ("Yes, there is a circle.", "yes", True),        # a yes/no reference: the first word decides
+    ("Yes, there is a circle.", "yes", True),  # a yes/no reference: the first word decides
     ("No, it is not.", "no", True),
     ("no", "yes", False),
     ("yes and no", "yes", False),
@@ -79,13 +85,13 @@ TABLE = [
     ("The answer is (C)", "C", True),
     ("(C) a dog", "C", True),
     ("A", "a", True),
-    ("A dog", "A", False),                           # an article, not an option
+    ("A dog", "A", False),  # an article, not an option
     ("(B)", "C", False),
     # think blocks and answer extraction
     ("<think>\n2+2\n</think>\n\n\\boxed{4}", "4", True),
     ("<think>\nthree sides\n</think>\n\nThe answer is triangle", "triangle", True),
     ("<think>\nit could be a circle\n</think>\n\nsquare", "circle", False),  # only the answer counts
-    ("<think>\nstill going", "circle", False),      # cut off inside the block
+    ("<think>\nstill going", "circle", False),  # cut off inside the block
     # negation
     ("not red", "red", False),
     ("It isn't red.", "red", False),
@@ -112,8 +118,9 @@ def _longcot_level1(response: str, reference: str) -> bool | None:
     text = response
     if not response.lstrip().startswith("<think>"):
         text = f"<think>\nlook at the image\n</think>\n\n{response}"
-    problem = CoTProblem(id="p", record_id="r", source="table", task="vqa", category="vqa", question="What is it?",
-                         reference=reference)
+    problem = CoTProblem(
+        id="p", record_id="r", source="table", task="vqa", category="vqa", question="What is it?", reference=reference
+    )
     generation = Generation(text=text, token_logprobs=[], tokens=[], finish_reason="stop")
     (path,) = paths_from_generations(problem, [generation])
     return check_rules(problem, path, LongCoTConfig()).answer_correct
@@ -129,8 +136,11 @@ def test_three_users_agree_with_the_table():
             "longcot_level1": _longcot_level1(response, reference),
             "evaluation": vqa_accuracy([response], [reference]) == 1.0,
         }
-        disagreements += [f"{name}: {response!r} vs {reference!r} -> {value}, table says {right}"
-                          for name, value in got.items() if value is not right]
+        disagreements += [
+            f"{name}: {response!r} vs {reference!r} -> {value}, table says {right}"
+            for name, value in got.items()
+            if value is not right
+        ]
     assert not disagreements, disagreements
 
 
@@ -155,25 +165,28 @@ def test_several_references_and_reasons():
         judge_answer("red", [])
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("The Two Circles!", "2 circles"),
-    ("  RED. ", "red"),
-    ("an apple", "apple"),
-    ("3.5", "3.5"),                  # a decimal point is not punctuation
-    ("none", "0"),
-    ("twenty-one", "20 1"),          # hyphen splits; only single number words map
-    ("yes, it is", "yes"),           # filler dropped (evaluation's own normalizer kept "yes it is")
-    ("The (B) Circle.", "b circle"),
-    (" $1,234$ ", "1234"),
-    ("\\frac{1}{2}", "1/2"),
-    ("(A)", "a"),                    # a lone option letter, not an article
-    ("Option B", "b"),
-    ("(-3)", "-3"),
-    ("1e-3", "1e-3"),
-    ("50 percent", "50%"),
-    ("It isn't red", "not red"),
-    ("Yes, that is correct.", "yes"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The Two Circles!", "2 circles"),
+        ("  RED. ", "red"),
+        ("an apple", "apple"),
+        ("3.5", "3.5"),  # a decimal point is not punctuation
+        ("none", "0"),
+        ("twenty-one", "20 1"),  # hyphen splits; only single number words map
+        ("yes, it is", "yes"),  # filler dropped (evaluation's own normalizer kept "yes it is")
+        ("The (B) Circle.", "b circle"),
+        (" $1,234$ ", "1234"),
+        ("\\frac{1}{2}", "1/2"),
+        ("(A)", "a"),  # a lone option letter, not an article
+        ("Option B", "b"),
+        ("(-3)", "-3"),
+        ("1e-3", "1e-3"),
+        ("50 percent", "50%"),
+        ("It isn't red", "not red"),
+        ("Yes, that is correct.", "yes"),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -189,23 +202,26 @@ def test_parse_number_and_extract_answer():
     assert split_thinking("<think>\nbecause\n</think>\n\nblue") == ("because", "blue")
 
 
-@pytest.mark.parametrize(("text", "letter"), [
-    ("The answer is (B)", "B"),
-    ("B.", "B"),
-    ("b", "B"),
-    ("(C) a dog", "C"),
-    ("D) four", "D"),
-    ("Answer: d", "D"),
-    ("The best answer is: c.", "C"),
-    ("I think it is C", "C"),
-    ("Option C is correct", "C"),
-    ("option c", "C"),
-    ("<think>A or B?</think>D", "D"),
-    ("the answer is a dog", None),   # article, not an option
-    ("A dog runs across.", None),
-    ("E", None),                      # not among four options
-    ("no idea", None),
-])
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("The answer is (B)", "B"),
+        ("B.", "B"),
+        ("b", "B"),
+        ("(C) a dog", "C"),
+        ("D) four", "D"),
+        ("Answer: d", "D"),
+        ("The best answer is: c.", "C"),
+        ("I think it is C", "C"),
+        ("Option C is correct", "C"),
+        ("option c", "C"),
+        ("<think>A or B?</think>D", "D"),
+        ("the answer is a dog", None),  # article, not an option
+        ("A dog runs across.", None),
+        ("E", None),  # not among four options
+        ("no idea", None),
+    ],
+)
 def test_extract_choice(text, letter):
     assert extract_choice(text) == letter
 

@@ -75,16 +75,25 @@ print("RESULT " + json.dumps(info))
 def saved(tmp_path_factory):
     """A tiny model saved the way the runner saves it (model, then tokenizer), and a multimodal input."""
     tok = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    ids = {name: tok.convert_tokens_to_ids(token) for name, token in
-           (("image_token_id", st.IMAGE_PAD), ("video_token_id", st.VIDEO_PAD))}
+    ids = {
+        name: tok.convert_tokens_to_ids(token)
+        for name, token in (("image_token_id", st.IMAGE_PAD), ("video_token_id", st.VIDEO_PAD))
+    }
     torch.manual_seed(0)
     model = KeyeForConditionalGeneration(dataclasses.replace(KeyeConfig.preset("tiny"), **ids)).eval()
     folder = tmp_path_factory.mktemp("ckpt") / "keye-tiny"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    conversation = [{"role": "user", "content": [{"type": "image", "image": skimage.data.astronaut()[::8, ::8]},
-                                                 {"type": "text", "text": "what is in the image?"}]},
-                    {"role": "assistant", "content": "an astronaut"}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": skimage.data.astronaut()[::8, ::8]},
+                {"type": "text", "text": "what is in the image?"},
+            ],
+        },
+        {"role": "assistant", "content": "an astronaut"},
+    ]
     return model, tok, folder, conversation
 
 
@@ -99,7 +108,11 @@ def test_clean_process_loads_the_checkpoint_with_plain_transformers(saved, tmp_p
     env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     run = subprocess.run(
         [sys.executable, "-c", CLEAN_SCRIPT, str(folder), str(io_file), ",".join(PROJECT_PACKAGES), str(REPO)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "Do you wish" not in run.stdout  # no interactive trust prompt on the way
@@ -127,14 +140,19 @@ def test_folder_layout_and_both_layouts_load_in_our_class(saved, tmp_path):
     assert config["model_type"] == MODEL_TYPE and config["auto_map"]["AutoModel"].startswith("modeling_keye.")
     assert KeyeConfig.from_dict(config["keye"]) == model.config
     # language_model/ holds the language_model.* tensors, renamed, and nothing else.
-    ours = {k.removeprefix("language_model."): v for k, v in load_file(folder / WEIGHTS_FILE).items()
-            if k.startswith("language_model.")}
+    ours = {
+        k.removeprefix("language_model."): v
+        for k, v in load_file(folder / WEIGHTS_FILE).items()
+        if k.startswith("language_model.")
+    }
     lm = load_file(folder / LANGUAGE_MODEL_DIR / WEIGHTS_FILE)
     assert sorted(lm) == sorted(ours) and all(torch.equal(lm[k], ours[k]) for k in lm)
     # The copied code imports nothing from the project by absolute name.
     for source in folder.glob("*.py"):
-        assert not any(line.lstrip().startswith(("from keye_model", "import keye_model"))
-                       for line in source.read_text().splitlines()), source.name
+        assert not any(
+            line.lstrip().startswith(("from keye_model", "import keye_model"))
+            for line in source.read_text().splitlines()
+        ), source.name
     # Old checkpoints (keye_config.json + model.safetensors only) and new ones both load.
     old = model.save_pretrained(tmp_path / "old", hf_files=False)
     assert sorted(p.name for p in old.iterdir()) == ["keye_config.json", WEIGHTS_FILE]

@@ -39,8 +39,14 @@ def test_mpo_matches_hand_computation_over_two_steps():
     lr_c, lr_r = [1.0, 0.5], [-1.0, 1.0]
     gen = torch.tensor(2.0)
     running = losses.RunningRewardMean()
-    first = losses.mpo_loss(policy_chosen_B=pc, policy_rejected_B=pr, ref_chosen_B=rc, ref_rejected_B=rr,
-                            generation=gen, reward_mean=running)
+    first = losses.mpo_loss(
+        policy_chosen_B=pc,
+        policy_rejected_B=pr,
+        ref_chosen_B=rc,
+        ref_rejected_B=rr,
+        generation=gen,
+        reward_mean=running,
+    )
     delta1 = beta * sum(lr_c + lr_r) / 4
     pref = -sum(logsig(beta * c - beta * r) for c, r in zip(lr_c, lr_r)) / 2
     qual = -sum(logsig(beta * c - delta1) + logsig(-(beta * r - delta1)) for c, r in zip(lr_c, lr_r)) / 2
@@ -50,8 +56,14 @@ def test_mpo_matches_hand_computation_over_two_steps():
     assert first.total.item() == pytest.approx(0.8 * pref + 0.2 * qual + 1.0 * 2.0)
 
     # Second step: delta is the equal-weight mean of both steps' batch means, current one included.
-    second = losses.mpo_loss(policy_chosen_B=pc + 1, policy_rejected_B=pr, ref_chosen_B=rc, ref_rejected_B=rr,
-                             generation=gen, reward_mean=running)
+    second = losses.mpo_loss(
+        policy_chosen_B=pc + 1,
+        policy_rejected_B=pr,
+        ref_chosen_B=rc,
+        ref_rejected_B=rr,
+        generation=gen,
+        reward_mean=running,
+    )
     delta2 = beta * sum([2.0, 1.5, -1.0, 1.0]) / 4
     assert second.delta == pytest.approx((delta1 + delta2) / 2)
 

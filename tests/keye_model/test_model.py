@@ -35,7 +35,7 @@ def multimodal_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     pixel_values = torch.randn(int(grid_hw.prod(-1).sum()), 588, generator=g)
     input_ids = torch.randint(20, 4096, (2, 24), generator=g)
     input_ids[0, 1:7] = IMAGE_ID
-    input_ids[0, 9:11] = VIDEO_ID   # frame 0
+    input_ids[0, 9:11] = VIDEO_ID  # frame 0
     input_ids[0, 13:15] = VIDEO_ID  # frame 1 (timestamp text between frames)
     input_ids[1, 3:7] = IMAGE_ID
     labels = input_ids.clone()
@@ -149,13 +149,29 @@ def test_greedy_generate_matches_step_by_step_argmax(model) -> None:
 def part_dirs(tmp_path_factory):
     """A tiny SigLIP and a tiny Qwen3 (transformers classes, random weights) saved with save_pretrained."""
     torch.manual_seed(1)
-    siglip = SiglipVisionModel(SiglipVisionConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=56, patch_size=14,
-    ))
-    qwen = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        intermediate_size=128, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-    ))
+    siglip = SiglipVisionModel(
+        SiglipVisionConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            image_size=56,
+            patch_size=14,
+        )
+    )
+    qwen = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        )
+    )
     root = tmp_path_factory.mktemp("parts")
     siglip.save_pretrained(root / "siglip")
     qwen.save_pretrained(root / "qwen3")
@@ -167,7 +183,8 @@ def test_from_parts_loads_both_checkpoints(part_dirs) -> None:
     config = KeyeConfig(
         vision=vision_config_from_siglip(siglip_dir),
         text=text_config_from_qwen3(Qwen3Config.from_pretrained(qwen_dir)),
-        image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
     )
     model = KeyeForConditionalGeneration.from_parts(config, vision_dir=siglip_dir, llm_dir=qwen_dir).eval()
     for key, value in siglip.state_dict().items():

@@ -51,12 +51,15 @@ def normalized(pixels):
 def test_real_images_placeholders_match_grids_and_patches(tok, proc):
     astronaut = skimage.data.astronaut()  # 512 x 512 array
     conversation = [
-        {"role": "user", "content": [
-            {"type": "image", "image": astronaut},
-            {"type": "image", "image": str(COFFEE_PNG)},
-            {"type": "text", "text": "and this one?"},
-            {"type": "image", "image": Image.open(EASY_VQA_IMAGE)},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": astronaut},
+                {"type": "image", "image": str(COFFEE_PNG)},
+                {"type": "text", "text": "and this one?"},
+                {"type": "image", "image": Image.open(EASY_VQA_IMAGE)},
+            ],
+        },
         {"role": "assistant", "content": "an astronaut, coffee and a shape"},
     ]
     batch = proc([conversation])
@@ -91,9 +94,10 @@ def test_patch_raster_order_on_a_tiny_image(proc):
     rows = []
     for r in range(4):
         for c in range(6):
-            patch = image[r * 14:(r + 1) * 14, c * 14:(c + 1) * 14, :]  # 14 x 14 x 3
-            rows.append([(patch[y, x, ch] / 255.0 - 0.5) / 0.5
-                         for ch in range(3) for y in range(14) for x in range(14)])
+            patch = image[r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14, :]  # 14 x 14 x 3
+            rows.append(
+                [(patch[y, x, ch] / 255.0 - 0.5) / 0.5 for ch in range(3) for y in range(14) for x in range(14)]
+            )
     np.testing.assert_allclose(batch["pixel_values"].numpy(), np.asarray(rows, dtype=np.float32), atol=1e-6)
 
 
@@ -109,8 +113,13 @@ def test_small_and_huge_images_respect_token_limits(tok):
 def test_labels_cover_only_assistant_responses(tok, proc):
     conversation = [
         {"role": "system", "content": "Answer briefly."},
-        {"role": "user", "content": [{"type": "image", "image": str(EASY_VQA_IMAGE)},
-                                     {"type": "text", "text": "what shape is it? /no_think"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": str(EASY_VQA_IMAGE)},
+                {"type": "text", "text": "what shape is it? /no_think"},
+            ],
+        },
         {"role": "assistant", "content": "circle"},
         {"role": "user", "content": "and its color?"},
         {"role": "assistant", "content": "blue", "reasoning_content": "the fill is blue"},
@@ -132,13 +141,17 @@ def test_ids_equal_tokenizing_the_expanded_text(tok, proc):
     text = proc.render(conversation).replace(st.IMAGE_PAD, st.IMAGE_PAD * 294)
     assert batch["input_ids"][0].tolist() == tok.encode(text, add_special_tokens=False)
     text_only = [{"role": "user", "content": "what color is the circle?"}, {"role": "assistant", "content": "red"}]
-    assert proc([text_only])["input_ids"][0].tolist() == tok.apply_chat_template(text_only, tokenize=True,
-                                                                                 return_dict=False)
+    assert proc([text_only])["input_ids"][0].tolist() == tok.apply_chat_template(
+        text_only, tokenize=True, return_dict=False
+    )
 
 
 def test_batch_is_right_padded_and_media_concatenated_in_order(tok, proc):
-    long_conv = image_question(skimage.data.astronaut(), "what is this person wearing in the photo?",
-                               "a white space suit with a helmet and flags")
+    long_conv = image_question(
+        skimage.data.astronaut(),
+        "what is this person wearing in the photo?",
+        "a white space suit with a helmet and flags",
+    )
     short_conv = image_question(str(EASY_VQA_IMAGE), "shape?", "circle")
     text_conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     singles = [proc([c]) for c in (long_conv, short_conv, text_conv)]
@@ -181,21 +194,41 @@ def test_bad_inputs_raise_errors_naming_the_sample(tmp_path, proc):
     with pytest.raises(ValueError, match="sample 0 message 1: need a dict with role"):
         proc([[{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]])
     with pytest.raises(ValueError, match="literal"):
-        proc([[{"role": "user", "content": [{"type": "image", "image": str(EASY_VQA_IMAGE)},
-                                            {"type": "text", "text": f"spot the {st.IMAGE_PAD}"}]}]])
+        proc(
+            [
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "image": str(EASY_VQA_IMAGE)},
+                            {"type": "text", "text": f"spot the {st.IMAGE_PAD}"},
+                        ],
+                    }
+                ]
+            ]
+        )
     with pytest.raises(ValueError, match="system and user messages only"):
-        proc([[{"role": "user", "content": "draw"},
-               {"role": "assistant", "content": [{"type": "image", "image": str(EASY_VQA_IMAGE)}]}]])
+        proc(
+            [
+                [
+                    {"role": "user", "content": "draw"},
+                    {"role": "assistant", "content": [{"type": "image", "image": str(EASY_VQA_IMAGE)}]},
+                ]
+            ]
+        )
     with pytest.raises(ValueError, match="a list of conversations"):
         proc(image_question(str(EASY_VQA_IMAGE)))
 
 
 # ----- video -------------------------------------------------------------------------------------
 
+
 def hand_plan(frames):
     """A plan built by hand, read the way the processor reads slow_fast.VideoPlan (.frames)."""
-    planned = [SimpleNamespace(index=i, time=t, kind=k, tokens=(h // 28) * (w // 28), height=h, width=w)
-               for i, (t, k, h, w) in enumerate(frames)]
+    planned = [
+        SimpleNamespace(index=i, time=t, kind=k, tokens=(h // 28) * (w // 28), height=h, width=w)
+        for i, (t, k, h, w) in enumerate(frames)
+    ]
     return SimpleNamespace(frames=planned, total_tokens=sum(f.tokens for f in planned))
 
 
@@ -204,8 +237,13 @@ def test_video_with_hand_built_plan_emits_markers_timestamps_and_pads(tok, proc,
     sources = [photos["astronaut"], photos["astronaut"], photos["coffee"]]
     frames = [np.asarray(Image.fromarray(p).resize((f.width, f.height))) for p, f in zip(sources, plan.frames)]
     conversation = [
-        {"role": "user", "content": [{"type": "video", "video": "clip.mp4", "plan": plan, "frames": frames},
-                                     {"type": "text", "text": "what happens?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": "clip.mp4", "plan": plan, "frames": frames},
+                {"type": "text", "text": "what happens?"},
+            ],
+        },
         {"role": "assistant", "content": "a cut to coffee at 1.0 s"},
     ]
     batch = proc([conversation])
@@ -217,16 +255,17 @@ def test_video_with_hand_built_plan_emits_markers_timestamps_and_pads(tok, proc,
         return tok.encode(text, add_special_tokens=False)
 
     pad, frame = tid(tok, st.VIDEO_PAD), tid(tok, st.FRAME)
-    assert ids[start + 1:end] == (
+    assert ids[start + 1 : end] == (
         [frame, *num("0.0"), *[pad] * 4]
         + [frame, *num("0.5"), tid(tok, st.FAST_START), pad, tid(tok, st.FAST_END)]
         + [frame, *num("1.0"), *[pad] * 6]
     )
     assert batch["grid_hw"].tolist() == [[4, 4], [2, 2], [4, 6]]
     assert batch["pixel_values"].shape[0] == 16 + 4 + 24
-    np.testing.assert_allclose(batch["pixel_values"][20].numpy(),
-                               normalized(frames[2][:14, :14]).transpose(2, 0, 1).reshape(-1), atol=1e-6)
-    assert (batch["labels"][0, start:end + 1] == IGNORE_INDEX).all()
+    np.testing.assert_allclose(
+        batch["pixel_values"][20].numpy(), normalized(frames[2][:14, :14]).transpose(2, 0, 1).reshape(-1), atol=1e-6
+    )
+    assert (batch["labels"][0, start : end + 1] == IGNORE_INDEX).all()
 
 
 def test_video_plan_inconsistencies_are_named(proc, photos):
@@ -243,7 +282,7 @@ def test_video_plan_inconsistencies_are_named(proc, photos):
 def video_tokens(tok, ids):
     """Split the ids between <|vision_start|> and <|vision_end|> into per-frame (timestamp, kind, pads)."""
     ids = ids.tolist()
-    body = ids[ids.index(tid(tok, st.VISION_START)) + 1:ids.index(tid(tok, st.VISION_END))]
+    body = ids[ids.index(tid(tok, st.VISION_START)) + 1 : ids.index(tid(tok, st.VISION_END))]
     frame, pad = tid(tok, st.FRAME), tid(tok, st.VIDEO_PAD)
     assert body[0] == frame
     chunks, current = [], []
@@ -277,21 +316,27 @@ def test_real_video_follows_its_slow_fast_plan(tok, photos, scene_video):
     plan = plan_video(video.path, slow_fast)
     assert {f.kind for f in plan.frames} == {"slow", "fast"}  # both frame kinds are exercised
     conversation = [
-        {"role": "user", "content": [{"type": "image", "image": str(EASY_VQA_IMAGE)},
-                                     {"type": "video", "video": str(video.path)},
-                                     {"type": "text", "text": "when does the scene change?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": str(EASY_VQA_IMAGE)},
+                {"type": "video", "video": str(video.path)},
+                {"type": "text", "text": "when does the scene change?"},
+            ],
+        },
         {"role": "assistant", "content": "at 2.0 s"},
     ]
     batch = proc([conversation])  # plans and decodes the video itself
     ids = batch["input_ids"][0]
-    after_image = ids[(ids == tid(tok, st.VISION_END)).nonzero()[0, 0] + 1:]  # the image's block comes first
+    after_image = ids[(ids == tid(tok, st.VISION_END)).nonzero()[0, 0] + 1 :]  # the image's block comes first
     assert video_tokens(tok, after_image) == [(f"{f.time:.1f}", f.kind, f.tokens) for f in plan.frames]
     assert (ids == tid(tok, st.VIDEO_PAD)).sum().item() == plan.total_tokens
     assert batch["grid_hw"].tolist() == [[4, 4]] + [[f.height // 14, f.width // 14] for f in plan.frames]
     assert batch["pixel_values"].shape[0] == 16 + sum(f.height * f.width // 196 for f in plan.frames)
     frames = load_planned_frames(video.path, plan)
-    np.testing.assert_allclose(batch["pixel_values"][16].numpy(),
-                               normalized(frames[0][:14, :14]).transpose(2, 0, 1).reshape(-1), atol=1e-6)
+    np.testing.assert_allclose(
+        batch["pixel_values"][16].numpy(), normalized(frames[0][:14, :14]).transpose(2, 0, 1).reshape(-1), atol=1e-6
+    )
     # A plan given with the sample (or its JSON form) gives the same tensors.
     conversation[0]["content"][1]["plan"] = plan.to_dict()
     again = proc([conversation])

@@ -15,8 +15,12 @@ def test_merge_order_by_hand() -> None:
     x = torch.cat([torch.arange(24.0), 100 + torch.arange(4.0)])[:, None]
     merged = merge_patches(x, grid, merge_size=2)
     assert merged.tolist() == [
-        [0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11],
-        [12, 13, 18, 19], [14, 15, 20, 21], [16, 17, 22, 23],
+        [0, 1, 6, 7],
+        [2, 3, 8, 9],
+        [4, 5, 10, 11],
+        [12, 13, 18, 19],
+        [14, 15, 20, 21],
+        [16, 17, 22, 23],
         [100, 101, 102, 103],
     ]
     assert num_merged_tokens(grid, 2) == 7

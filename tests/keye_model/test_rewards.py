@@ -15,13 +15,13 @@ from keye_model.rewards import Constraint, RewardFunction, RewardSample
     ("response", "thinking", "score"),
     [
         ("<think>\nbecause red\n</think>\n\nblue", True, 1.0),
-        ("blue", True, 0.0),                                   # no block
-        ("<think>\n\n</think>\n\nblue", True, 0.0),             # empty reasoning
-        ("<think>\nwhy\n</think>\n\n", True, 0.0),              # empty answer
-        ("<think>a</think><think>b</think> blue", True, 0.0),   # two blocks
-        ("<think>\nwhy, cut off", True, 0.0),                   # unclosed
+        ("blue", True, 0.0),  # no block
+        ("<think>\n\n</think>\n\nblue", True, 0.0),  # empty reasoning
+        ("<think>\nwhy\n</think>\n\n", True, 0.0),  # empty answer
+        ("<think>a</think><think>b</think> blue", True, 0.0),  # two blocks
+        ("<think>\nwhy, cut off", True, 0.0),  # unclosed
         ("blue", False, 1.0),
-        ("<think>\nwhy\n</think>\n\nblue", False, 0.0),         # /no_think yet thinks
+        ("<think>\nwhy\n</think>\n\nblue", False, 0.0),  # /no_think yet thinks
         ("  ", False, 0.0),
     ],
 )
@@ -43,7 +43,7 @@ def test_think_format(response, thinking, score):
         ("markdown_list", {"min_items": 3}, "1. one\n2. two", 0.0),
         ("code_block", {}, "```python\nprint(1)\n```", 1.0),
         ("code_block", {"language": "python"}, "```js\nx\n```", 0.0),
-        ("code_block", {}, "```python\nprint(1)", 0.0),         # unclosed fence
+        ("code_block", {}, "```python\nprint(1)", 0.0),  # unclosed fence
         ("include_keywords", {"keywords": ["Circle", "red"]}, "A red circle.", 1.0),
         ("include_keywords", {"keywords": ["red"]}, "A reddish circle.", 0.0),  # whole words only
         ("exclude_keywords", {"keywords": ["blue"]}, "Blue sky", 0.0),
@@ -96,8 +96,9 @@ def test_reward_function_weights_and_parts():
         judge_calls.append(s.id)
         return 0.5
 
-    fn = RewardFunction(weights=(("rule", 0.5), ("judge", 0.25), ("reward_model", 0.25)),
-                        judge=judge, reward_model=lambda s: 0.0)
+    fn = RewardFunction(
+        weights=(("rule", 0.5), ("judge", 0.25), ("reward_model", 0.25)), judge=judge, reward_model=lambda s: 0.0
+    )
     out = fn(sample("blue", reference="blue", thinking=False))
     assert out.parts == {"rule": 1.0, "judge": 0.5, "reward_model": 0.0}
     assert out.total == pytest.approx(0.5 * 1 + 0.25 * 0.5 + 0.25 * 0)  # weights sum to 1

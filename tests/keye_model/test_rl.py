@@ -35,8 +35,11 @@ def processor(tmp_path_factory) -> KeyeProcessor:
 
 def tiny_model(processor: KeyeProcessor, seed: int) -> KeyeForConditionalGeneration:
     tok = processor.tokenizer
-    config = dataclasses.replace(KeyeConfig.preset("tiny"), image_token_id=tok.convert_tokens_to_ids(st.IMAGE_PAD),
-                                 video_token_id=tok.convert_tokens_to_ids(st.VIDEO_PAD))
+    config = dataclasses.replace(
+        KeyeConfig.preset("tiny"),
+        image_token_id=tok.convert_tokens_to_ids(st.IMAGE_PAD),
+        video_token_id=tok.convert_tokens_to_ids(st.VIDEO_PAD),
+    )
     torch.manual_seed(seed)
     return KeyeForConditionalGeneration(config)
 
@@ -56,9 +59,15 @@ def engine(processor):
     init_distributed()  # a world of one on gloo, as the runner sets it up
     policy = tiny_model(processor, 1)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer, config={
-        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": 2}})
+    engine, *_ = deepspeed.initialize(
+        model=policy,
+        optimizer=optimizer,
+        config={
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": 2},
+        },
+    )
     return engine
 
 
@@ -71,21 +80,30 @@ def recompute(model, group: rl.RolloutGroup, i: int, temperature: float) -> torc
     n = int(group.response_mask[i].sum())
     ids = torch.cat([group.prompt_ids, group.response_ids[i, :n]])[None]
     with torch.no_grad():
-        logits = model(input_ids=ids, pixel_values=group.pixel_values if group.pixel_values.numel() else None,
-                       grid_hw=group.grid_hw if group.grid_hw.numel() else None).logits[0]
+        logits = model(
+            input_ids=ids,
+            pixel_values=group.pixel_values if group.pixel_values.numel() else None,
+            grid_hw=group.grid_hw if group.grid_hw.numel() else None,
+        ).logits[0]
     p = group.prompt_ids.shape[0]
-    logp = (logits[p - 1: p - 1 + n].float() / temperature).log_softmax(-1)
+    logp = (logits[p - 1 : p - 1 + n].float() / temperature).log_softmax(-1)
     return logp.gather(-1, group.response_ids[i, :n, None]).squeeze(-1)
 
 
 # ---------------------------------------------------------------- prompts and rollouts
 
+
 def test_hint_goes_after_the_query_and_before_the_think_suffix():
     p = prompt(hints=HINTS)
     assert rl.with_hint(p, 0) is p.conversation
     assert rl.with_hint(p, 2)[-1]["content"] == "What colour is the circle?\n\nHint: [L2] a strategy /no_think"
-    parts = RLPrompt(id="m", hints=HINTS, conversation=[
-        {"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "Count."}]}])
+    parts = RLPrompt(
+        id="m",
+        hints=HINTS,
+        conversation=[
+            {"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "Count."}]}
+        ],
+    )
     assert rl.with_hint(parts, 1)[-1]["content"][1] == {"type": "text", "text": "Count.\n\nHint: [L1] a concept"}
     assert parts.conversation[-1]["content"][1]["text"] == "Count."  # the prompt itself is untouched
     assert p.think_mode is False and parts.think_mode is None
@@ -98,21 +116,32 @@ def test_hint_goes_after_the_query_and_before_the_think_suffix():
 def test_stop_mask_keeps_tokens_through_the_first_stop(processor):
     end, pad = processor.tokenizer.convert_tokens_to_ids(st.IM_END), processor.tokenizer.pad_token_id
     response = torch.tensor([[5, end, pad, pad], [5, 6, 7, 8], [end, 9, end, 9]])
-    assert rl._stop_mask(response, processor.tokenizer).int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 1],
-                                                                            [1, 0, 0, 0]]
+    assert rl._stop_mask(response, processor.tokenizer).int().tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
 def test_rollout_group_logprobs_equal_a_separate_recomputation(model, processor, photos):
-    image_prompt = RLPrompt(id="img", reference="coffee", conversation=[{"role": "user", "content": [
-        {"type": "image", "image": photos["coffee"][:56, :56]}, {"type": "text", "text": "What is this? /no_think"}]}])
+    image_prompt = RLPrompt(
+        id="img",
+        reference="coffee",
+        conversation=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": photos["coffee"][:56, :56]},
+                    {"type": "text", "text": "What is this? /no_think"},
+                ],
+            }
+        ],
+    )
     group = rl.rollout_group(model, processor, image_prompt, SPEC, 0, generator_seed=3)
     assert group.response_ids.shape[0] == 4 and group.response_ids.shape[1] <= SPEC.max_new_tokens
     assert group.grid_hw.tolist() == [[4, 4]] and group.rewards is None
     assert bool((group.old_logp[~group.response_mask] == 0).all())
     for i in range(group.size):
         n = int(group.response_mask[i].sum())
-        torch.testing.assert_close(group.old_logp[i, :n], recompute(model, group, i, SPEC.temperature),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            group.old_logp[i, :n], recompute(model, group, i, SPEC.temperature), rtol=1e-4, atol=1e-5
+        )
     again = rl.rollout_group(model, processor, image_prompt, SPEC, 0, generator_seed=3)
     assert torch.equal(again.response_ids, group.response_ids)  # the seed fixes the samples
 
@@ -122,10 +151,21 @@ def test_padded_mixed_batch_equals_per_row_forwards(model, processor, photos):
     tok = processor.tokenizer
     end, pad = tok.convert_tokens_to_ids(st.IM_END), tok.pad_token_id
     text = rl.rollout_group(model, processor, prompt("t", "Hi? /no_think"), SPEC, 0, generator_seed=1)
-    image_prompt = RLPrompt(id="i", conversation=[{"role": "user", "content": [
-        {"type": "image", "image": photos["rocket"][:56, :84]}, {"type": "text", "text": "Describe it, please."}]}])
-    image = rl.rollout_group(model, processor, image_prompt, dataclasses.replace(SPEC, max_new_tokens=4), 0,
-                             generator_seed=2)
+    image_prompt = RLPrompt(
+        id="i",
+        conversation=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": photos["rocket"][:56, :84]},
+                    {"type": "text", "text": "Describe it, please."},
+                ],
+            }
+        ],
+    )
+    image = rl.rollout_group(
+        model, processor, image_prompt, dataclasses.replace(SPEC, max_new_tokens=4), 0, generator_seed=2
+    )
     text.response_ids[0, 3:] = torch.tensor([end] + [pad] * (text.response_ids.shape[1] - 4))  # stops early
     text.response_mask = rl._stop_mask(text.response_ids, tok)
     rows = [(text, 0), (image, 1), (text, 2), (image, 0)]
@@ -135,12 +175,12 @@ def test_padded_mixed_batch_equals_per_row_forwards(model, processor, photos):
     assert mask.sum(-1).tolist() == [4, 4, text.response_ids.shape[1], 4]
     for n, (group, i) in enumerate(rows):
         count = int(mask[n].sum())
-        torch.testing.assert_close(logp[n, :count], recompute(model, group, i, SPEC.temperature),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(logp[n, :count], recompute(model, group, i, SPEC.temperature), rtol=1e-4, atol=1e-5)
         assert bool((logp[n, count:] == 0).all())
 
 
 # ---------------------------------------------------------------- progressive hints
+
 
 def marker_reward(levels: set[int], seen: list[int]):
     """Test reward: 1.0 exactly when the prompt the policy saw carries the hint marker of one of ``levels``."""
@@ -166,8 +206,9 @@ def test_progressive_hints_take_the_first_level_with_a_correct_rollout(model, pr
 def test_progressive_hints_stop_at_max_level_and_skip_solved_prompts(model, processor):
     seen: list[int] = []
     capped = dataclasses.replace(SPEC, max_hint_level=2)
-    group = rl.progressive_hint_rollout(model, processor, prompt(hints=HINTS), capped, marker_reward({3}, seen),
-                                        generator_seed=0)
+    group = rl.progressive_hint_rollout(
+        model, processor, prompt(hints=HINTS), capped, marker_reward({3}, seen), generator_seed=0
+    )
     assert seen == [0] * 4 + [1] * 4 + [2] * 4
     assert group.hint_level == 0 and not group.solved and group.rewards.tolist() == [0.0] * 4
     assert rl.hint_histogram([group]) == {"L0": 0, "L1": 0, "L2": 0, "L3": 0, "L4": 0, "L5": 0, "unsolved": 1}
@@ -178,6 +219,7 @@ def test_progressive_hints_stop_at_max_level_and_skip_solved_prompts(model, proc
 
 
 # ---------------------------------------------------------------- GSPO update
+
 
 def scored_group(engine, processor, rewards: list[float], seed: int = 0) -> rl.RolloutGroup:
     group = rl.rollout_group(engine.module, processor, prompt(), SPEC, 0, generator_seed=seed)
@@ -230,8 +272,9 @@ def test_run_gspo_returns_metrics_per_step(engine, processor):
         return Reward(total=value, parts={"rule": value})
 
     prompts = [prompt("a"), prompt("b", hints=HINTS[:1])]
-    history = rl.run_gspo(engine, engine.module, processor, prompts, dataclasses.replace(SPEC, num_minibatches=2),
-                          reward, num_steps=2)
+    history = rl.run_gspo(
+        engine, engine.module, processor, prompts, dataclasses.replace(SPEC, num_minibatches=2), reward, num_steps=2
+    )
     assert len(history) == 2 and all(m.num_rollouts == 4 for m in history)
     # step 0: prompt a, right twice at L0; step 1: prompt b, never right with or without its hint.
     assert history[0].hint_levels["L0"] == 1 and history[0].mean_reward == pytest.approx(0.5)
@@ -240,6 +283,7 @@ def test_run_gspo_returns_metrics_per_step(engine, processor):
 
 
 # ---------------------------------------------------------------- iteration
+
 
 def test_pass_rate_filter_keeps_only_prompts_between_0_and_1(model, processor):
     outcomes = {"always": [1.0] * 4, "never": [0.0] * 4, "sometimes": [1.0, 0.0, 0.0, 0.0]}  # test reward table
@@ -257,8 +301,11 @@ def test_pass_rate_filter_keeps_only_prompts_between_0_and_1(model, processor):
 
 
 def test_rejection_sampling_replaces_exactly_the_preferred(model, processor):
-    references = {"Question one? /no_think": "ref one", "Question two, swap? /no_think": "ref two",
-                  "Question three, swap? /no_think": "ref three"}
+    references = {
+        "Question one? /no_think": "ref one",
+        "Question two, swap? /no_think": "ref two",
+        "Question three, swap? /no_think": "ref three",
+    }
     seen: dict[str, str] = {}
 
     def judge(query: str, a: str, b: str) -> float:
@@ -268,9 +315,12 @@ def test_rejection_sampling_replaces_exactly_the_preferred(model, processor):
         a_is_new = a == new
         return 1.0 if a_is_new == ("swap" in query) else 0.0
 
-    samples = [ColdStartSample(id=f"s{k}", conversation=[{"role": "user", "content": q},
-                                                         {"role": "assistant", "content": ref}])
-               for k, (q, ref) in enumerate(references.items())]
+    samples = [
+        ColdStartSample(
+            id=f"s{k}", conversation=[{"role": "user", "content": q}, {"role": "assistant", "content": ref}]
+        )
+        for k, (q, ref) in enumerate(references.items())
+    ]
     result = rejection_sample(model, processor, samples, judge, spec=SPEC)
     assert result.replaced == ("s1", "s2")
     assert result.preference == {"s0": 0.0, "s1": 1.0, "s2": 1.0}
@@ -280,5 +330,6 @@ def test_rejection_sampling_replaces_exactly_the_preferred(model, processor):
         assert answer["role"] == "assistant" and answer["content"] == seen[query]  # the judged RL answer
         assert "reasoning_content" not in answer  # /no_think: no reasoning
     with pytest.raises(ValueError, match="cold-start sample bad: the conversation must end with an assistant"):
-        rejection_sample(model, processor, [ColdStartSample(id="bad", conversation=samples[0].conversation[:1])],
-                            judge, spec=SPEC)
+        rejection_sample(
+            model, processor, [ColdStartSample(id="bad", conversation=samples[0].conversation[:1])], judge, spec=SPEC
+        )

@@ -56,11 +56,15 @@ def test_special_tokens_are_single_tokens(tok):
 
 def test_round_trip_encode_decode(tok):
     questions, answers, _ = easy_vqa.get_test_questions()
-    texts = questions[:200] + answers[:50] + [
-        "The clip shows a cat from 12.5 to 17.0 s; box <|box_start|>[102, 388, 644, 999]<|box_end|>.",
-        "caf\u00e9 na\u00efve \u4e2d\u6587 \U0001f600 tabs\tand\nnewlines\r\n  spaces  ",  # bytes never unknown
-        "def f(x):\n    return {'a': x ** 2}  # code",
-    ]
+    texts = (
+        questions[:200]
+        + answers[:50]
+        + [
+            "The clip shows a cat from 12.5 to 17.0 s; box <|box_start|>[102, 388, 644, 999]<|box_end|>.",
+            "caf\u00e9 na\u00efve \u4e2d\u6587 \U0001f600 tabs\tand\nnewlines\r\n  spaces  ",  # bytes never unknown
+            "def f(x):\n    return {'a': x ** 2}  # code",
+        ]
+    )
     for text in texts:
         assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
     assert tok.unk_token_id is None
@@ -91,9 +95,15 @@ def test_load_tokenizer_adds_missing_keye_tokens(tmp_path, caplog):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     base_specials = [st.END_OF_TEXT, st.IM_START, st.IM_END]
-    bpe.train_from_iterator(easy_vqa.get_answers(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=base_specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    bpe.train_from_iterator(
+        easy_vqa.get_answers(),
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=base_specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=st.END_OF_TEXT).save_pretrained(tmp_path)
     size_before = len(AutoTokenizer.from_pretrained(tmp_path))
     with caplog.at_level(logging.WARNING, logger="keye_model.tokenizer"):
@@ -111,6 +121,7 @@ def test_load_tokenizer_names_a_missing_dir(tmp_path):
 
 
 # ----- chat template ------------------------------------------------------------------------------
+
 
 def render(tok, messages, **kwargs):
     return tok.apply_chat_template(messages, tokenize=False, **kwargs)
@@ -139,12 +150,13 @@ def test_generation_prompt_follows_the_last_user_suffix_or_enable_thinking(tok):
     plain = [{"role": "user", "content": "is it blue?"}]
     header = "<|im_start|>user\nis it blue?"
     assert render(tok, no_think, add_generation_prompt=True) == (
-        header + " /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        header + " /no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     assert render(tok, think, add_generation_prompt=True).endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert render(tok, plain, add_generation_prompt=True, enable_thinking=False).endswith(
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    assert render(tok, no_think, add_generation_prompt=True, enable_thinking=True).endswith(
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    assert render(tok, no_think, add_generation_prompt=True, enable_thinking=True).endswith("<|im_start|>assistant\n")
 
 
 def test_assistant_mask_covers_response_and_im_end_only(tok):

@@ -82,7 +82,7 @@ def test_uniform_indices_worked_example():
 
 
 def test_file_name_with_spaces_and_quotes(tmp_path, photos):
-    path = tmp_path / "it's a \"clip\" [v1]: $HOME.mp4"
+    path = tmp_path / 'it\'s a "clip" [v1]: $HOME.mp4'
     encode_video([photos["coffee"]] * 4, path, fps=2)
     video = decode_frames(path, fps=2.0)
     assert video.frames.shape == (4, 120, 160, 3)

@@ -17,8 +17,14 @@ PATCH = 14
 
 
 def siglip_config(**overrides) -> SiglipVisionConfig:
-    fields = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  image_size=56, patch_size=PATCH)
+    fields = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=56,
+        patch_size=PATCH,
+    )
     fields.update(overrides)
     return SiglipVisionConfig(**fields)
 
@@ -70,11 +76,14 @@ def test_config_and_weights_read_from_the_directory(siglip_dir) -> None:
 
 def test_loads_a_full_siglip_model_directory(tmp_path) -> None:
     torch.manual_seed(1)
-    full = SiglipModel(SiglipConfig(
-        vision_config=siglip_config().to_dict(),
-        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=100),
-    ))
+    full = SiglipModel(
+        SiglipConfig(
+            vision_config=siglip_config().to_dict(),
+            text_config=dict(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100
+            ),
+        )
+    )
     full.save_pretrained(tmp_path)
     ours = VisionEncoder.from_siglip(tmp_path)
     reference = full.vision_model.encoder.layers[1].mlp.fc2.weight
@@ -89,8 +98,14 @@ def test_shape_mismatch_names_the_checkpoint(siglip_dir) -> None:
 
 def tiny_encoder(**overrides) -> VisionEncoder:
     torch.manual_seed(0)
-    cfg = VisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       position_grid_size=4, **overrides)
+    cfg = VisionConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        position_grid_size=4,
+        **overrides,
+    )
     return VisionEncoder(cfg).eval()
 
 
@@ -113,8 +128,9 @@ def test_mask_and_loop_kernels_agree() -> None:
     grid = torch.tensor([[2, 4], [4, 6]])
     x = torch.randn(32, 588)
     with torch.no_grad():
-        torch.testing.assert_close(tiny_encoder(attention="mask")(x, grid), tiny_encoder(attention="loop")(x, grid),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            tiny_encoder(attention="mask")(x, grid), tiny_encoder(attention="loop")(x, grid), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_rope_makes_outputs_depend_on_layout() -> None:

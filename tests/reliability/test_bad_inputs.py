@@ -13,7 +13,7 @@ from tasks.sources import SourceSpec, collect_records
 from tasks.validate import validate_records
 from tests.tasks.test_validate import png_header
 
-QUOTED = "it's a \"quoted\" name.jpg"
+QUOTED = 'it\'s a "quoted" name.jpg'
 
 
 def caption(media: Path, text: str) -> None:
@@ -42,21 +42,41 @@ def folder(tmp_path_factory):
     (root / "videos" / "truncated.mp4").write_bytes(video[:1500])
     (root / "not an image.jpg").write_text("just some text, not a JPEG")
     png_header(root / "huge.png", 30000, 30000)
-    for name in ("clip ok.mp4", "videos/corrupt.mp4", "videos/empty.mp4", "videos/truncated.mp4",
-                 "not an image.jpg", "huge.png"):
+    for name in (
+        "clip ok.mp4",
+        "videos/corrupt.mp4",
+        "videos/empty.mp4",
+        "videos/truncated.mp4",
+        "not an image.jpg",
+        "huge.png",
+    ):
         caption(root / name, f"About {name}.")
     (root / "link out.jpg").symlink_to(outside / "x.jpg")
-    (root / "chat.jsonl").write_bytes(b"\n".join([
-        json.dumps({"question": "What is 2+2?", "answer": "4"}).encode(),
-        json.dumps({"question": "What is in the cup?", "answer": "Coffee.", "media": "good photo.png"}).encode(),
-        b'{"question": "broken", "answer": ',
-        b'{"question": "\xff\xfe not UTF-8", "answer": "x"}',
-        json.dumps({"question": "Where is the answer?"}).encode(),
-        json.dumps({"question": "Which?", "answer": "gone", "media": "nothere.png"}).encode(),
-        json.dumps({"question": "Which?", "answer": "theirs", "media": "../outside/x.jpg"}).encode(),
-        json.dumps({"image": QUOTED, "conversations": [{"from": "human", "value": "<image>\nWhat animal?"},
-                                                       {"from": "gpt", "value": "A cat."}]}).encode(),
-    ]) + b"\n")
+    (root / "chat.jsonl").write_bytes(
+        b"\n".join(
+            [
+                json.dumps({"question": "What is 2+2?", "answer": "4"}).encode(),
+                json.dumps(
+                    {"question": "What is in the cup?", "answer": "Coffee.", "media": "good photo.png"}
+                ).encode(),
+                b'{"question": "broken", "answer": ',
+                b'{"question": "\xff\xfe not UTF-8", "answer": "x"}',
+                json.dumps({"question": "Where is the answer?"}).encode(),
+                json.dumps({"question": "Which?", "answer": "gone", "media": "nothere.png"}).encode(),
+                json.dumps({"question": "Which?", "answer": "theirs", "media": "../outside/x.jpg"}).encode(),
+                json.dumps(
+                    {
+                        "image": QUOTED,
+                        "conversations": [
+                            {"from": "human", "value": "<image>\nWhat animal?"},
+                            {"from": "gpt", "value": "A cat."},
+                        ],
+                    }
+                ).encode(),
+            ]
+        )
+        + b"\n"
+    )
     good = {"good photo.png", QUOTED, "clip ok.mp4", "chat.jsonl:1", "chat.jsonl:2", "chat.jsonl:8"}
     return root, base, good
 

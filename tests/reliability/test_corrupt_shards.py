@@ -19,11 +19,16 @@ from tasks.sources import SourceSpec, collect_records
 def curated(tmp_path_factory):
     """A mix of real images and text, sharded by the pipeline's sharder (manifest included)."""
     work = tmp_path_factory.mktemp("curated")
-    records = (collect_records(SourceSpec(name="easy-vqa", limit=8), work).records
-               + collect_records(SourceSpec(name="text-instructions", limit=8), work).records)
+    records = (
+        collect_records(SourceSpec(name="easy-vqa", limit=8), work).records
+        + collect_records(SourceSpec(name="text-instructions", limit=8), work).records
+    )
     mix = DataMix(name="reliable", modality_ratios={"image": 0.5, "text": 0.5}, tolerance=0.25)
-    shard_stage(records, mix, ShardConfig(mix="reliable", out_dir=str(work / "shards"), slow_fast="tiny",
-                                          max_records_per_shard=4))
+    shard_stage(
+        records,
+        mix,
+        ShardConfig(mix="reliable", out_dir=str(work / "shards"), slow_fast="tiny", max_records_per_shard=4),
+    )
     return work / "shards"
 
 
@@ -53,8 +58,9 @@ def test_a_truncated_shard_is_refused(shards):
         cut = tar.getmembers()[2].offset  # at a header boundary: a shorter tar that still opens
     with open(victim, "r+b") as handle:
         handle.truncate(cut)
-    with pytest.raises(ShardError, match=f"1 of {len(shards.paths)} shards do not match their manifest.*{victim}: "
-                                         f"{cut} bytes"):
+    with pytest.raises(
+        ShardError, match=f"1 of {len(shards.paths)} shards do not match their manifest.*{victim}: {cut} bytes"
+    ):
         start_stage(shards)
 
 
@@ -76,6 +82,7 @@ def test_a_size_mismatch_is_refused(shards):
     victim = shards.paths[-1]
     with open(victim, "ab") as handle:
         handle.write(b"appended")
-    with pytest.raises(ShardError, match=f"{victim}: {shards.num_bytes[-1] + 8} bytes, its manifest says "
-                                         f"{shards.num_bytes[-1]}"):
+    with pytest.raises(
+        ShardError, match=f"{victim}: {shards.num_bytes[-1] + 8} bytes, its manifest says {shards.num_bytes[-1]}"
+    ):
         start_stage(shards)

@@ -13,15 +13,24 @@ import pytest
 
 from data_specs.longcot import CoTPath, CoTProblem, RuleReport
 from tasks.generation import (
-    GenerationRequest, GeneratorConfig, LLMJudge, OpenAICompatibleGenerator, RuleJudge, TransformersGenerator,
-    build_generator, parse_judge_reply, write_tiny_causal_lm,
+    GenerationRequest,
+    GeneratorConfig,
+    LLMJudge,
+    OpenAICompatibleGenerator,
+    RuleJudge,
+    TransformersGenerator,
+    build_generator,
+    parse_judge_reply,
+    write_tiny_causal_lm,
 )
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     questions, answers, _ = easy_vqa.get_train_questions()
-    return write_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"), sorted(set(questions))[:300] + easy_vqa.get_answers())
+    return write_tiny_causal_lm(
+        tmp_path_factory.mktemp("tiny-lm"), sorted(set(questions))[:300] + easy_vqa.get_answers()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +57,25 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
             prompt = content if isinstance(content, str) else next(c["text"] for c in content if c["type"] == "text")
         else:
             prompt = body["prompt"]
-        gens = self.generator.generate([GenerationRequest(prompt=prompt)], body["n"], max_new_tokens=body["max_tokens"],
-                                       temperature=body["temperature"], seed=body.get("seed", 0))[0]
+        gens = self.generator.generate(
+            [GenerationRequest(prompt=prompt)],
+            body["n"],
+            max_new_tokens=body["max_tokens"],
+            temperature=body["temperature"],
+            seed=body.get("seed", 0),
+        )[0]
         choices = []
         for i, g in enumerate(gens):
             if chat:
                 lp = {"content": [{"token": t, "logprob": p} for t, p in zip(g.tokens, g.token_logprobs)]}
-                choices.append({"index": i, "message": {"role": "assistant", "content": g.text}, "logprobs": lp, "finish_reason": g.finish_reason})
+                choices.append(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": g.text},
+                        "logprobs": lp,
+                        "finish_reason": g.finish_reason,
+                    }
+                )
             else:
                 lp = {"tokens": g.tokens, "token_logprobs": g.token_logprobs}
                 choices.append({"index": i, "text": g.text, "logprobs": lp, "finish_reason": g.finish_reason})
@@ -84,8 +105,13 @@ def server(local):
 
 
 def test_transformers_generator_samples_k_paths_with_logprobs(local):
-    out = local.generate([GenerationRequest(prompt="What color is the shape?"), GenerationRequest(prompt="Is there a circle?")],
-                         3, max_new_tokens=12, temperature=1.0, seed=3)
+    out = local.generate(
+        [GenerationRequest(prompt="What color is the shape?"), GenerationRequest(prompt="Is there a circle?")],
+        3,
+        max_new_tokens=12,
+        temperature=1.0,
+        seed=3,
+    )
     assert [len(paths) for paths in out] == [3, 3]
     for g in out[0]:
         assert 0 < len(g.token_logprobs) <= 12 and len(g.tokens) == len(g.token_logprobs)
@@ -93,7 +119,9 @@ def test_transformers_generator_samples_k_paths_with_logprobs(local):
         assert g.finish_reason in ("stop", "length")
         assert g.finish_reason == "stop" or len(g.token_logprobs) == 12
     assert len({g.text for g in out[0]}) > 1, "sampled paths should differ"
-    again = local.generate([GenerationRequest(prompt="What color is the shape?")], 3, max_new_tokens=12, temperature=1.0, seed=3)
+    again = local.generate(
+        [GenerationRequest(prompt="What color is the shape?")], 3, max_new_tokens=12, temperature=1.0, seed=3
+    )
     assert [g.text for g in again[0]] == [g.text for g in out[0]], "same seed, same paths"
 
 
@@ -107,8 +135,11 @@ def test_keye_checkpoint_generates_with_the_image(tmp_path):
     from keye_model.tokenizer import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tmp_path)
-    config = dataclasses.replace(KeyeConfig.preset("tiny"), image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-                                 video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
+    config = dataclasses.replace(
+        KeyeConfig.preset("tiny"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+    )
     torch.manual_seed(0)
     KeyeForConditionalGeneration(config).save_pretrained(tmp_path)  # as the stage runner saves a checkpoint
     tokenizer.save_pretrained(tmp_path)
@@ -127,7 +158,13 @@ def test_openai_generator_against_a_loopback_server(server, tmp_path, api):
     url, handler = server
     image = easy_vqa.get_train_image_paths()[0]
     gen = build_generator(GeneratorConfig(kind="openai", base_url=url, model="tiny", api=api, timeout_s=30))
-    out = gen.generate([GenerationRequest(prompt="What shape is in the image?", image_path=image)], 2, max_new_tokens=8, temperature=0.9, seed=1)
+    out = gen.generate(
+        [GenerationRequest(prompt="What shape is in the image?", image_path=image)],
+        2,
+        max_new_tokens=8,
+        temperature=0.9,
+        seed=1,
+    )
     assert len(out) == 1 and len(out[0]) == 2
     for g in out[0]:
         assert len(g.token_logprobs) == len(g.tokens) > 0 and all(p <= 0 for p in g.token_logprobs)
@@ -155,28 +192,50 @@ def test_openai_generator_names_an_unreachable_endpoint():
         gen.generate([GenerationRequest(prompt="hi")], 1, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("reply", [
-    "logical_consistency: 4\nfactual_accuracy: 5\nrelevance: 3\nrationale: counts the sides correctly",
-    "**Logical consistency**: 4/5\n**Factual accuracy** = 5\nRelevance: 3\nRationale: counts the sides correctly",
-    '{"logical_consistency": 4, "factual_accuracy": 5, "relevance": 3, "rationale": "counts the sides correctly"}',
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "logical_consistency: 4\nfactual_accuracy: 5\nrelevance: 3\nrationale: counts the sides correctly",
+        "**Logical consistency**: 4/5\n**Factual accuracy** = 5\nRelevance: 3\nRationale: counts the sides correctly",
+        '{"logical_consistency": 4, "factual_accuracy": 5, "relevance": 3, "rationale": "counts the sides correctly"}',
+    ],
+)
 def test_parse_judge_reply_tolerates_formats(reply):
     scores, rationale = parse_judge_reply(reply)
     assert scores == {"logical_consistency": 4, "factual_accuracy": 5, "relevance": 3}
     assert rationale == "counts the sides correctly"
 
 
-@pytest.mark.parametrize("reply", ["great answer, 10/10", "logical_consistency: 7\nfactual_accuracy: 5\nrelevance: 3", ""])
+@pytest.mark.parametrize(
+    "reply", ["great answer, 10/10", "logical_consistency: 7\nfactual_accuracy: 5\nrelevance: 3", ""]
+)
 def test_parse_judge_reply_unparseable_is_none_with_reason(reply):
     scores, reason = parse_judge_reply(reply)
     assert scores is None and "no 1-5 score for" in reason
 
 
 def _problem_and_path(thinking: str, answer: str) -> tuple[CoTProblem, CoTPath]:
-    problem = CoTProblem(id="easy-vqa-0", record_id="easy-vqa-0", source="easy-vqa", task="vqa", category="vqa",
-                         question="What color is the shape?", reference="blue")
-    path = CoTPath(id="easy-vqa-0-p0", problem_id=problem.id, text=f"<think>{thinking}</think>{answer}", thinking=thinking,
-                   answer=answer, finish_reason="stop", num_tokens=10, mean_logprob=-1.0, step_min_logprob=-2.0, agreement=1.0)
+    problem = CoTProblem(
+        id="easy-vqa-0",
+        record_id="easy-vqa-0",
+        source="easy-vqa",
+        task="vqa",
+        category="vqa",
+        question="What color is the shape?",
+        reference="blue",
+    )
+    path = CoTPath(
+        id="easy-vqa-0-p0",
+        problem_id=problem.id,
+        text=f"<think>{thinking}</think>{answer}",
+        thinking=thinking,
+        answer=answer,
+        finish_reason="stop",
+        num_tokens=10,
+        mean_logprob=-1.0,
+        step_min_logprob=-2.0,
+        agreement=1.0,
+    )
     return problem, path
 
 

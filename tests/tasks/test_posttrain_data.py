@@ -16,13 +16,27 @@ import webdataset as wds
 from data_specs.longcot import CoTProblem, CoTSample, LongCoTConfig, PreferencePair, read_jsonl, write_jsonl
 from data_specs.schemas import ID_PATTERN, Record
 from keye_model.training.examples import (
-    judge_conversations, preference_conversations, rl_prompt, sft_conversation, to_example,
+    judge_conversations,
+    preference_conversations,
+    rl_prompt,
+    sft_conversation,
+    to_example,
 )
 from tasks.generation import Generation, RuleJudge
 from tasks.longcot import assess_quality, paths_from_generations, score_samples
 from tasks.posttrain_data import (
-    HINTS, cot_records, cot_records_task, generated_mix, hint_kind, pair_records, pair_records_task,
-    rl_prompt_records, rl_prompt_records_task, rule_hints, write_generated_shards, write_generated_shards_task,
+    HINTS,
+    cot_records,
+    cot_records_task,
+    generated_mix,
+    hint_kind,
+    pair_records,
+    pair_records_task,
+    rl_prompt_records,
+    rl_prompt_records_task,
+    rule_hints,
+    write_generated_shards,
+    write_generated_shards_task,
 )
 from tasks.preference import build_preference_pairs, group_by_problem, no_think_response
 from tasks.sources import SourceSpec, collect_records
@@ -35,8 +49,13 @@ WRONG_2 = "<think>The {noun} looks odd.\nI guess.\nMaybe {bad}.</think>{bad}"
 def _problem(index: int) -> CoTProblem:
     questions, answers, image_ids = easy_vqa.get_train_questions()
     return CoTProblem(
-        id=f"easy-vqa-train-{index}", record_id=f"easy-vqa-train-{index}", source="easy-vqa", task="vqa",
-        category="vqa", question=questions[index], reference=answers[index],
+        id=f"easy-vqa-train-{index}",
+        record_id=f"easy-vqa-train-{index}",
+        source="easy-vqa",
+        task="vqa",
+        category="vqa",
+        question=questions[index],
+        reference=answers[index],
         media_path=easy_vqa.get_train_image_paths()[image_ids[index]],
     )
 
@@ -45,8 +64,10 @@ def _samples(problem: CoTProblem, templates: list[str]) -> list[CoTSample]:
     ref = problem.reference
     bad = {"yes": "no", "no": "yes", "circle": "triangle"}.get(ref, "circle")
     noun = problem.question.rstrip("?").split()[-1]
-    gens = [Generation(text=t.format(ref=ref, bad=bad, noun=noun), token_logprobs=[-0.2], finish_reason="stop")
-            for t in templates]
+    gens = [
+        Generation(text=t.format(ref=ref, bad=bad, noun=noun), token_logprobs=[-0.2], finish_reason="stop")
+        for t in templates
+    ]
     kept, rejected = assess_quality([problem], paths_from_generations(problem, gens), RuleJudge(), LongCoTConfig())
     return score_samples(kept, LongCoTConfig()) + rejected
 
@@ -87,7 +108,10 @@ def test_cot_records_carry_the_response_and_replay_weight(samples):
     for record, sample in zip(records, kept):
         assert ID_PATTERN.match(record.id) and record.task == "reasoning" and record.modality == "image"
         assert record.answer == f"<think>\n{sample.path.thinking}\n</think>\n\n{sample.path.answer}"
-        assert record.meta["replay_weight"] == sample.replay_weight and record.meta["quality_score"] == sample.quality_score
+        assert (
+            record.meta["replay_weight"] == sample.replay_weight
+            and record.meta["quality_score"] == sample.quality_score
+        )
         assert record.meta["tier"] == sample.tier.value and record.meta["problem_id"] == sample.problem.id
     rejected = next(s for s in samples if s.tier.value == "C")
     with pytest.raises(ValueError, match=f"sample {rejected.id}: tier C"):
@@ -148,14 +172,27 @@ def test_rule_hints_by_question_kind_and_never_leak_below_l5(collected):
     assert hint_kind(record("what color is the triangle?", "red")) == "color"
     assert hint_kind(record("is there not a red circle in the image?", "no")) == "presence"
     assert hint_kind(record("how many shapes?", "3", task="counting")) == "counting"
-    assert hint_kind(record("When is the cat visible?", "From 1.0 to 2.0 seconds.", task="temporal_localization")) == "temporal"
+    assert (
+        hint_kind(record("When is the cat visible?", "From 1.0 to 2.0 seconds.", task="temporal_localization"))
+        == "temporal"
+    )
     assert hint_kind(record("What is 2 + 3?", "5", task="reasoning")) == "math"
     # same kind, different answers: L1..L4 identical (they cannot give the answer away), L5 differs
-    circle, square = rule_hints(record("what shape is present?", "circle")), rule_hints(record("what shape is present?", "rectangle"))
+    circle, square = (
+        rule_hints(record("what shape is present?", "circle")),
+        rule_hints(record("what shape is present?", "rectangle")),
+    )
     assert circle[:4] == square[:4] and circle[4] != square[4] and square[4].endswith("rectangle")
     # captions are not RL prompts; explicit hints win and are checked
-    caption = Record(id="cap", source="easy-vqa", modality="image", task="caption", question="", answer="a shape",
-                     media_path=collected[0].media_path)
+    caption = Record(
+        id="cap",
+        source="easy-vqa",
+        modality="image",
+        task="caption",
+        question="",
+        answer="a shape",
+        media_path=collected[0].media_path,
+    )
     out = rl_prompt_records([caption, collected[0]], {collected[0].id: ["look closely"]})
     assert [r.id for r in out] == [collected[0].id] and out[0].meta["hints"] == ["look closely"]
     with pytest.raises(ValueError, match=f"record {collected[0].id}: hints must be at most 5"):
@@ -173,13 +210,22 @@ def test_generated_mix_is_the_sets_own_token_shares(collected):
 def test_bad_records_are_quarantined_and_tasks_chain_by_path(samples, collected, tmp_path):
     kept = write_jsonl([s for s in samples if s.tier.value != "C"], tmp_path / "kept.jsonl")
     cot_path = cot_records_task.fn(str(kept), str(tmp_path / "cot.jsonl"))
-    blank = Record(id="easy-vqa-blank", source="easy-vqa", modality="image", task="reasoning", question="q",
-                   answer="  ", media_path=collected[0].media_path)
+    blank = Record(
+        id="easy-vqa-blank",
+        source="easy-vqa",
+        modality="image",
+        task="reasoning",
+        question="q",
+        answer="  ",
+        media_path=collected[0].media_path,
+    )
     write_jsonl([*read_jsonl(cot_path, Record), blank], tmp_path / "with-bad.jsonl")
     manifest_path = write_generated_shards_task.fn(str(tmp_path / "with-bad.jsonl"), "longcot", str(tmp_path / "out"))
     manifest = json.loads(Path(manifest_path).read_text())
     assert manifest["num_records"] == 2 and blank.id not in json.dumps(manifest["shards"])
-    quarantined = [json.loads(line) for line in (tmp_path / "out" / "longcot" / "quarantine.jsonl").read_text().splitlines()]
+    quarantined = [
+        json.loads(line) for line in (tmp_path / "out" / "longcot" / "quarantine.jsonl").read_text().splitlines()
+    ]
     assert [(q["id"], q["reasons"]) for q in quarantined] == [(blank.id, ["empty answer"])]
 
     pairs = write_jsonl(build_preference_pairs(group_by_problem(samples)), tmp_path / "pairs.jsonl")
@@ -187,6 +233,10 @@ def test_bad_records_are_quarantined_and_tasks_chain_by_path(samples, collected,
     assert read_jsonl(pair_path, Record) == pair_records(read_jsonl(pairs, PreferencePair))
     (tmp_path / "hints.json").write_text(json.dumps({collected[0].id: ["a", "b"]}))
     write_jsonl(collected, tmp_path / "records.jsonl")
-    rl = read_jsonl(rl_prompt_records_task.fn(str(tmp_path / "records.jsonl"), str(tmp_path / "rl.jsonl"),
-                                              str(tmp_path / "hints.json")), Record)
+    rl = read_jsonl(
+        rl_prompt_records_task.fn(
+            str(tmp_path / "records.jsonl"), str(tmp_path / "rl.jsonl"), str(tmp_path / "hints.json")
+        ),
+        Record,
+    )
     assert rl[0].meta["hints"] == ["a", "b"] and all(len(r.meta["hints"]) == 5 for r in rl[1:])

@@ -8,12 +8,22 @@ import easy_vqa
 import pytest
 
 from data_specs.longcot import (
-    CoTProblem, CoTSample, LongCoTConfig, PreferenceConfig, PreferencePair, read_jsonl, write_jsonl,
+    CoTProblem,
+    CoTSample,
+    LongCoTConfig,
+    PreferenceConfig,
+    PreferencePair,
+    read_jsonl,
+    write_jsonl,
 )
 from tasks.generation import Generation, RuleJudge
 from tasks.longcot import assess_quality, paths_from_generations
 from tasks.preference import (
-    build_preference_pairs, build_preference_pairs_task, group_by_problem, no_think_response, pairs_for_problem,
+    build_preference_pairs,
+    build_preference_pairs_task,
+    group_by_problem,
+    no_think_response,
+    pairs_for_problem,
     reference_pairs,
 )
 
@@ -28,13 +38,27 @@ def _problem(split: str, index: int) -> CoTProblem:
     images = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
     questions, answers, image_ids = loader()
     return CoTProblem(
-        id=f"easy-vqa-{split}-{index}", record_id=f"easy-vqa-{split}-{index}", source=f"easy-vqa-{split}", task="vqa",
-        category="vqa", question=questions[index], reference=answers[index], media_path=images[image_ids[index]],
+        id=f"easy-vqa-{split}-{index}",
+        record_id=f"easy-vqa-{split}-{index}",
+        source=f"easy-vqa-{split}",
+        task="vqa",
+        category="vqa",
+        question=questions[index],
+        reference=answers[index],
+        media_path=images[image_ids[index]],
     )
 
 
 def _samples(problem: CoTProblem, templates: list[str]) -> list[CoTSample]:
-    bad = "no" if problem.reference == "yes" else "yes" if problem.reference == "no" else "circle" if problem.reference != "circle" else "triangle"
+    bad = (
+        "no"
+        if problem.reference == "yes"
+        else "yes"
+        if problem.reference == "no"
+        else "circle"
+        if problem.reference != "circle"
+        else "triangle"
+    )
     noun = problem.question.rstrip("?").split()[-1]  # "what is the blue shape?" -> the reasoning names the shape
     texts = [t.format(ref=problem.reference, bad=bad, noun=noun) for t in templates]
     texts = [f"  {texts[i - 1].upper()} " if t == SAME_AS_PREVIOUS_OTHER_CASE else t for i, t in enumerate(texts)]
@@ -46,7 +70,9 @@ def _samples(problem: CoTProblem, templates: list[str]) -> list[CoTSample]:
 def test_pairs_put_right_over_wrong_and_stay_valid():
     problem = _problem("train", 0)  # what is the blue shape? -> rectangle
     samples = _samples(problem, [GOOD, SHORT, WRONG, SAME_AS_PREVIOUS_OTHER_CASE])
-    pairs = build_preference_pairs(group_by_problem(samples), PreferenceConfig(max_pairs_per_prompt=10, min_score_gap=0.5))
+    pairs = build_preference_pairs(
+        group_by_problem(samples), PreferenceConfig(max_pairs_per_prompt=10, min_score_gap=0.5)
+    )
     assert pairs, "a right and a wrong path make pairs"
     for p in pairs:
         assert p.prompt == problem.question and p.media_path == problem.media_path and p.problem_id == problem.id
@@ -88,8 +114,18 @@ def test_cap_per_prompt_and_balance_across_sources():
 
 def test_pair_validation_and_task_round_trip(tmp_path):
     with pytest.raises(ValueError, match="pair x: chosen and rejected are identical"):
-        PreferencePair(id="x", problem_id="p", source="s", prompt="q", media_path=None, chosen="a", rejected="a",
-                       chosen_score=1, rejected_score=0, reason="score-gap")
+        PreferencePair(
+            id="x",
+            problem_id="p",
+            source="s",
+            prompt="q",
+            media_path=None,
+            chosen="a",
+            rejected="a",
+            chosen_score=1,
+            rejected_score=0,
+            reason="score-gap",
+        )
     problem = _problem("test", 1)
     samples = _samples(problem, [GOOD, WRONG])
     kept = write_jsonl([s for s in samples if s.tier.value != "C"], tmp_path / "kept.jsonl")
@@ -127,8 +163,9 @@ def test_reference_pairs_appear_exactly_when_no_right_path_exists():
     weak, strong = _problem("train", 3), _problem("train", 4)
     weak_samples = _samples(weak, [WRONG, SAME_AS_PREVIOUS_OTHER_CASE, OTHER_WRONG])
     strong_samples = _samples(strong, [GOOD, WRONG])
-    pairs = build_preference_pairs(group_by_problem(weak_samples + strong_samples),
-                                   PreferenceConfig(source_balance_ratio=100))
+    pairs = build_preference_pairs(
+        group_by_problem(weak_samples + strong_samples), PreferenceConfig(source_balance_ratio=100)
+    )
     by_problem = {pid: [p for p in pairs if p.problem_id == pid] for pid in (weak.id, strong.id)}
     assert {p.reason for p in by_problem[strong.id]} == {"correct-vs-wrong"}
     assert {p.reason for p in by_problem[weak.id]} == {"reference-vs-wrong"}
@@ -141,7 +178,9 @@ def test_reference_pairs_appear_exactly_when_no_right_path_exists():
     assert len({p.id for p in pairs}) == len(pairs)
     # capped per prompt; none without a reference; none for a problem with a right path
     assert len(reference_pairs(weak_samples, PreferenceConfig(max_pairs_per_prompt=1))) == 1
-    unreferenced = [dataclasses.replace(s, problem=dataclasses.replace(s.problem, reference=None)) for s in weak_samples]
+    unreferenced = [
+        dataclasses.replace(s, problem=dataclasses.replace(s.problem, reference=None)) for s in weak_samples
+    ]
     assert reference_pairs(unreferenced, PreferenceConfig()) == []
     assert reference_pairs(strong_samples, PreferenceConfig())[0].rejected == strong_samples[-1].path.text
     assert not [p for p in build_preference_pairs(group_by_problem(strong_samples)) if p.reason == "reference-vs-wrong"]

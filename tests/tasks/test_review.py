@@ -13,7 +13,13 @@ from data_specs.longcot import CoTProblem, CoTSample, LongCoTConfig, QualityTier
 from tasks.generation import Generation, RuleJudge
 from tasks.longcot import assess_quality, paths_from_generations
 from tasks.review import (
-    ReviewForm, SampleReview, apply_decisions, auto_decisions, build_form, decisions_from_form, request_review,
+    ReviewForm,
+    SampleReview,
+    apply_decisions,
+    auto_decisions,
+    build_form,
+    decisions_from_form,
+    request_review,
     select_for_review,
 )
 
@@ -23,8 +29,14 @@ CONFIG = LongCoTConfig(enhance=False, max_kept_paths_per_problem=5)
 def _assessed(index: int, texts: list[str]) -> list[CoTSample]:
     questions, answers, image_ids = easy_vqa.get_train_questions()
     problem = CoTProblem(
-        id=f"easy-vqa-{index}", record_id=f"easy-vqa-{index}", source="easy-vqa", task="vqa", category="vqa",
-        question=questions[index], reference=answers[index], media_path=easy_vqa.get_train_image_paths()[image_ids[index]],
+        id=f"easy-vqa-{index}",
+        record_id=f"easy-vqa-{index}",
+        source="easy-vqa",
+        task="vqa",
+        category="vqa",
+        question=questions[index],
+        reference=answers[index],
+        media_path=easy_vqa.get_train_image_paths()[image_ids[index]],
     )
     gens = [Generation(text=t.format(ref=answers[index]), token_logprobs=[-0.3], finish_reason="stop") for t in texts]
     kept, _ = assess_quality([problem], paths_from_generations(problem, gens), RuleJudge(), CONFIG)
@@ -39,16 +51,25 @@ def samples() -> list[CoTSample]:
     wrong = "<think>I find the blue shape.\nIt looks round.\nIt is a circle.</think>circle"
     # 0: A with low agreement (borderline) and a lone B; 1: a B whose paths all agree, and a clear A.
     first = _assessed(0, [good, one_step, wrong, wrong, wrong])
-    second = _assessed(1, [
-        "<think>I check the color of the shape.\nThe shape is filled.\nIts color is {ref}.</think>{ref}",
-        "<think>The shape color is {ref}.</think>{ref}", "<think>The color of the shape is {ref}.</think> {ref}",
-    ])
+    second = _assessed(
+        1,
+        [
+            "<think>I check the color of the shape.\nThe shape is filled.\nIts color is {ref}.</think>{ref}",
+            "<think>The shape color is {ref}.</think>{ref}",
+            "<think>The color of the shape is {ref}.</think> {ref}",
+        ],
+    )
     return first + second
 
 
 def test_selection_and_auto_policy(samples):
     assert [(s.tier, s.borderline) for s in samples] == [
-        (QualityTier.A, True), (QualityTier.B, True), (QualityTier.A, False), (QualityTier.B, True), (QualityTier.B, True)]
+        (QualityTier.A, True),
+        (QualityTier.B, True),
+        (QualityTier.A, False),
+        (QualityTier.B, True),
+        (QualityTier.B, True),
+    ]
     items = select_for_review(samples)
     assert [i.sample_id for i in items] == ["easy-vqa-0-p0", "easy-vqa-0-p1", "easy-vqa-1-p1", "easy-vqa-1-p2"]
     decisions = auto_decisions(items, ReviewPolicy(min_agreement_b=0.6, min_judge_mean_b=3.0), samples)
@@ -66,7 +87,9 @@ def test_apply_decisions(samples):
     fixed = "<think>I find the blue shape.\nIt has four sides.\nIt is a rectangle.</think>rectangle"
     decisions = [
         ReviewDecision(sample_id="easy-vqa-0-p0", decision="approve", reviewer="ana"),
-        ReviewDecision(sample_id="easy-vqa-0-p1", decision="edit", reviewer="ana", edited_response=fixed, comment="added steps"),
+        ReviewDecision(
+            sample_id="easy-vqa-0-p1", decision="edit", reviewer="ana", edited_response=fixed, comment="added steps"
+        ),
         ReviewDecision(sample_id="easy-vqa-1-p1", decision="reject", reviewer="ana"),
     ]
     kept, rejected = apply_decisions(samples, decisions)
@@ -74,7 +97,11 @@ def test_apply_decisions(samples):
     assert [s.id for s in rejected] == ["easy-vqa-1-p1"] and rejected[0].review == "reject"
     edited = by_id["easy-vqa-0-p1"]
     assert edited.path.text == fixed and edited.path.answer == "rectangle" and edited.path.thinking.count("\n") == 2
-    assert edited.tier is QualityTier.A and edited.review == "edit" and "review: edit by ana (added steps)" in edited.reasons
+    assert (
+        edited.tier is QualityTier.A
+        and edited.review == "edit"
+        and "review: edit by ana (added steps)" in edited.reasons
+    )
     assert by_id["easy-vqa-0-p0"].review == "approve" and by_id["easy-vqa-1-p2"].review is None  # unreviewed: as is
     bad = dataclasses.replace(decisions[1], edited_response="just rectangle")
     with pytest.raises(ValueError, match="review edit of easy-vqa-0-p1"):
@@ -120,8 +147,11 @@ def _resume_as_a_person(found: dict, decisions: dict[str, str], fixed: str) -> N
     deadline = time.monotonic() + 90
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            paused = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            paused = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
             if paused:
                 run = paused[0]
                 keyset = run.state.state_details.run_input_keyset
@@ -131,10 +161,14 @@ def _resume_as_a_person(found: dict, decisions: dict[str, str], fixed: str) -> N
         else:
             found["error"] = "no paused flow run within 90 s"
             return
-    reviews = [{"sample_id": sid, "decision": d, "edited_response": fixed if d == "edit" else "", "comment": ""}
-               for sid, d in decisions.items()]
+    reviews = [
+        {"sample_id": sid, "decision": d, "edited_response": fixed if d == "edit" else "", "comment": ""}
+        for sid, d in decisions.items()
+    ]
     try:
-        resume_flow_run(run.id, run_input={"reviewer": "ana", "reviews": [{**reviews[0], "decision": "maybe"}] + reviews[1:]})
+        resume_flow_run(
+            run.id, run_input={"reviewer": "ana", "reviews": [{**reviews[0], "decision": "maybe"}] + reviews[1:]}
+        )
     except RuntimeError as exc:  # input that does not match the form is refused; the run stays paused
         found["refused"] = str(exc)
     resume_flow_run(run.id, run_input={"reviewer": "ana", "reviews": reviews})
@@ -146,11 +180,18 @@ def test_ui_review_pauses_and_returns_the_persons_decisions(samples, prefect_har
 
     @flow(name="review-test")
     def review_flow(samples_json: list[str]) -> list[str]:
-        decisions = request_review([CoTSample.from_json(t) for t in samples_json], mode="ui", timeout_s=120, poll_interval_s=1)
+        decisions = request_review(
+            [CoTSample.from_json(t) for t in samples_json], mode="ui", timeout_s=120, poll_interval_s=1
+        )
         return [d.to_json() for d in decisions]
 
     fixed = "<think>I find the blue shape.\nIt has four sides.\nIt is a rectangle.</think>rectangle"
-    wanted = {"easy-vqa-0-p0": "approve", "easy-vqa-0-p1": "edit", "easy-vqa-1-p1": "reject", "easy-vqa-1-p2": "approve"}
+    wanted = {
+        "easy-vqa-0-p0": "approve",
+        "easy-vqa-0-p1": "edit",
+        "easy-vqa-1-p1": "reject",
+        "easy-vqa-1-p2": "approve",
+    }
     found: dict = {}
     person = threading.Thread(target=_resume_as_a_person, args=(found, wanted, fixed), daemon=True)
     person.start()

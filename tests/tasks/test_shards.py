@@ -33,8 +33,9 @@ def records(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stage3(records, tmp_path_factory):
-    config = ShardConfig(mix="annealing", out_dir=str(tmp_path_factory.mktemp("shards")), slow_fast="tiny",
-                         max_records_per_shard=24)
+    config = ShardConfig(
+        mix="annealing", out_dir=str(tmp_path_factory.mktemp("shards")), slow_fast="tiny", max_records_per_shard=24
+    )
     return write_stage_shards.fn(records, stage3_mix(), config)
 
 
@@ -109,8 +110,11 @@ def test_our_tar_bytes_equal_webdatasets_own_tarwriter(stage3):
 
 
 def test_source_ratios_and_a_custom_tokenizer(records, tmp_path):
-    mix = DataMix(name="split", modality_ratios={"image": 0.7, "text": 0.3},
-                  source_ratios={"image": {"easy-vqa": 0.4, "skimage": 0.6}})
+    mix = DataMix(
+        name="split",
+        modality_ratios={"image": 0.7, "text": 0.3},
+        source_ratios={"image": {"easy-vqa": 0.4, "skimage": 0.6}},
+    )
     chars = lambda text: list(text.encode())  # noqa: E731  a "tokenizer" returning one id per byte
     images_and_text = [r for r in records if r.modality != "video"]
     result = shard_stage(images_and_text, mix, ShardConfig(mix="split", out_dir=str(tmp_path)), tokenizer=chars)
@@ -118,8 +122,9 @@ def test_source_ratios_and_a_custom_tokenizer(records, tmp_path):
     for name, planned in result.planned.items():
         assert abs(result.realized[name] - planned) <= 0.01, (name, result.realized)
     text = next(r for r in images_and_text if r.modality == "text")
-    sample = next(s for s in wds.WebDataset([result.shards[0].path], shardshuffle=False).decode()
-                  if s["json"]["id"] == text.id)
+    sample = next(
+        s for s in wds.WebDataset([result.shards[0].path], shardshuffle=False).decode() if s["json"]["id"] == text.id
+    )
     assert sample["json"]["tokens"] == len((text.question + "\n" + text.answer).encode())
 
 

@@ -80,7 +80,7 @@ def test_scene_videos_have_the_cuts_and_events_their_meta_records(tmp_path):
         assert min(change[i] for i in cut_frames) > 2 * max(pans)  # a hard cut, not a pan step
         first, last = round(event["start_s"] * meta["fps"]), round(event["end_s"] * meta["fps"])
         top, left, box_h, box_w = event["box_yxhw"]
-        inner = frames[:, top + 2:top + box_h - 2, left + 2:left + box_w - 2].mean(axis=(1, 2))  # T x 3
+        inner = frames[:, top + 2 : top + box_h - 2, left + 2 : left + box_w - 2].mean(axis=(1, 2))  # T x 3
         is_red = (np.abs(inner - (220, 20, 20)) < 30).all(axis=1)
         assert is_red.tolist() == [first <= i < last for i in range(len(frames))]
         assert "seconds" in record.answer
@@ -106,18 +106,24 @@ def test_local_folder_reads_media_sidecars_and_jsonl(tmp_path):
     Image.fromarray(skimage.data.coffee()[::8, ::8]).save(root / "pics" / "Cup 1.PNG")
     (root / "pics" / "Cup 1.txt").write_text("A cup of coffee on a saucer.\n")
     Image.fromarray(skimage.data.rocket()[::8, ::8]).save(root / "pics" / "rocket.jpg")
-    (root / "pics" / "rocket.json").write_text(json.dumps(
-        {"question": "What is launching?", "answer": "A rocket.", "task": "vqa", "meta": {"by": "me"}}))
+    (root / "pics" / "rocket.json").write_text(
+        json.dumps({"question": "What is launching?", "answer": "A rocket.", "task": "vqa", "meta": {"by": "me"}})
+    )
     Image.fromarray(skimage.data.astronaut()[::8, ::8]).save(root / "pics" / "no-text.png")
     scene = collect_records(SourceSpec(name="scene-videos", limit=1, max_side_px=64), tmp_path / "work").records[0]
     shutil.copy(scene.media_path, root / "clip.mp4")
     (root / "clip.txt").write_text("Photos cut together.")
-    (root / "chat.jsonl").write_text("\n".join([
-        json.dumps({"id": "q1", "question": "What is 2+2?", "answer": "4"}),
-        json.dumps({"question": "Which photo?", "answer": "The cup.", "media": "pics/Cup 1.PNG"}),
-        "{not json",
-        json.dumps({"question": "no answer field"}),
-    ]) + "\n")
+    (root / "chat.jsonl").write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "q1", "question": "What is 2+2?", "answer": "4"}),
+                json.dumps({"question": "Which photo?", "answer": "The cup.", "media": "pics/Cup 1.PNG"}),
+                "{not json",
+                json.dumps({"question": "no answer field"}),
+            ]
+        )
+        + "\n"
+    )
     collected = collect_records(SourceSpec(name="local-folder", root=str(root), limit=50), tmp_path / "work")
     by_path = {r.meta.get("relative_path", r.meta.get("from")): r for r in collected.records}
     assert by_path["pics/Cup 1.PNG"].answer == "A cup of coffee on a saucer."
@@ -149,11 +155,16 @@ def by_where(collected) -> dict[str, object]:
 def test_local_folder_quarantines_a_non_utf8_line_and_reads_the_rest(tmp_path):
     root = tmp_path / "mine"
     root.mkdir()
-    (root / "chat.jsonl").write_bytes(b"\n".join([
-        json.dumps({"question": "First?", "answer": "one"}).encode(),
-        b'{"question": "caf\xe9 latin-1", "answer": "x"}',  # Latin-1, not UTF-8
-        json.dumps({"question": "Third?", "answer": "three"}).encode(),
-    ]) + b"\n")
+    (root / "chat.jsonl").write_bytes(
+        b"\n".join(
+            [
+                json.dumps({"question": "First?", "answer": "one"}).encode(),
+                b'{"question": "caf\xe9 latin-1", "answer": "x"}',  # Latin-1, not UTF-8
+                json.dumps({"question": "Third?", "answer": "three"}).encode(),
+            ]
+        )
+        + b"\n"
+    )
     (root / "cup.png").parent.mkdir(exist_ok=True)
     photo(root / "cup.png")
     (root / "cup.txt").write_bytes(b"A cup \xff")  # a sidecar that is not UTF-8: its item only
@@ -179,19 +190,31 @@ def test_local_folder_media_must_resolve_inside_the_folder(tmp_path):
     photo(root / "stolen-caption.png")
     (root / "stolen-caption.txt").symlink_to(outside / "secret.txt")
     (root / "linked.jsonl").symlink_to(outside / "theirs.jsonl")
-    (root / "chat.jsonl").write_text("\n".join(json.dumps(line) for line in [
-        {"question": "Which?", "answer": "ok", "media": "ok.png"},
-        {"question": "Which?", "answer": "up", "media": "../elsewhere/x.jpg"},
-        {"question": "Which?", "answer": "abs", "media": str(outside / "x.jpg")},
-        {"question": "Which?", "answer": "llava", "image": "sub/../../elsewhere/x.jpg"},
-    ]) + "\n")
+    (root / "chat.jsonl").write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in [
+                {"question": "Which?", "answer": "ok", "media": "ok.png"},
+                {"question": "Which?", "answer": "up", "media": "../elsewhere/x.jpg"},
+                {"question": "Which?", "answer": "abs", "media": str(outside / "x.jpg")},
+                {"question": "Which?", "answer": "llava", "image": "sub/../../elsewhere/x.jpg"},
+            ]
+        )
+        + "\n"
+    )
     collected = collect_records(SourceSpec(name="local-folder", root=str(root)), tmp_path / "work")
     assert sorted(r.answer for r in collected.records) == ["Mine too.", "Mine.", "ok"]
     for record in collected.records:
         assert Path(record.media_path).resolve().is_relative_to(root.resolve())
     bad = by_where(collected)
-    assert set(bad) == {"chat.jsonl:2", "chat.jsonl:3", "chat.jsonl:4", "link-out.jpg", "stolen-caption.png",
-                        "linked.jsonl"}
+    assert set(bad) == {
+        "chat.jsonl:2",
+        "chat.jsonl:3",
+        "chat.jsonl:4",
+        "link-out.jpg",
+        "stolen-caption.png",
+        "linked.jsonl",
+    }
     for item in bad.values():
         assert item.kind == "media outside the folder", item
         assert "outside the source folder" in item.reason and str(outside) in item.reason
@@ -204,8 +227,9 @@ def test_local_folder_is_read_whole_unless_its_own_limit_is_set(tmp_path, caplog
     for i in range(3):
         photo(root / f"p{i}.png")
         (root / f"p{i}.txt").write_text(f"photo {i}")
-    (root / "text.jsonl").write_text("".join(json.dumps({"question": f"{i}?", "answer": str(i)}) + "\n"
-                                             for i in range(10)))
+    (root / "text.jsonl").write_text(
+        "".join(json.dumps({"question": f"{i}?", "answer": str(i)}) + "\n" for i in range(10))
+    )
     whole = collect_records(SourceSpec(name="local-folder", root=str(root), limit=4), tmp_path / "work")
     assert len(whole.records) == 13 and whole.num_dropped == 0  # ``limit`` (--records-per-source) is not ours
     with caplog.at_level("WARNING"):
@@ -223,33 +247,71 @@ def test_local_folder_accepts_llava_lines_and_names_the_keys_to_use(tmp_path):
     scene = collect_records(SourceSpec(name="scene-videos", limit=1, max_side_px=64), tmp_path / "work").records[0]
     shutil.copy(scene.media_path, root / "clip.mp4")
     human, gpt = "human", "gpt"
-    (root / "llava.jsonl").write_text("\n".join(json.dumps(line) for line in [
-        {"id": "000123", "image": "imgs/cat.jpg", "conversations": [
-            {"from": human, "value": "<image>\nWhat animal is this?"}, {"from": gpt, "value": "A cat."}]},
-        {"id": "v1", "video": "clip.mp4", "conversations": [
-            {"from": human, "value": "What happens?\n<video>"}, {"from": gpt, "value": "Photos cut together."},
-            {"from": human, "value": "How many cuts?"}, {"from": gpt, "value": "Two."}]},
-        {"image": ["imgs/cat.jpg"], "conversations": [{"from": "user", "value": "<image> Colour?"},
-                                                        {"from": "assistant", "value": "Brown."}]},
-        {"conversations": [{"from": human, "value": "Say hi."}, {"from": gpt, "value": "Hi."}]},
-        {"prompt": "Q?", "response": "A."},
-        {"media": "imgs/cat.jpg", "image": "imgs/cat.jpg", "answer": "A cat."},
-        {"image": "imgs/cat.jpg", "conversations": [{"from": gpt, "value": "A cat."}]},
-        {"conversations": [{"from": human, "value": "<image>\nWhat?"}, {"from": gpt, "value": "A cat."}]},
-        {"image": "clip.mp4", "conversations": [{"from": human, "value": "What?"}, {"from": gpt, "value": "x"}]},
-        {"image": ["imgs/cat.jpg", "imgs/cat.jpg"], "conversations": [
-            {"from": human, "value": "Same?"}, {"from": gpt, "value": "Yes."}]},
-    ]) + "\n")
+    (root / "llava.jsonl").write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in [
+                {
+                    "id": "000123",
+                    "image": "imgs/cat.jpg",
+                    "conversations": [
+                        {"from": human, "value": "<image>\nWhat animal is this?"},
+                        {"from": gpt, "value": "A cat."},
+                    ],
+                },
+                {
+                    "id": "v1",
+                    "video": "clip.mp4",
+                    "conversations": [
+                        {"from": human, "value": "What happens?\n<video>"},
+                        {"from": gpt, "value": "Photos cut together."},
+                        {"from": human, "value": "How many cuts?"},
+                        {"from": gpt, "value": "Two."},
+                    ],
+                },
+                {
+                    "image": ["imgs/cat.jpg"],
+                    "conversations": [
+                        {"from": "user", "value": "<image> Colour?"},
+                        {"from": "assistant", "value": "Brown."},
+                    ],
+                },
+                {"conversations": [{"from": human, "value": "Say hi."}, {"from": gpt, "value": "Hi."}]},
+                {"prompt": "Q?", "response": "A."},
+                {"media": "imgs/cat.jpg", "image": "imgs/cat.jpg", "answer": "A cat."},
+                {"image": "imgs/cat.jpg", "conversations": [{"from": gpt, "value": "A cat."}]},
+                {"conversations": [{"from": human, "value": "<image>\nWhat?"}, {"from": gpt, "value": "A cat."}]},
+                {
+                    "image": "clip.mp4",
+                    "conversations": [{"from": human, "value": "What?"}, {"from": gpt, "value": "x"}],
+                },
+                {
+                    "image": ["imgs/cat.jpg", "imgs/cat.jpg"],
+                    "conversations": [{"from": human, "value": "Same?"}, {"from": gpt, "value": "Yes."}],
+                },
+            ]
+        )
+        + "\n"
+    )
     collected = collect_records(SourceSpec(name="local-folder", root=str(root)), tmp_path / "work")
     got = {(r.meta["from"], r.meta.get("turn")): r for r in collected.records if "from" in r.meta}
-    assert sorted(got) == [("llava.jsonl:1", None), ("llava.jsonl:2", 1), ("llava.jsonl:2", 2),
-                           ("llava.jsonl:3", None), ("llava.jsonl:4", None)]
+    assert sorted(got) == [
+        ("llava.jsonl:1", None),
+        ("llava.jsonl:2", 1),
+        ("llava.jsonl:2", 2),
+        ("llava.jsonl:3", None),
+        ("llava.jsonl:4", None),
+    ]
     cat = got["llava.jsonl:1", None]
     assert (cat.modality, cat.task, cat.question, cat.answer) == ("image", "vqa", "What animal is this?", "A cat.")
     assert cat.media_path == str(root / "imgs" / "cat.jpg")
     first, second = got["llava.jsonl:2", 1], got["llava.jsonl:2", 2]
     assert (first.modality, first.question, second.question, second.answer) == (
-        "video", "What happens?", "How many cuts?", "Two.")
+        "video",
+        "What happens?",
+        "How many cuts?",
+        "Two.",
+    )
     assert first.id != second.id and first.media_path == second.media_path
     assert got["llava.jsonl:3", None].question == "Colour?"
     assert got["llava.jsonl:4", None].modality == "text"

@@ -36,14 +36,36 @@ def batch(tmp_path_factory, gx):
     broken_mp4 = work / "broken.mp4"
     broken_mp4.write_bytes(open(video.media_path, "rb").read()[:1500])  # moov atom lost
     bad = [
-        Record(id="bad-image", source="local-folder", modality="image", task="caption", question="",
-               answer="A photo.", media_path=str(broken_jpg)),
-        Record(id="bad-video", source="local-folder", modality="video", task="caption", question="",
-               answer="A clip.", media_path=str(broken_mp4)),
-        Record(id="bad-answer", source="local-folder", modality="text", task="instruction", question="Hi?",
-               answer="  "),
-        Record(id="gone", source="local-folder", modality="image", task="caption", question="", answer="x",
-               media_path=str(work / "missing.png")),
+        Record(
+            id="bad-image",
+            source="local-folder",
+            modality="image",
+            task="caption",
+            question="",
+            answer="A photo.",
+            media_path=str(broken_jpg),
+        ),
+        Record(
+            id="bad-video",
+            source="local-folder",
+            modality="video",
+            task="caption",
+            question="",
+            answer="A clip.",
+            media_path=str(broken_mp4),
+        ),
+        Record(
+            id="bad-answer", source="local-folder", modality="text", task="instruction", question="Hi?", answer="  "
+        ),
+        Record(
+            id="gone",
+            source="local-folder",
+            modality="image",
+            task="caption",
+            question="",
+            answer="x",
+            media_path=str(work / "missing.png"),
+        ),
         good[0],  # a duplicate id
     ]
     rejected = [Rejected(source="local-folder", where="chat.jsonl:3", reason="JSONDecodeError: ...", raw="{not")]
@@ -74,15 +96,24 @@ def test_each_bad_input_is_quarantined_with_its_reason(batch):
     assert len(dup) == 1 and Record(**dup[0]["record"]).id.startswith("easy-vqa")
     assert by_id["bad-image"]["record"]["media_path"].endswith("broken.jpg")  # the record is kept whole
     assert report.num_quarantined == len(lines) == 6
-    assert report.reasons == {"duplicate id": 1, "empty answer": 1, "image does not decode": 1,
-                              "media file missing": 1, "not a valid record": 1, "video does not decode": 1}
+    assert report.reasons == {
+        "duplicate id": 1,
+        "empty answer": 1,
+        "image does not decode": 1,
+        "media file missing": 1,
+        "not a valid record": 1,
+        "video does not decode": 1,
+    }
 
 
 def test_the_rest_of_the_batch_is_sharded(batch):
     good, report, _, work = batch
     mix = DataMix(name="tiny", modality_ratios={"video": 0.24, "image": 0.5, "text": 0.26})
-    result = shard_stage(report.passed, mix, ShardConfig(mix="tiny", out_dir=str(work / "shards"),
-                                                         slow_fast="tiny", max_records_per_shard=16))
+    result = shard_stage(
+        report.passed,
+        mix,
+        ShardConfig(mix="tiny", out_dir=str(work / "shards"), slow_fast="tiny", max_records_per_shard=16),
+    )
     seen = {s["json"]["id"] for s in wds.WebDataset([s.path for s in result.shards], shardshuffle=False).decode()}
     assert seen == {r.id for r in good}
     assert not seen & {"bad-image", "bad-video", "bad-answer", "gone"}
@@ -98,8 +129,9 @@ def png_header(path, width: int, height: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_an_oversized_image_is_refused_from_its_header(tmp_path):
@@ -119,10 +151,22 @@ def test_an_oversized_image_is_refused_from_its_header(tmp_path):
 
 def test_rejected_inputs_are_counted_under_their_kind(tmp_path):
     quarantine = tmp_path / "q.jsonl"
-    rejected = [Rejected(source="local-folder", where="/d/chat.jsonl:2", reason="Unusable: byte 3 is not UTF-8",
-                         raw="ab\\xff", kind="line is not UTF-8"),
-                Rejected(source="local-folder", where="/d/x.jpg", reason="Unusable: /d/x.jpg resolves to /e/x.jpg",
-                         raw="x.jpg", kind="media outside the folder")]
+    rejected = [
+        Rejected(
+            source="local-folder",
+            where="/d/chat.jsonl:2",
+            reason="Unusable: byte 3 is not UTF-8",
+            raw="ab\\xff",
+            kind="line is not UTF-8",
+        ),
+        Rejected(
+            source="local-folder",
+            where="/d/x.jpg",
+            reason="Unusable: /d/x.jpg resolves to /e/x.jpg",
+            raw="x.jpg",
+            kind="media outside the folder",
+        ),
+    ]
     report = validate_batch.fn([], str(quarantine), rejected)
     assert report.reasons == {"line is not UTF-8": 1, "media outside the folder": 1}
     lines = [json.loads(line) for line in quarantine.read_text().splitlines()]

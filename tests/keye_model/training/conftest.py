@@ -22,8 +22,17 @@ def _png(name: str, size: tuple[int, int]) -> bytes:
 
 
 def _record(key: str, modality: str, task: str, question: str, answer: str, **extra) -> bytes:
-    rec = {"id": key, "source": "skimage", "modality": modality, "task": task, "question": question,
-           "answer": answer, "media_path": None, "meta": extra, "tokens": len(question + answer) // 3}
+    rec = {
+        "id": key,
+        "source": "skimage",
+        "modality": modality,
+        "task": task,
+        "question": question,
+        "answer": answer,
+        "media_path": None,
+        "meta": extra,
+        "tokens": len(question + answer) // 3,
+    }
     return json.dumps(rec).encode()
 
 
@@ -49,12 +58,23 @@ def shard_dir(tmp_path_factory):
                 name = PHOTOS[i % len(PHOTOS)]
                 pair = {"chosen": f"It shows a {name}.", "rejected": "I cannot tell.", "replay_weight": 1 + i % 3}
                 if i % 3 == 2:
-                    entry = {"json": _record(key, "text", "instruction", f"Count to {i % 5 + 2}.",
-                                             " ".join(str(k) for k in range(1, i % 5 + 3)), **pair)}
+                    entry = {
+                        "json": _record(
+                            key,
+                            "text",
+                            "instruction",
+                            f"Count to {i % 5 + 2}.",
+                            " ".join(str(k) for k in range(1, i % 5 + 3)),
+                            **pair,
+                        )
+                    }
                 else:
-                    entry = {"json": _record(key, "image", "caption", "What is in the picture?",
-                                             f"A photograph of a {name}.", **pair),
-                             "png": _png(name, sizes[i % len(sizes)])}
+                    entry = {
+                        "json": _record(
+                            key, "image", "caption", "What is in the picture?", f"A photograph of a {name}.", **pair
+                        ),
+                        "png": _png(name, sizes[i % len(sizes)]),
+                    }
                 writer.write({"__key__": key, **entry})
     return root
 
@@ -74,6 +94,11 @@ def alternating_shard(tmp_path_factory):
             if i % 2:
                 writer.write({"__key__": key, "json": _record(key, "text", "instruction", "Say hi.", "hi")})
             else:
-                writer.write({"__key__": key, "json": _record(key, "image", "caption", "What?", "A cat."),
-                              "png": _png("chelsea", (56, 56))})
+                writer.write(
+                    {
+                        "__key__": key,
+                        "json": _record(key, "image", "caption", "What?", "A cat."),
+                        "png": _png("chelsea", (56, 56)),
+                    }
+                )
     return str(path)

@@ -29,5 +29,9 @@ def test_varlen_vit_attention_matches_the_mask_kernel():
     torch.manual_seed(0)
     q, k, v = (torch.randn(10, 2, 16, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     cu = torch.tensor([0, 4, 10], device="cuda")
-    torch.testing.assert_close(block_diagonal_attention(q, k, v, cu, "varlen"),
-                               block_diagonal_attention(q, k, v, cu, "mask"), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(
+        block_diagonal_attention(q, k, v, cu, "varlen"),
+        block_diagonal_attention(q, k, v, cu, "mask"),
+        atol=2e-2,
+        rtol=2e-2,
+    )

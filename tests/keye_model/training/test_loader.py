@@ -20,8 +20,10 @@ from keye_model.training.run_config import RunConfig
 
 def manifest_of(paths) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(sha256s, sizes) as the sharder's manifest records them."""
-    return (tuple(hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths),
-            tuple(len(open(p, "rb").read()) for p in paths))
+    return (
+        tuple(hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths),
+        tuple(len(open(p, "rb").read()) for p in paths),
+    )
 
 
 @pytest.fixture
@@ -55,8 +57,11 @@ def test_a_shard_truncated_at_a_header_boundary_is_refused(copy):
     with pytest.raises(ShardError, match="shards do not match their manifest"):
         ShardStream(paths, sha256s=sha256s, num_bytes=sizes)  # where a stage starts: before any sample
     # Read without a manifest, the shard still does not pass for a shorter one.
-    with pytest.raises(ShardError, match=rf"shard {paths[0]} ends at byte {cut}, after sample s0-003 "
-                                         r"\(member s0-003.json\).*truncated"):
+    with pytest.raises(
+        ShardError,
+        match=rf"shard {paths[0]} ends at byte {cut}, after sample s0-003 "
+        r"\(member s0-003.json\).*truncated",
+    ):
         list(read_shard(paths[0]))
 
 
@@ -69,8 +74,11 @@ def test_flipped_bytes_in_an_image_are_refused_by_their_hash(copy):
         handle.seek(png.offset_data + png.size // 2)
         handle.write(bytes(b ^ 0xFF for b in data))
     assert len(list(read_shard(paths[1]))) == 12  # the tar itself reads fine: only the hash can tell
-    with pytest.raises(ShardError, match=rf"1 of 2 shards.*{paths[1]}: sha256 [0-9a-f]{{64}}, its manifest says "
-                                         rf"{sha256s[1]} \(corrupted\)"):
+    with pytest.raises(
+        ShardError,
+        match=rf"1 of 2 shards.*{paths[1]}: sha256 [0-9a-f]{{64}}, its manifest says "
+        rf"{sha256s[1]} \(corrupted\)",
+    ):
         verify_shards(paths, sha256s, sizes)
 
 
@@ -91,8 +99,11 @@ def test_read_errors_name_the_shard_and_the_sample(copy, tmp_path):
     with open(paths[0], "r+b") as handle:
         handle.seek(members[4].offset + 100)  # the mode field of a header: its checksum no longer matches
         handle.write(b"garbage!")
-    with pytest.raises(ShardError, match=rf"shard {paths[0]}: unreadable tar header at byte {members[4].offset}, "
-                                         r"after sample s0-001"):
+    with pytest.raises(
+        ShardError,
+        match=rf"shard {paths[0]}: unreadable tar header at byte {members[4].offset}, "
+        r"after sample s0-001",
+    ):
         list(read_shard(paths[0]))
     # Cut inside a file's data: the error names the sample being read.
     png = next(m for m in member_offsets(paths[1]) if m.name.endswith(".png") and m.offset > 0)
@@ -117,8 +128,14 @@ def test_undecodable_image_and_json_name_the_shard_and_sample(shards, tmp_path):
 
 def test_a_stage_refuses_shards_that_differ_from_its_run_config(copy, tokenizer_dir, tmp_path):
     paths, sha256s, sizes = copy
-    config = RunConfig(stage=get_stage("tiny", "stage1"), output_dir=str(tmp_path), tokenizer_dir=tokenizer_dir,
-                       shards=paths, shard_sha256s=sha256s, shard_num_bytes=sizes)
+    config = RunConfig(
+        stage=get_stage("tiny", "stage1"),
+        output_dir=str(tmp_path),
+        tokenizer_dir=tokenizer_dir,
+        shards=paths,
+        shard_sha256s=sha256s,
+        shard_num_bytes=sizes,
+    )
     assert RunConfig.from_json(config.to_json()) == config  # what every rank reads
     processor = KeyeProcessor(load_tokenizer(tokenizer_dir))
     assert Batches(config, processor, 0, 1).stream.shards == list(paths)

@@ -44,10 +44,22 @@ def fixed_shard(tmp_path_factory) -> str:
     rows = [("q0", "image", "What is in the picture?", "an astronaut"), ("q1", "text", "Name a colour.", "red")]
     with wds.TarWriter(str(path), mtime=0) as writer:
         for key, modality, question, answer in rows:
-            record = {"id": key, "source": "test", "modality": modality, "task": "vqa", "question": question,
-                      "answer": answer, "media_path": None, "tokens": 12,
-                      "meta": {"chosen": answer, "rejected": "I do not know.", "replay_weight": 2.0,
-                               "hints": ["Look closely."]}}
+            record = {
+                "id": key,
+                "source": "test",
+                "modality": modality,
+                "task": "vqa",
+                "question": question,
+                "answer": answer,
+                "media_path": None,
+                "tokens": 12,
+                "meta": {
+                    "chosen": answer,
+                    "rejected": "I do not know.",
+                    "replay_weight": 2.0,
+                    "hints": ["Look closely."],
+                },
+            }
             sample = {"__key__": key, "json": json.dumps(record).encode()}
             if modality == "image":
                 sample["png"] = buf.getvalue()
@@ -57,8 +69,9 @@ def fixed_shard(tmp_path_factory) -> str:
 
 def _config(tmp_path: Path, stage_name: str, tokenizer_dir: str, shard: str, **changes) -> RunConfig:
     spec = dataclasses.replace(get_preset("tiny").stage(stage_name), **changes)
-    return RunConfig(stage=spec, output_dir=str(tmp_path / stage_name), tokenizer_dir=tokenizer_dir,
-                     shards=(shard,), seed=1)
+    return RunConfig(
+        stage=spec, output_dir=str(tmp_path / stage_name), tokenizer_dir=tokenizer_dir, shards=(shard,), seed=1
+    )
 
 
 def _losses(config: RunConfig) -> list[float]:
@@ -72,8 +85,9 @@ def test_every_training_objective_runs_one_step(objective, tmp_path, tokenizer_d
     judge = None
     if get_preset("tiny").stage(stage_name).reward_model:
         judge = run_stage(_config(tmp_path, "reward", tokenizer_dir, fixed_shard, num_steps=1)).checkpoint_dir
-    config = dataclasses.replace(_config(tmp_path, stage_name, tokenizer_dir, fixed_shard, num_steps=1),
-                                 reward_model_checkpoint=judge)
+    config = dataclasses.replace(
+        _config(tmp_path, stage_name, tokenizer_dir, fixed_shard, num_steps=1), reward_model_checkpoint=judge
+    )
     result = run_stage(config)
     assert result.steps == 1 and len(_losses(config)) == 1
 
@@ -85,9 +99,16 @@ def test_fusion_is_the_objective_that_does_not_train():
 @pytest.mark.parametrize("objective", ["lm", "weighted_lm", "reward", "mpo"])
 def test_objective_overfits_a_fixed_batch(objective, tmp_path, tokenizer_dir, fixed_shard):
     stage_name = _one_stage_per_objective()[objective]
-    config = _config(tmp_path, stage_name, tokenizer_dir, fixed_shard, num_steps=40, checkpoint_every=1000,
-                     trainable=("vision", "projector", "llm"),
-                     optimizer=OptimizerSpec(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0))
+    config = _config(
+        tmp_path,
+        stage_name,
+        tokenizer_dir,
+        fixed_shard,
+        num_steps=40,
+        checkpoint_every=1000,
+        trainable=("vision", "projector", "llm"),
+        optimizer=OptimizerSpec(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0),
+    )
     run_stage(config)
     losses = _losses(config)
     assert losses[-1] < 0.3 * losses[0], (objective, losses[0], losses[-1])

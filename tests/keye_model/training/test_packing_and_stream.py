@@ -10,7 +10,9 @@ from keye_model.training.packing import Encoded, pack
 def encoded(sample_id: str, n: int, weight: float = 1.0) -> Encoded:
     labels = torch.arange(100, 100 + n)
     labels[: n // 2] = IGNORE_INDEX  # first half prompt, second half response
-    return Encoded(sample_id, torch.arange(1, n + 1), labels, torch.zeros(0, 588), torch.zeros(0, 2, dtype=torch.long), weight)
+    return Encoded(
+        sample_id, torch.arange(1, n + 1), labels, torch.zeros(0, 588), torch.zeros(0, 2, dtype=torch.long), weight
+    )
 
 
 def test_pack_matches_the_worked_example():
@@ -57,9 +59,21 @@ def test_judge_data_has_both_orders_in_both_modes(tokenizer_dir):
     from keye_model.tokenizer import load_tokenizer
     from keye_model.training.examples import Example, judge_conversations
 
-    example = Example("p1", {"question": "What shape?", "task": "vqa", "meta": {
-        "chosen": "circle", "rejected": "square", "reason": "correct-vs-wrong", "chosen_score": 5, "rejected_score": 1}},
-        [{"type": "text", "text": "What shape?"}])
+    example = Example(
+        "p1",
+        {
+            "question": "What shape?",
+            "task": "vqa",
+            "meta": {
+                "chosen": "circle",
+                "rejected": "square",
+                "reason": "correct-vs-wrong",
+                "chosen_score": 5,
+                "rejected_score": 1,
+            },
+        },
+        [{"type": "text", "text": "What shape?"}],
+    )
     convs = judge_conversations(example)
     assert [c[1]["content"] for c in convs] == ["A", "B", "A", "B"]
     assert "reasoning_content" not in convs[0][1] and "/no_think" in convs[0][0]["content"][-1]["text"]

@@ -29,8 +29,13 @@ def stage(name: str, **changes):
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, tokenizer_dir, shards):
-    config = RunConfig(stage=stage("stage1"), output_dir=str(tmp_path_factory.mktemp("stage1")),
-                       tokenizer_dir=tokenizer_dir, shards=shards, seed=3)
+    config = RunConfig(
+        stage=stage("stage1"),
+        output_dir=str(tmp_path_factory.mktemp("stage1")),
+        tokenizer_dir=tokenizer_dir,
+        shards=shards,
+        seed=3,
+    )
     return config, run_stage(config)
 
 
@@ -52,8 +57,13 @@ def test_stage1_trains_only_the_projector_and_ends_with_a_loadable_checkpoint(st
 
 def test_stage3_resets_rope_theta(stage1, tmp_path, tokenizer_dir, shards):
     _, first = stage1
-    config = RunConfig(stage=stage("stage3", num_steps=1), output_dir=str(tmp_path), tokenizer_dir=tokenizer_dir,
-                       shards=shards, init_checkpoint=first.checkpoint_dir)
+    config = RunConfig(
+        stage=stage("stage3", num_steps=1),
+        output_dir=str(tmp_path),
+        tokenizer_dir=tokenizer_dir,
+        shards=shards,
+        init_checkpoint=first.checkpoint_dir,
+    )
     result = run_stage(config)
     before = KeyeForConditionalGeneration.from_pretrained(first.checkpoint_dir)
     after = KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
@@ -65,8 +75,13 @@ def test_stage3_resets_rope_theta(stage1, tmp_path, tokenizer_dir, shards):
 @pytest.mark.parametrize("name", ["sft", "mpo", "reward", "coldstart"])
 def test_post_training_objectives_run_and_save(name, stage1, tmp_path, tokenizer_dir, shards):
     _, first = stage1
-    config = RunConfig(stage=stage(name, num_steps=2), output_dir=str(tmp_path), tokenizer_dir=tokenizer_dir,
-                       shards=shards, init_checkpoint=first.checkpoint_dir)
+    config = RunConfig(
+        stage=stage(name, num_steps=2),
+        output_dir=str(tmp_path),
+        tokenizer_dir=tokenizer_dir,
+        shards=shards,
+        init_checkpoint=first.checkpoint_dir,
+    )
     result = run_stage(config)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
@@ -77,12 +92,25 @@ def test_post_training_objectives_run_and_save(name, stage1, tmp_path, tokenizer
 
 def test_fusion_merges_the_base_with_an_expert(stage1, tmp_path, tokenizer_dir, shards):
     _, first = stage1
-    expert = run_stage(RunConfig(stage=stage("sft", num_steps=1), output_dir=str(tmp_path / "expert"),
-                                 tokenizer_dir=tokenizer_dir, shards=shards, init_checkpoint=first.checkpoint_dir))
-    spec = dataclasses.replace(get_stage("tiny", "stage4"), inputs=("stage1", "sft"),
-                               fusion=FusionSpec(method="average", weights=(0.5, 0.5)))
-    config = RunConfig(stage=spec, output_dir=str(tmp_path / "fused"), tokenizer_dir=tokenizer_dir,
-                       init_checkpoint=first.checkpoint_dir, expert_checkpoints=(expert.checkpoint_dir,))
+    expert = run_stage(
+        RunConfig(
+            stage=stage("sft", num_steps=1),
+            output_dir=str(tmp_path / "expert"),
+            tokenizer_dir=tokenizer_dir,
+            shards=shards,
+            init_checkpoint=first.checkpoint_dir,
+        )
+    )
+    spec = dataclasses.replace(
+        get_stage("tiny", "stage4"), inputs=("stage1", "sft"), fusion=FusionSpec(method="average", weights=(0.5, 0.5))
+    )
+    config = RunConfig(
+        stage=spec,
+        output_dir=str(tmp_path / "fused"),
+        tokenizer_dir=tokenizer_dir,
+        init_checkpoint=first.checkpoint_dir,
+        expert_checkpoints=(expert.checkpoint_dir,),
+    )
     fused = KeyeForConditionalGeneration.from_pretrained(run_stage(config).checkpoint_dir).state_dict()
     base = KeyeForConditionalGeneration.from_pretrained(first.checkpoint_dir).state_dict()
     other = KeyeForConditionalGeneration.from_pretrained(expert.checkpoint_dir).state_dict()
@@ -96,8 +124,13 @@ def _launch(config: RunConfig, path: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    return subprocess.Popen([sys.executable, "-m", "keye_model.training", "--config", str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "keye_model.training", "--config", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _samples(out: Path) -> list[str]:
@@ -136,13 +169,25 @@ def test_gspo_stages_run_with_rewards_and_save(name, stage1, tmp_path, tokenizer
     _, first = stage1
     judge = None
     if name == "alignment":  # weighs judge and reward-model rewards: train a reward model first
-        judge = run_stage(RunConfig(stage=stage("reward", num_steps=1), output_dir=str(tmp_path / "rm"),
-                                    tokenizer_dir=tokenizer_dir, shards=shards,
-                                    init_checkpoint=first.checkpoint_dir)).checkpoint_dir
+        judge = run_stage(
+            RunConfig(
+                stage=stage("reward", num_steps=1),
+                output_dir=str(tmp_path / "rm"),
+                tokenizer_dir=tokenizer_dir,
+                shards=shards,
+                init_checkpoint=first.checkpoint_dir,
+            )
+        ).checkpoint_dir
     # The alignment run uses ZeRO-3 as the keye-8b preset does (partitioned parameters, gathered save).
     spec = stage(name, num_steps=2, zero_stage=3 if name == "alignment" else 2)
-    config = RunConfig(stage=spec, output_dir=str(tmp_path / name), tokenizer_dir=tokenizer_dir,
-                       shards=shards, init_checkpoint=first.checkpoint_dir, reward_model_checkpoint=judge)
+    config = RunConfig(
+        stage=spec,
+        output_dir=str(tmp_path / name),
+        tokenizer_dir=tokenizer_dir,
+        shards=shards,
+        init_checkpoint=first.checkpoint_dir,
+        reward_model_checkpoint=judge,
+    )
     result = run_stage(config)
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(0.0 <= m["mean_reward"] <= 1.0 for m in metrics)

@@ -21,8 +21,10 @@ def checkpoint_dir(tmp_path_factory) -> str:
     """What the stage runner writes: keye_config.json, model.safetensors and the tokenizer files."""
     tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     config = dataclasses.replace(
-        KeyeConfig.preset("tiny"), image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
+        KeyeConfig.preset("tiny"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+    )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("checkpoint")
     KeyeForConditionalGeneration(config).save_pretrained(directory)

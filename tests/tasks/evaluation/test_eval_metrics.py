@@ -18,18 +18,24 @@ def test_vqa_accuracy():
         vqa_accuracy(["a", "b"], ["a"])
 
 
-@pytest.mark.parametrize("text, span", [
-    ("<|clip_time_start|>[2.5, 3.0]<|clip_time_end|>", (2.5, 3.0)),
-    ("It happens <|clip_time_start|>12<|clip_time_end|> to <|clip_time_start|>15.5<|clip_time_end|>.", (12.0, 15.5)),
-    ("From 2.5 to 3.0 seconds.", (2.5, 3.0)),
-    ("between 4 and 1 s", (1.0, 4.0)),  # reversed spans are put in order
-    ("2.5 - 3.0 seconds", (2.5, 3.0)),
-    ("the square shows at 4s-6s", (4.0, 6.0)),
-    ("[0, 1.5]", (0.0, 1.5)),
-    ("<think>maybe 1 - 2 s</think>from 7 to 9 seconds", (7.0, 9.0)),  # only the answer after </think>
-    ("At 2.0 seconds.", None),
-    ("I cannot tell.", None),
-])
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        ("<|clip_time_start|>[2.5, 3.0]<|clip_time_end|>", (2.5, 3.0)),
+        (
+            "It happens <|clip_time_start|>12<|clip_time_end|> to <|clip_time_start|>15.5<|clip_time_end|>.",
+            (12.0, 15.5),
+        ),
+        ("From 2.5 to 3.0 seconds.", (2.5, 3.0)),
+        ("between 4 and 1 s", (1.0, 4.0)),  # reversed spans are put in order
+        ("2.5 - 3.0 seconds", (2.5, 3.0)),
+        ("the square shows at 4s-6s", (4.0, 6.0)),
+        ("[0, 1.5]", (0.0, 1.5)),
+        ("<think>maybe 1 - 2 s</think>from 7 to 9 seconds", (7.0, 9.0)),  # only the answer after </think>
+        ("At 2.0 seconds.", None),
+        ("I cannot tell.", None),
+    ],
+)
 def test_parse_span(text, span):
     assert parse_span(text) == span
 

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from tasks.evaluation.probes import (
-    ProbeSet, easy_vqa_labels, easy_vqa_probe_set, nearest_centroid_predict, photo_probe_set, run_probe,
+    ProbeSet,
+    easy_vqa_labels,
+    easy_vqa_probe_set,
+    nearest_centroid_predict,
+    photo_probe_set,
+    run_probe,
     vit_features,
 )
 from tasks.evaluation.run import evaluate_probe
@@ -24,13 +29,19 @@ def solid_set(seed: int = 0) -> ProbeSet:
     colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
     def views(colour, count):
-        return [np.clip(np.asarray(colour) + rng.normal(0, 20, (28, 28, 3)), 0, 255).astype(np.uint8)
-                for _ in range(count)]
+        return [
+            np.clip(np.asarray(colour) + rng.normal(0, 20, (28, 28, 3)), 0, 255).astype(np.uint8) for _ in range(count)
+        ]
 
     shots = [(name, image) for name, colour in colours.items() for image in views(colour, 2)]
     tests = [(name, image) for name, colour in colours.items() for image in views(colour, 5)]
-    return ProbeSet(name="solid", shot_images=tuple(i for _, i in shots), shot_labels=tuple(n for n, _ in shots),
-                    test_images=tuple(i for _, i in tests), test_labels=tuple(n for n, _ in tests))
+    return ProbeSet(
+        name="solid",
+        shot_images=tuple(i for _, i in shots),
+        shot_labels=tuple(n for n, _ in shots),
+        test_images=tuple(i for _, i in tests),
+        test_labels=tuple(n for n, _ in tests),
+    )
 
 
 def test_worked_example_of_the_rule():
@@ -54,8 +65,13 @@ def test_a_useless_feature_sits_at_chance():
 
 def test_unknown_test_class_is_named():
     probe = solid_set()
-    broken = ProbeSet(name="solid", shot_images=probe.shot_images[:2], shot_labels=probe.shot_labels[:2],
-                      test_images=probe.test_images, test_labels=probe.test_labels)
+    broken = ProbeSet(
+        name="solid",
+        shot_images=probe.shot_images[:2],
+        shot_labels=probe.shot_labels[:2],
+        test_images=probe.test_images,
+        test_labels=probe.test_labels,
+    )
     with pytest.raises(ValueError, match=r"solid.*\['blue', 'green'\] have no shot images"):
         run_probe(mean_colour, broken)
 

@@ -21,13 +21,16 @@ def store(tmp_path):
 
 def test_metrics_tie_to_a_recorded_checkpoint(store, tmp_path):
     # As tasks.train records it: the resolved directory as uri, with a content hash in the id.
-    checkpoint = Artifact(kind="checkpoint", uri=str(tmp_path / "sft" / "checkpoint"), sha256="ab" * 32,
-                          metadata={"stage": "sft"})
+    checkpoint = Artifact(
+        kind="checkpoint", uri=str(tmp_path / "sft" / "checkpoint"), sha256="ab" * 32, metadata={"stage": "sft"}
+    )
     store.record_artifacts([checkpoint])
     metrics = {"vqa/accuracy": 0.25, "temporal/mae_start_s": math.nan}
     evaluation = record_eval_metrics(store, RUN, "sft", checkpoint.uri, metrics)
-    assert evaluation.kind == "eval" and evaluation.metadata["metrics"] == {"temporal/mae_start_s": None,
-                                                                            "vqa/accuracy": 0.25}
+    assert evaluation.kind == "eval" and evaluation.metadata["metrics"] == {
+        "temporal/mae_start_s": None,
+        "vqa/accuracy": 0.25,
+    }
     children = store.descendants(checkpoint.artifact_id)
     assert [node.artifact_id for node in children] == [evaluation.artifact_id]
     recorded = {m.name: m.value for m in store.metrics(RUN, stage="sft")}
@@ -56,9 +59,11 @@ def test_task_entry_point_writes_the_file(tmp_path):
 
 
 def test_comparison_table_known_answer():
-    rows = [("sft", {"vqa/accuracy": 0.2, "probe/accuracy": 0.5}),
-            ("mpo", {"vqa/accuracy": 0.25}),
-            ("rl", {"vqa/accuracy": 0.4, "probe/accuracy": math.nan})]
+    rows = [
+        ("sft", {"vqa/accuracy": 0.2, "probe/accuracy": 0.5}),
+        ("mpo", {"vqa/accuracy": 0.25}),
+        ("rl", {"vqa/accuracy": 0.4, "probe/accuracy": math.nan}),
+    ]
     assert comparison_table(rows) == (
         "| metric | sft | mpo | rl | change |\n"
         "|---|---:|---:|---:|---:|\n"

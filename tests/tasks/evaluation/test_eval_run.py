@@ -9,23 +9,38 @@ import pytest
 
 from tasks.evaluation.answering import EvalModel
 from tasks.evaluation.run import (
-    EvalConfig, TemporalSample, evaluate_checkpoint, evaluate_checkpoint_task, evaluate_temporal, evaluate_vqa,
+    EvalConfig,
+    TemporalSample,
+    evaluate_checkpoint,
+    evaluate_checkpoint_task,
+    evaluate_temporal,
+    evaluate_vqa,
     load_temporal_samples,
 )
 
 
 def test_greedy_answers_are_reproducible_and_text(eval_model):
-    conversation = [{"role": "user", "content": [
-        {"type": "image", "image": easy_vqa.get_test_image_paths()[0]},
-        {"type": "text", "text": "what shape is in the image?"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": easy_vqa.get_test_image_paths()[0]},
+                {"type": "text", "text": "what shape is in the image?"},
+            ],
+        }
+    ]
     first = eval_model.answer(conversation, max_new_tokens=5)
     assert isinstance(first, str) and "<|im_start|>" not in first  # the prompt is sliced off
     assert eval_model.answer(conversation, max_new_tokens=5) == first
 
 
 def test_unreadable_media_names_the_sample(eval_model, tmp_path):
-    conversation = [{"role": "user", "content": [{"type": "image", "image": str(tmp_path / "gone.png")},
-                                                 {"type": "text", "text": "what?"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": str(tmp_path / "gone.png")}, {"type": "text", "text": "what?"}],
+        }
+    ]
     with pytest.raises(ValueError, match="sample q-7: .*gone.png"):
         eval_model.answer(conversation, sample_id="q-7")
 
@@ -48,10 +63,12 @@ def temporal_samples(photo_video):
     first = photo_video("cut-a", ("astronaut", "coffee"), frames_per_photo=2)  # coffee from 1.0 s to 2.0 s
     second = photo_video("cut-b", ("rocket", "chelsea", "rocket"), frames_per_photo=1)  # chelsea 0.5-1.0 s
     return [
-        TemporalSample(sample_id="cut-a", video_path=str(first), query="When is the coffee cup visible?",
-                       start_s=1.0, end_s=2.0),
-        TemporalSample(sample_id="cut-b", video_path=str(second), query="When is the cat visible?",
-                       start_s=0.5, end_s=1.0),
+        TemporalSample(
+            sample_id="cut-a", video_path=str(first), query="When is the coffee cup visible?", start_s=1.0, end_s=2.0
+        ),
+        TemporalSample(
+            sample_id="cut-b", video_path=str(second), query="When is the cat visible?", start_s=0.5, end_s=1.0
+        ),
     ]
 
 
@@ -74,15 +91,26 @@ def test_load_temporal_samples_from_samples_and_curated_records(tmp_path):
     path = tmp_path / "temporal.jsonl"
     rows = [
         {"sample_id": "a", "video_path": "a.mp4", "query": "When?", "start_s": 1, "end_s": 2},
-        {"id": "scene-videos-0-0001", "media_path": "b.mp4", "question": "When is a red square visible in the video?",
-         "answer": "From 2.5 to 3.0 seconds.", "task": "temporal_localization"},
-        {"id": "scene-videos-0-0002", "media_path": "c.mp4", "question": "At what time does the video cut?",
-         "answer": "At 2.0 seconds."},  # a point, not a span: skipped
+        {
+            "id": "scene-videos-0-0001",
+            "media_path": "b.mp4",
+            "question": "When is a red square visible in the video?",
+            "answer": "From 2.5 to 3.0 seconds.",
+            "task": "temporal_localization",
+        },
+        {
+            "id": "scene-videos-0-0002",
+            "media_path": "c.mp4",
+            "question": "At what time does the video cut?",
+            "answer": "At 2.0 seconds.",
+        },  # a point, not a span: skipped
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     samples = load_temporal_samples(path)
     assert [(s.sample_id, s.video_path, s.start_s, s.end_s) for s in samples] == [
-        ("a", "a.mp4", 1.0, 2.0), ("scene-videos-0-0001", "b.mp4", 2.5, 3.0)]
+        ("a", "a.mp4", 1.0, 2.0),
+        ("scene-videos-0-0001", "b.mp4", 2.5, 3.0),
+    ]
 
 
 def test_eval_config_validates():
@@ -96,21 +124,44 @@ def test_eval_config_validates():
 def test_evaluate_checkpoint_runs_the_configured_set(checkpoint_dir, temporal_samples, tmp_path):
     temporal = tmp_path / "temporal.jsonl"
     temporal.write_text("\n".join(json.dumps(vars(s)) for s in temporal_samples[:1]) + "\n")
-    questions = [{"video_id": "cut-a", "duration": "short", "domain": "Knowledge", "sub_category": "Photos",
-                  "question_id": "cut-a-1", "task_type": "Counting Problem", "question": "How many photos?",
-                  "options": ["A. 1", "B. 2", "C. 3", "D. 4"], "answer": "B"}]
+    questions = [
+        {
+            "video_id": "cut-a",
+            "duration": "short",
+            "domain": "Knowledge",
+            "sub_category": "Photos",
+            "question_id": "cut-a-1",
+            "task_type": "Counting Problem",
+            "question": "How many photos?",
+            "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
+            "answer": "B",
+        }
+    ]
     videomme = tmp_path / "videomme.json"
     videomme.write_text(json.dumps(questions))
-    config = EvalConfig(vqa_samples=2, temporal_jsonl=str(temporal), videomme_json=str(videomme),
-                        videomme_video_dir=str(tmp_path / "videos"), probe_set="photos", probe_shots=1, probe_test=1,
-                        max_new_tokens=3, video_preset="tiny")
+    config = EvalConfig(
+        vqa_samples=2,
+        temporal_jsonl=str(temporal),
+        videomme_json=str(videomme),
+        videomme_video_dir=str(tmp_path / "videos"),
+        probe_set="photos",
+        probe_shots=1,
+        probe_test=1,
+        max_new_tokens=3,
+        video_preset="tiny",
+    )
     metrics = evaluate_checkpoint_task.fn(checkpoint_dir, config)
     assert metrics["vqa/num_samples"] == 2.0 and metrics["temporal/num_samples"] == 1.0
     assert metrics["videomme/num_questions"] == 1.0 and metrics["probe/num_classes"] == 6.0
     assert all(isinstance(v, float) for v in metrics.values())
     only_probe = evaluate_checkpoint(checkpoint_dir, EvalConfig(vqa_samples=0, probe_shots=1, probe_test=1))
-    assert set(only_probe) == {"probe/accuracy", "probe/chance", "probe/num_classes", "probe/num_shots",
-                               "probe/num_test"}
+    assert set(only_probe) == {
+        "probe/accuracy",
+        "probe/chance",
+        "probe/num_classes",
+        "probe/num_shots",
+        "probe/num_test",
+    }
 
 
 def test_batched_answers_equal_one_at_a_time(eval_model):
@@ -121,8 +172,15 @@ def test_batched_answers_equal_one_at_a_time(eval_model):
     questions, _, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
     picked = range(0, 70, 7)  # questions of different lengths: the batch is right-padded
-    conversations = [[{"role": "user", "content": [{"type": "image", "image": paths[image_ids[i]]},
-                                                   {"type": "text", "text": questions[i]}]}] for i in picked]
+    conversations = [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": paths[image_ids[i]]}, {"type": "text", "text": questions[i]}],
+            }
+        ]
+        for i in picked
+    ]
     ids = [f"q{i}" for i in picked]
     one_by_one = [eval_model.answer(c, max_new_tokens=6, sample_id=i) for c, i in zip(conversations, ids)]
     assert answer_all(eval_model, conversations, ids, max_new_tokens=6, batch_size=4) == one_by_one

@@ -16,12 +16,35 @@ def flat_questions() -> list[dict]:
     """Three questions on two videos: "001" (file named by its videoID) and "002" (by video_id)."""
     base = {"domain": "Knowledge", "sub_category": "Photography", "options": OPTIONS}
     return [
-        {**base, "video_id": "001", "videoID": "yt001abc", "duration": "short", "question_id": "001-1",
-         "task_type": "Counting Problem", "question": "How many photographs are shown?", "answer": "B"},
-        {**base, "video_id": "001", "videoID": "yt001abc", "duration": "short", "question_id": "001-2",
-         "task_type": "Object Recognition", "question": "How many people appear?", "answer": "A"},
-        {**base, "video_id": "002", "duration": "medium", "question_id": "002-1",
-         "task_type": "Counting Problem", "question": "How many cuts are there?", "answer": "C"},
+        {
+            **base,
+            "video_id": "001",
+            "videoID": "yt001abc",
+            "duration": "short",
+            "question_id": "001-1",
+            "task_type": "Counting Problem",
+            "question": "How many photographs are shown?",
+            "answer": "B",
+        },
+        {
+            **base,
+            "video_id": "001",
+            "videoID": "yt001abc",
+            "duration": "short",
+            "question_id": "001-2",
+            "task_type": "Object Recognition",
+            "question": "How many people appear?",
+            "answer": "A",
+        },
+        {
+            **base,
+            "video_id": "002",
+            "duration": "medium",
+            "question_id": "002-1",
+            "task_type": "Counting Problem",
+            "question": "How many cuts are there?",
+            "answer": "C",
+        },
     ]
 
 
@@ -50,8 +73,12 @@ def test_load_nested_github_shape(videomme_files, tmp_path):
     _, video_dir = videomme_files
     videos: dict[str, dict] = {}
     for q in flat_questions():
-        video = videos.setdefault(q["video_id"], {k: q[k] for k in ("video_id", "duration", "domain", "sub_category")}
-                                  | ({"videoID": q["videoID"]} if "videoID" in q else {}) | {"questions": []})
+        video = videos.setdefault(
+            q["video_id"],
+            {k: q[k] for k in ("video_id", "duration", "domain", "sub_category")}
+            | ({"videoID": q["videoID"]} if "videoID" in q else {})
+            | {"questions": []},
+        )
         video["questions"].append({k: q[k] for k in ("question_id", "task_type", "question", "options", "answer")})
     nested = tmp_path / "nested.json"
     nested.write_text(json.dumps(list(videos.values())))
