@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# The CPU wheel of torch 2.13.0 lies on this machine's disk; install it first so that
 	# no later resolver step pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt torch
 	# No build isolation: deepspeed's sdist must build against the torch installed above.
-	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	$(PY) -m pip install -q --no-build-isolation -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,6 +27,20 @@ JUDGE_RUBRIC: dict[str, str] = {
 }
 JUDGE_DIMENSIONS: tuple[str, ...] = tuple(JUDGE_RUBRIC)
 
+#: What the pairwise reward model (Keye-Reward) weighs in ``think`` mode: SPEC.md's nine dimensions (four
+#: from the report). Not the LongCoT judge's step-level rubric above.
+REWARD_MODEL_DIMENSIONS = (
+    "credibility",
+    "correctness",
+    "redundancy",
+    "relevance",
+    "completeness",
+    "clarity",
+    "instruction following",
+    "visual grounding",
+    "safety",
+)
+
 #: Step 5: the dynamic quality score.
 QUALITY_SCORE_RUBRIC: dict[int, str] = {
     1: "answerable without the image (text-only paths get it right) or ambiguous (no reference and the paths disagree)",

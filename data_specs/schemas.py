@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES = ("image", "video", "text")
+#: File suffixes read as media, by modality (lower case).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi"})
 TASK_TYPES = (
     "caption",
     "ocr",

@@ -19,6 +19,8 @@ MODULE_GROUPS = ("vision", "projector", "llm")
 OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "fusion")
 PHASES = ("pretrain", "posttrain")
 FUSION_METHODS = ("average", "task_arithmetic", "ties")
+#: Progressive hint levels L1..L5 (SPEC.md section 4): concept, strategy, tool/formula, first step, solution.
+NUM_HINT_LEVELS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +88,7 @@ class RLSpec:
     """Rollout length cap."""
     temperature: float = 1.0
     """Sampling temperature of rollouts."""
-    max_hint_level: int = 5
+    max_hint_level: int = NUM_HINT_LEVELS
     """Progressive hints L1..L5 for prompts whose whole group is wrong (0 disables)."""
     num_iterations: int = 1
     """General-RL rounds, with rejection sampling between them."""
@@ -176,7 +178,7 @@ class StageSpec:
         return cls(**data)
 
 
-ALL = ("vision", "projector", "llm")
+ALL = MODULE_GROUPS
 
 
 def keye_8b_stages() -> tuple[StageSpec, ...]:

@@ -35,6 +35,7 @@ from prefect import task
 from data_specs.longcot import CoTSample, PreferencePair, QualityTier, fit_id, read_jsonl, write_jsonl
 from data_specs.mixes import DataMix
 from data_specs.schemas import MODALITIES, Record
+from data_specs.stages import NUM_HINT_LEVELS
 from keye_model.answers import parse_number
 from keye_model.special_tokens import THINK_END, THINK_START
 from tasks.caching import FILE_TASK_OPTIONS
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 #: Record tasks whose answer a rule can check, so they make RL prompts (captions and free instructions
 #: have no single right answer: alignment RL scores those with a judge or the reward model).
 RL_TASKS = ("vqa", "counting", "ocr", "grounding", "reasoning", "temporal_localization")
-#: Progressive hint levels L1..L5 (SPEC.md section 4, GSPO).
-NUM_HINT_LEVELS = 5
 
 
 def _modality(media_path: str | None, where: str) -> str:

@@ -13,24 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_specs.longcot import REWARD_MODEL_DIMENSIONS
 from keye_model.slow_fast import VideoPlan
 from keye_model.training.loader import media_of, open_image, sample_name, sample_record
 from keye_model.training.rl import RLPrompt
 
 Conversation = list[dict[str, Any]]
-
-#: The reward model's judging prompt; the nine dimensions are SPEC.md's (four from the report).
-JUDGE_DIMENSIONS = (
-    "credibility",
-    "correctness",
-    "redundancy",
-    "relevance",
-    "completeness",
-    "clarity",
-    "instruction following",
-    "visual grounding",
-    "safety",
-)
 
 
 @dataclass
@@ -95,7 +83,7 @@ def judge_prompt(task: str, question: str, first: str, second: str, think: bool 
     mode = "Assess both responses, then answer A or B. /think" if think else "Answer A or B. /no_think"
     return (
         f"Task: {task}\nQuery: {question}\nResponse A: {first}\nResponse B: {second}\n"
-        f"Which response is better? Consider {', '.join(JUDGE_DIMENSIONS)}. {mode}"
+        f"Which response is better? Consider {', '.join(REWARD_MODEL_DIMENSIONS)}. {mode}"
     )
 
 

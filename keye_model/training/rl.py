@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from data_specs.stages import RLSpec
+from data_specs.stages import NUM_HINT_LEVELS, RLSpec
 from keye_model.chat import NO_THINK_SUFFIX, THINK_SUFFIX, stop_token_ids
 from keye_model.losses import GSPOClip, group_advantages, gspo_loss
 from keye_model.processor import KeyeProcessor
@@ -42,8 +42,6 @@ from keye_model.rewards import Constraint, Reward, RewardSample
 
 log = logging.getLogger(__name__)
 
-#: Hint levels L1..L5 (SPEC.md section 4): concept, strategy, tool/formula, first step, full solution.
-MAX_HINTS = 5
 #: Text put between the query and the hint.
 HINT_PREFIX = "\n\nHint: "
 
@@ -68,8 +66,8 @@ class RLPrompt:
     """Think mode for the format check; None: from the query's /no_think (False) or /think (True) suffix."""
 
     def __post_init__(self) -> None:
-        if len(self.hints) > MAX_HINTS:
-            raise ValueError(f"prompt {self.id}: {len(self.hints)} hints, at most {MAX_HINTS} (L1..L5)")
+        if len(self.hints) > NUM_HINT_LEVELS:
+            raise ValueError(f"prompt {self.id}: {len(self.hints)} hints, at most {NUM_HINT_LEVELS} (L1..L5)")
         if not self.conversation or self.conversation[-1].get("role") != "user":
             raise ValueError(f"prompt {self.id}: the conversation must end with a user message")
 
@@ -385,7 +383,7 @@ def progressive_hint_rollout(
 def hint_histogram(groups: Sequence[RolloutGroup]) -> dict[str, int]:
     """Groups per hint level used: {"L0": .., ..., "L5": .., "unsolved": ..}."""
     counts = Counter("unsolved" if not g.solved else f"L{g.hint_level}" for g in groups)
-    return {key: counts.get(key, 0) for key in [f"L{k}" for k in range(MAX_HINTS + 1)] + ["unsolved"]}
+    return {key: counts.get(key, 0) for key in [f"L{k}" for k in range(NUM_HINT_LEVELS + 1)] + ["unsolved"]}
 
 
 def gspo_update(

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_specs.schemas import VIDEO_SUFFIXES
 from keye_model.answers import LETTERS, extract_choice
 from tasks.evaluation.metrics import multiple_choice_accuracy
 
 log = logging.getLogger(__name__)
 
 DURATIONS = ("short", "medium", "long")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 #: The benchmark's own instruction (from its evaluation recipe); the model answers with one letter.
 PROMPT_HEAD = (
     "Select the best answer to the following multiple-choice question based on the video. "
@@ -67,7 +67,7 @@ class VideoMMEItem:
 
 def find_video(video_dir: str | Path, names: Sequence[str], question_id: str) -> Path:
     """The first existing ``video_dir/<name><ext>``; FileNotFoundError naming the question and the paths tried."""
-    tried = [Path(video_dir) / f"{name}{ext}" for name in names if name for ext in VIDEO_EXTENSIONS]
+    tried = [Path(video_dir) / f"{name}{ext}" for name in names if name for ext in sorted(VIDEO_SUFFIXES)]
     for path in tried:
         if path.is_file():
             return path

@@ -31,12 +31,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_specs.schemas import Record
+from data_specs.schemas import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Record
 from tasks.sources.spec import Collected, Rejected, SourceSpec
 
 NAME = "local-folder"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 SIDECAR_SUFFIXES = (".txt", ".json")
 RAW_CHARS = 4096
 #: The accepted JSONL forms, named in the reason when a line matches neither.

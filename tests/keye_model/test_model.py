@@ -241,3 +241,11 @@ def test_generate_never_emits_visual_placeholders():
         model.language_model.lm_head.weight[5:7] *= 50
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=12, do_sample=False)
     assert not set(out[0, 3:].tolist()) & {5, 6}
+
+
+def test_the_models_parameter_groups_are_the_stage_specs():
+    """model.py keeps its own table (its saved remote code imports no data_specs); they must agree."""
+    from data_specs.stages import MODULE_GROUPS
+    from keye_model.model import GROUPS
+
+    assert GROUPS == MODULE_GROUPS
