@@ -12,12 +12,11 @@ import importlib.metadata
 import json
 import logging
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import task
 
-from tasks.lineage.records import Artifact, Edge, Metric, MixRow, Review, Run, utc_now
+from tasks.lineage.records import Run, utc_now
 from tasks.lineage.store import LineageStore
 
 log = logging.getLogger(__name__)
@@ -89,22 +88,3 @@ def record_run_end(db_path: str, status: str = "COMPLETED") -> None:
     """Record the current flow run's final status and end time."""
     with LineageStore(db_path) as store:
         store.record_run(current_run(status=status, ended_at=utc_now()))
-
-
-@task(name="record-lineage", retries=2, retry_delay_seconds=5)
-def record_lineage(
-    db_path: str,
-    *,
-    artifacts: Sequence[Artifact] = (),
-    edges: Sequence[Edge] = (),
-    mix: Sequence[MixRow] = (),
-    metrics: Sequence[Metric] = (),
-    reviews: Sequence[Review] = (),
-) -> None:
-    """Write what a step made, in the order that keeps the graph whole (artifacts before edges)."""
-    with LineageStore(db_path) as store:
-        store.record_artifacts(artifacts)
-        store.record_edges(edges)
-        store.record_mix(mix)
-        store.record_metrics(metrics)
-        store.record_reviews(reviews)
