@@ -91,3 +91,13 @@ def test_a_failed_stage_reruns_while_finished_stages_are_skipped(pipeline):
     assert json.loads((Path(layout.stage_dir("stage3")) / "result.json").read_text())["steps"] > 0
     assert out["stage3"].checkpoint_dir.endswith("stage3/checkpoint")
     assert read_mix_shards(layout.shards_dir, "annealing").paths
+
+
+def test_fusion_keeps_the_annealed_rope_theta_through_post_training(pipeline):
+    """Stage 3 resets RoPE theta to 8e6; the fused model keeps stage 3's config (FusionSpec.config_from),
+    and every post-training stage starts from it."""
+    from keye_model.config import KeyeConfig
+
+    _, result = pipeline
+    for name in ("stage3", "stage4", "sft", "alignment"):
+        assert KeyeConfig.load(result["checkpoints"][name]).text.rope_theta == 8_000_000, name

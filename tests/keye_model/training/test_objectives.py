@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from skimage import data
 
 from data_specs.presets import get_preset
 from data_specs.stages import OBJECTIVES, OptimizerSpec
+from keye_model.model import KeyeForConditionalGeneration
 from keye_model.training.objectives import REGISTRY, get_objective
 from keye_model.training.runner import RunConfig, run_stage
 
@@ -89,7 +91,11 @@ def test_every_training_objective_runs_one_step(objective, tmp_path, tokenizer_d
         _config(tmp_path, stage_name, tokenizer_dir, fixed_shard, num_steps=1), reward_model_checkpoint=judge
     )
     result = run_stage(config)
-    assert result.steps == 1 and len(_losses(config)) == 1
+    metrics = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert result.steps == 1 and len(metrics) == 1 and math.isfinite(metrics[0]["loss"])
+    if objective == "mpo":
+        assert {"preference_loss", "quality_loss", "generation_loss", "bco_delta"} <= set(metrics[0])
+    KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
 
 
 def test_fusion_is_the_objective_that_does_not_train():

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from data_specs.presets import get_stage
-from data_specs.stages import FusionSpec
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.tokenizer import load_tokenizer
 from keye_model.training.runner import RunConfig, build_model, run_stage
@@ -70,53 +69,6 @@ def test_stage3_resets_rope_theta(stage1, tmp_path, tokenizer_dir, shards):
     assert before.config.text.rope_theta == 1_000_000 and after.config.text.rope_theta == 8_000_000
     inv_freq = after.language_model.model.rotary_emb.inv_freq
     assert inv_freq[1].item() == pytest.approx(8_000_000 ** (-2 / after.config.text.head_dim), rel=1e-5)
-
-
-@pytest.mark.parametrize("name", ["sft", "mpo", "reward", "coldstart"])
-def test_post_training_objectives_run_and_save(name, stage1, tmp_path, tokenizer_dir, shards):
-    _, first = stage1
-    config = RunConfig(
-        stage=stage(name, num_steps=2),
-        output_dir=str(tmp_path),
-        tokenizer_dir=tokenizer_dir,
-        shards=shards,
-        init_checkpoint=first.checkpoint_dir,
-    )
-    result = run_stage(config)
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
-    if name == "mpo":
-        assert {"preference_loss", "quality_loss", "generation_loss", "bco_delta"} <= set(metrics[0])
-    KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
-
-
-def test_fusion_merges_the_base_with_an_expert(stage1, tmp_path, tokenizer_dir, shards):
-    _, first = stage1
-    expert = run_stage(
-        RunConfig(
-            stage=stage("sft", num_steps=1),
-            output_dir=str(tmp_path / "expert"),
-            tokenizer_dir=tokenizer_dir,
-            shards=shards,
-            init_checkpoint=first.checkpoint_dir,
-        )
-    )
-    spec = dataclasses.replace(
-        get_stage("tiny", "stage4"), inputs=("stage1", "sft"), fusion=FusionSpec(method="average", weights=(0.5, 0.5))
-    )
-    config = RunConfig(
-        stage=spec,
-        output_dir=str(tmp_path / "fused"),
-        tokenizer_dir=tokenizer_dir,
-        init_checkpoint=first.checkpoint_dir,
-        expert_checkpoints=(expert.checkpoint_dir,),
-    )
-    fused = KeyeForConditionalGeneration.from_pretrained(run_stage(config).checkpoint_dir).state_dict()
-    base = KeyeForConditionalGeneration.from_pretrained(first.checkpoint_dir).state_dict()
-    other = KeyeForConditionalGeneration.from_pretrained(expert.checkpoint_dir).state_dict()
-    name = "projector.linear_1.weight"
-    torch.testing.assert_close(fused[name], (base[name] + other[name]) / 2)
-    assert json.loads((tmp_path / "fused" / "result.json").read_text())["fusion"]["method"] == "average"
 
 
 def _launch(config: RunConfig, path: Path) -> subprocess.Popen:
