@@ -48,6 +48,8 @@ class Preset:
     """Generation cap for LongCoT paths, RL prompt filtering and evaluation answers."""
     eval_vqa_samples: int = 8
     """easy-vqa test questions per evaluated checkpoint."""
+    eval_temporal_videos: int = 4
+    """Held-out scene videos (rendered with a seed no training run uses) for temporal localization."""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]

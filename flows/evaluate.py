@@ -5,12 +5,12 @@ format, Video-MME; metrics to lineage and one UI table comparing the stages."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
 
 from data_specs.presets import Preset, as_preset
+from tasks.evaluation.heldout import held_out_scene_videos_task
 from tasks.evaluation.report import publish_comparison_task, record_eval_metrics_task
 from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
 from tasks.layout import RunLayout
@@ -27,16 +27,20 @@ def evaluate(
     videomme_json: str | None = None,
     videomme_video_dir: str | None = None,
     max_new_tokens: int = 8,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each finished stage (or of ``stages_to_eval``), in pipeline order; ``vqa_samples``
-    defaults to the preset's evaluation size."""
+    defaults to the preset's evaluation size. Temporal localization is scored on scene videos rendered
+    with a held-out seed (``tasks.evaluation.heldout``), never on the curated ones the stages trained on."""
     preset = as_preset(preset)
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)
-    records = Path(layout.records_path)
+    temporal = held_out_scene_videos_task(
+        str(layout.root / "eval"), preset.eval_temporal_videos, seed, preset.max_side_px
+    )
     config = EvalConfig(
         vqa_samples=vqa_samples or preset.eval_vqa_samples,
-        temporal_jsonl=str(records) if records.exists() else None,
+        temporal_jsonl=temporal,
         videomme_json=videomme_json,
         videomme_video_dir=videomme_video_dir,
         max_new_tokens=max_new_tokens,

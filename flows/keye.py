@@ -72,7 +72,7 @@ def keye(
                 **train,
             )
         )
-    metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages)
+    metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages, seed=seed)
     record_run_end(layout.lineage_db)
     return {
         "run_dir": str(layout.root),

@@ -6,14 +6,16 @@ with each checkpoint, it lets a resumed run continue at exactly the next sample 
 skipped). Shard reading yields raw bytes only, so walking the order is cheap; the heavy work (image
 decode, video frames from the pre-computed Slow-Fast plan) happens only for a rank's own samples.
 
-Balance. The stream is cut into windows of ``world_size * micro_batch_size`` samples; each window's
-samples are assigned to ranks longest-first by estimated cost (``balance.py``), every rank computing the
-same assignment, so no communication is needed. A rank packs its share into one sequence per micro
-batch slot: samples are concatenated with position ids restarting at 0, which transformers turns into a
-block-causal mask (no attention across samples).
+Balance. The stream is cut into windows of one optimizer step, ``world_size * micro_batch_size *
+grad_accum_steps`` samples; each window's samples are assigned to ranks and micro batches by estimated
+cost (``balance.assign_global_batch``, used by ``batches.py``), every rank computing the same
+assignment, so no communication is needed. A rank packs each micro batch's share: samples are
+concatenated with position ids restarting at 0, which transformers turns into a block-causal mask (no
+attention across samples).
 
-Worked example (2 ranks, micro batch 2): the window [a(cost 9), b(2), c(5), d(4)] goes a -> rank 0,
-c -> rank 1, d -> rank 1 (load 9), b -> rank 0 (load 11): rank 0 packs {a, b}, rank 1 packs {c, d}.
+Worked example (2 ranks, micro batch 2, no accumulation): the window [a(cost 9), b(2), c(5), d(4)] goes
+a -> rank 0, c -> rank 1, d -> rank 1 (load 9), b -> rank 0 (load 11): rank 0 packs {a, b}, rank 1
+packs {c, d}.
 
 Trust. Shards are checked against their manifest (size, then sha256) when a stage starts, before any is
 read: a truncated or bit-flipped shard would otherwise train on partial or garbled data without a word
@@ -33,8 +35,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-from keye_model.training import balance
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,6 @@ def media_of(sample: dict[str, Any]) -> tuple[str, str, bytes] | None:
         if ext in sample:
             return "video", ext, sample[ext]
     return None
-
-
-def assign_window(costs: Sequence[float], world_size: int, rank: int) -> list[int]:
-    """Indices of a window's samples that ``rank`` trains on (longest-first onto the least-loaded rank)."""
-    return sorted(balance.assign_longest_first(costs, world_size)[rank])
 
 
 def open_image(data: bytes, where: str):

@@ -10,6 +10,11 @@ checkpoint (``KeyeForConditionalGeneration.from_pretrained`` loads it) and ``res
 Outputs under ``output_dir``: ``deepspeed/`` (resumable), ``checkpoint/`` (final model + tokenizer),
 ``metrics.jsonl`` (one line per step), ``samples.jsonl`` (the sample ids of each step, for audits),
 ``result.json`` (written last: its presence means the stage finished).
+
+Every DeepSpeed checkpoint goes through ``checkpoint_manifest``: a resume loads only a tag whose files
+match the sha256 manifest this runner wrote. The client state also carries the running token count and
+the last loss, so a resumed stage (even one killed during its final save) reports the same totals as an
+uninterrupted one. Files a rerun reads are replaced atomically.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from typing import Any
 import torch
 
 from data_specs.stages import StageSpec
+from keye_model.atomic_file import write_text_atomically
 from keye_model.config import KeyeConfig
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor
 from keye_model.tokenizer import load_tokenizer
+from keye_model.training import checkpoint_manifest
 from keye_model.training.batches import Batches
 from keye_model.training.objectives import Objective, get_objective
 from keye_model.training.run_config import RunConfig, StageResult
@@ -154,9 +161,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     objective = objective_cls(config, engine, batches)
 
     ds_dir = out / "deepspeed"
-    step = _resume(engine, ds_dir, batches, objective, out)
-    tokens_seen = 0
-    loss_value = None
+    step, tokens_seen, loss_value = _resume(engine, ds_dir, batches, objective, out)
     while step < config.stage.num_steps:
         if config.stop_after_steps is not None and step >= config.stop_after_steps:
             log.warning("stage %s stopping after %d steps as asked (no final checkpoint)", config.stage.name, step)
@@ -191,10 +196,17 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
         if on_step is not None:
             on_step(record)
         if step % config.stage.checkpoint_every == 0 or step == config.stage.num_steps:
-            engine.save_checkpoint(
-                str(ds_dir),
-                tag=f"step{step}",
-                client_state={"step": step, "stream": batches.state_dict(), "objective": objective.state_dict()},
+            checkpoint_manifest.save(
+                engine,
+                ds_dir,
+                f"step{step}",
+                {
+                    "step": step,
+                    "stream": batches.state_dict(),
+                    "objective": objective.state_dict(),
+                    "tokens_seen": tokens_seen,
+                    "loss": loss_value,
+                },
             )
 
     checkpoint_dir = out / "checkpoint"
@@ -209,27 +221,38 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
         time.monotonic() - started,
     )
     if rank == 0:
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        write_text_atomically(out / "result.json", json.dumps(result.to_dict(), indent=2))
     return result
 
 
-def _resume(engine, ds_dir: Path, batches: Batches, objective: Objective, out: Path) -> int:
-    """Load the latest DeepSpeed checkpoint if there is one; drop log lines past it."""
-    if not (ds_dir / "latest").exists():
+def _resume(engine, ds_dir: Path, batches: Batches, objective: Objective, out: Path) -> tuple[int, int, float | None]:
+    """Load the latest verified DeepSpeed checkpoint if there is one; drop log lines past it.
+
+    Returns (step, tokens seen, last loss) at that checkpoint; (0, 0, None) for a fresh start."""
+    client = checkpoint_manifest.load(engine, ds_dir)
+    if client is None:
         for name in ("metrics.jsonl", "samples.jsonl"):
             (out / name).unlink(missing_ok=True)
-        return 0
-    _, client = engine.load_checkpoint(str(ds_dir))
+        return 0, 0, None
     step = int(client["step"])
     batches.load_state_dict(client["stream"])
     objective.load_state_dict(client["objective"])
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = out / name
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
+            write_text_atomically(path, "".join(line + "\n" for line in kept))
     log.info("resumed stage at step %d from %s", step, ds_dir)
-    return step
+    # Checkpoints written before these were kept have no token count: counting restarts there.
+    return step, int(client.get("tokens_seen", 0)), client.get("loss")
+
+
+def _step_of(line: str) -> float:
+    """A log line's step; a line cut by a kill (always the last, written after the checkpoint) sorts past all."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _save_final(
@@ -257,7 +280,8 @@ def _run_merge(config: RunConfig, objective_cls, tokenizer, started: float) -> S
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     result = StageResult(config.stage.name, str(directory), 1, 0, 0, None, time.monotonic() - started)
-    (Path(config.output_dir) / "result.json").write_text(
+    write_text_atomically(
+        Path(config.output_dir) / "result.json",
         json.dumps(
             {
                 **result.to_dict(),
@@ -265,7 +289,7 @@ def _run_merge(config: RunConfig, objective_cls, tokenizer, started: float) -> S
                 "experts": list(config.expert_checkpoints),
             },
             indent=2,
-        )
+        ),
     )
     return result
 

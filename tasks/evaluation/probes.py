@@ -17,10 +17,12 @@ Worked example of the rule: prototypes red = (1, 0), blue = (0, 1); a test vecto
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -118,6 +120,19 @@ def run_probe(features: FeatureFn, probe_set: ProbeSet) -> ProbeResult:
         result.num_test,
     )
     return result
+
+
+def random_init_vision(model, seed: int = 0) -> SimpleNamespace:
+    """``model``'s ViT with fresh weights from the model's one init rule: the probe's baseline.
+
+    Returns an object with ``vision`` and ``device``, which is all ``vit_features`` reads.
+    """
+    from keye_model.model import init_weights
+
+    vision = copy.deepcopy(model.vision)
+    torch.manual_seed(seed)
+    init_weights(vision, model.config.vision.initializer_range)
+    return SimpleNamespace(vision=vision.eval(), device=model.device)
 
 
 def vit_features(model, processor) -> FeatureFn:

@@ -23,7 +23,7 @@ from prefect import task
 
 from tasks.evaluation.answering import EvalModel, answer_all, as_eval_model
 from tasks.evaluation.metrics import parse_span, temporal_scores, vqa_accuracy
-from tasks.evaluation.probes import probe_set_named, run_probe, vit_features
+from tasks.evaluation.probes import probe_set_named, random_init_vision, run_probe, vit_features
 from tasks.evaluation.videomme import load_videomme, score_videomme, videomme_prompt
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,15 @@ def evaluate_probe(
     seed: int = 0,
     tokenizer_dir: str | None = None,
 ) -> dict[str, float]:
-    """Nearest-prototype accuracy of the checkpoint's ViT on ``probe_set`` (``probe/accuracy``, ``probe/chance``)."""
+    """Nearest-prototype accuracy of the checkpoint's ViT on ``probe_set`` (``probe/accuracy``, ``probe/chance``),
+    and of a randomly initialized ViT of the same shape on the same images (``probe/random_init_accuracy``):
+    only the difference says what training taught the ViT."""
     evaluator = as_eval_model(checkpoint, tokenizer_dir=tokenizer_dir)
     labelled = probe_set_named(probe_set, num_shots, num_test, seed)
-    return run_probe(vit_features(evaluator.model, evaluator.processor), labelled).as_metrics()
+    metrics = run_probe(vit_features(evaluator.model, evaluator.processor), labelled).as_metrics()
+    random_vit = random_init_vision(evaluator.model, seed)
+    baseline = run_probe(vit_features(random_vit, evaluator.processor), labelled).as_metrics()
+    return {**metrics, "probe/random_init_accuracy": baseline["probe/accuracy"]}
 
 
 # ---- everything configured -----------------------------------------------------------------------

@@ -101,3 +101,21 @@ def test_fusion_keeps_the_annealed_rope_theta_through_post_training(pipeline):
     _, result = pipeline
     for name in ("stage3", "stage4", "sft", "alignment"):
         assert KeyeConfig.load(result["checkpoints"][name]).text.rope_theta == 8_000_000, name
+
+
+def test_held_out_data_never_reaches_a_mix(pipeline):
+    """No easy-vqa test image and no held-out scene video is the media of any curated record (lineage)."""
+    import easy_vqa
+
+    run_dir, _ = pipeline
+    with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:
+        rows = store.con.execute("select metadata->>'$.media_path' from artifacts where kind = 'record'").fetchall()
+    trained = {str(Path(row[0]).resolve()) for row in rows if row[0]}
+    test_images = {str(Path(p).resolve()) for p in easy_vqa.get_test_image_paths()}
+    held_out_file = Path(run_dir) / "eval" / "held_out_temporal.jsonl"
+    held_out_videos = {
+        str(Path(json.loads(line)["media_path"]).resolve()) for line in held_out_file.read_text().splitlines()
+    }
+    assert trained and test_images and held_out_videos
+    assert not trained & test_images
+    assert not trained & held_out_videos

@@ -47,3 +47,56 @@ def test_cost_grows_quadratically_with_patches_of_one_image():
     one_big = balance.sample_cost([4096], 0)
     four_small = balance.sample_cost([1024] * 4, 0)
     assert one_big > four_small
+
+
+def test_global_batch_hand_example():
+    # balance.assign_global_batch's docstring: sorted 9, 6 | 4, 1; the second micro batch evens the loads.
+    plan = balance.assign_global_batch([1, 9, 4, 6], num_ranks=2, micro_batch_size=1, num_micro_batches=2)
+    assert plan == [[[1], [0]], [[3], [2]]]
+    assert balance.rank_loads([sum(rank, []) for rank in plan], [1, 9, 4, 6]) == [10, 10]
+
+
+@pytest.mark.parametrize(("ranks", "micro_batch", "accum"), [(8, 1, 8), (4, 2, 4), (3, 1, 1), (2, 3, 5)])
+def test_global_batch_fills_every_micro_batch_with_each_sample_once(ranks, micro_batch, accum):
+    costs = realistic_costs(ranks * micro_batch * accum, seed=ranks + accum)
+    plan = balance.assign_global_batch(costs, ranks, micro_batch, accum)
+    assert len(plan) == ranks and all(len(rank) == accum for rank in plan)
+    assert all(len(micro) == micro_batch for rank in plan for micro in rank)
+    assert sorted(i for rank in plan for micro in rank for i in micro) == list(range(len(costs)))
+
+
+def test_global_batch_rejects_a_window_of_the_wrong_size():
+    with pytest.raises(ValueError, match="holds 16 samples, got 15 costs"):
+        balance.assign_global_batch([1.0] * 15, 8, 1, 2)
+
+
+def per_micro_batch_plan(costs, ranks, micro_batch, accum):
+    """What balancing one micro batch at a time gives: each stream window of ranks x micro_batch alone."""
+    size = ranks * micro_batch
+    plan = [[[] for _ in range(accum)] for _ in range(ranks)]
+    for micro in range(accum):
+        window = costs[micro * size : (micro + 1) * size]
+        for rank, (share,) in enumerate(balance.assign_global_batch(window, ranks, micro_batch, 1)):
+            plan[rank][micro] = [micro * size + i for i in share]
+    return plan
+
+
+def test_micro_batch_of_one_is_balanced_over_the_global_batch():
+    """keye-8b's setting (micro batch 1, 8 accumulation steps) on 8 ranks: balancing each micro batch alone
+    cannot choose anything; over the global batch both the step totals and the per-micro-batch waits shrink."""
+    ranks, micro_batch, accum = 8, 1, 8
+    size = ranks * micro_batch * accum
+    costs = realistic_costs(size * 40, seed=3)
+    step_old, step_new, micro_old, micro_new = [], [], [], []
+    for start in range(0, len(costs), size):
+        window = costs[start : start + size]
+        new = balance.assign_global_batch(window, ranks, micro_batch, accum)
+        old = per_micro_batch_plan(window, ranks, micro_batch, accum)
+        step_new.append(balance.imbalance([sum(rank, []) for rank in new], window))
+        step_old.append(balance.imbalance([sum(rank, []) for rank in old], window))
+        micro_new.append(balance.micro_batch_imbalance(new, window))
+        micro_old.append(balance.micro_batch_imbalance(old, window))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert mean(step_new) < 1.1 < 1.3 < mean(step_old)
+    assert mean(micro_new) < mean(micro_old) / 1.5
+    assert all(n <= o + 1e-9 for n, o in zip(micro_new, micro_old))

@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 
 from keye_model.losses import IGNORE_INDEX
-from keye_model.training.loader import ShardStream, assign_window
+from keye_model.training.balance import assign_global_batch
+from keye_model.training.loader import ShardStream
 from keye_model.training.packing import Encoded, pack
 
 
@@ -37,8 +38,8 @@ def test_token_weights_make_a_weight_count_as_repetition():
 
 
 def test_assign_window_gives_each_rank_a_disjoint_balanced_share():
-    costs = [9, 2, 5, 4]
-    assert assign_window(costs, 2, 0) == [0, 1] and assign_window(costs, 2, 1) == [2, 3]
+    costs = [9, 2, 5, 4]  # the loader docstring's example: 2 ranks, micro batch 2, one micro batch
+    assert assign_global_batch(costs, 2, 2, 1) == [[[0, 1]], [[2, 3]]]
 
 
 def test_stream_state_resumes_at_the_next_sample(shards):
