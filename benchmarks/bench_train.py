@@ -1,9 +1,15 @@
-"""Runner step vs a bare PyTorch loop on the same tiny model and batch; LPT balancer vs round-robin.
+"""Runner step vs a bare PyTorch loop on the same tiny model and batch; the balancer at keye-8b's settings.
 
 The runner step is the DeepSpeed engine the stage runner builds (``runner.build_model``,
 ``deepspeed_config``, ``lr_lambda``): forward, ``engine.backward``, ``engine.step``. The bare loop is
 the same model and packed batch with plain ``loss.backward(); optimizer.step()``. Both are timed in
 this run, alternating, median of the steps after warm-up. Last line: ``ratio: X`` (runner / bare).
+
+The balancer part assigns windows of a long-tailed cost mix (text, images, videos) at keye-8b's stage 2
+settings (micro batch 1, 8 accumulation steps) over ``--ranks`` ranks, and prints max/mean: of the
+ranks' step totals (what ZeRO-1 waits for) and of each micro batch's slowest rank summed over the step
+(what ZeRO-2/3 wait for, meeting in every micro batch), for balancing each micro batch alone (the old
+windows), over the global batch, and the lower bound.
 
     python benchmarks/bench_train.py [--steps 20] [--ranks 8]
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import random
 import statistics
 import tempfile
@@ -125,12 +132,53 @@ def main() -> None:
     print(f"bare PyTorch step (median of {args.steps}): {bare_ms:.1f} ms")
     print(f"runner DeepSpeed step (median of {args.steps}): {runner_ms:.1f} ms")
 
-    costs = realistic_costs(4096)
-    lpt = balance.imbalance(balance.assign_longest_first(costs, args.ranks), costs)
-    rr = balance.imbalance(balance.assign_round_robin(costs, args.ranks), costs)
-    bound = balance.lower_bound(costs, args.ranks) / (sum(costs) / args.ranks)
-    print(f"balancer max/mean over {args.ranks} ranks: LPT {lpt:.4f}, round-robin {rr:.4f}, lower bound {bound:.4f}")
+    for line in balancer_report(args.ranks):
+        print(line)
     print(f"ratio: {runner_ms / bare_ms:.3f}")
+
+
+def balancer_report(ranks: int, num_windows: int = 200) -> list[str]:
+    """max/mean of the global-batch balancer vs balancing each micro batch alone, at keye-8b's stage 2."""
+    spec = get_stage("keye-8b", "stage2")
+    micro, accum = spec.micro_batch_size, spec.grad_accum_steps
+    size = ranks * micro * accum
+    costs = realistic_costs(size * num_windows)
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for start in range(0, len(costs), size):
+        window = costs[start : start + size]
+        for name, plan in plan_variants(window, ranks, micro, accum).items():
+            step = balance.imbalance([[i for part in rank for i in part] for rank in plan], window)
+            rows.setdefault(name, []).append((step, balance.micro_batch_imbalance(plan, window)))
+        bound = balance.lower_bound(window, ranks) / (sum(window) / ranks)
+        rows.setdefault("lower bound", []).append((bound, float("nan")))
+    lines = [
+        f"balancer at keye-8b stage2 settings: {ranks} ranks x micro batch {micro} x {accum} micro batches, "
+        f"mean max/mean over {num_windows} global batches",
+        f"  {'assignment':<42} {'step totals (ZeRO-1)':>21} {'per micro batch (ZeRO-2/3)':>27}",
+    ]
+    for name, values in rows.items():
+        step = statistics.mean(v[0] for v in values)
+        micro_mean = statistics.mean(v[1] for v in values)
+        micro_cell = "-" if math.isnan(micro_mean) else f"{micro_mean:.3f}"
+        lines.append(f"  {name:<42} {step:>21.3f} {micro_cell:>27}")
+    return lines
+
+
+def plan_variants(window: list[float], ranks: int, micro: int, accum: int) -> dict[str, list[list[list[int]]]]:
+    """plan[rank][micro] of each assignment compared."""
+    slice_size = ranks * micro
+    alone: list[list[list[int]]] = [[] for _ in range(ranks)]
+    for m in range(accum):  # the old windows: each micro batch's ranks x micro batch samples balanced alone
+        part = balance.assign_global_batch(window[m * slice_size : (m + 1) * slice_size], ranks, micro, 1)
+        for rank in range(ranks):
+            alone[rank].append([m * slice_size + i for i in part[rank][0]])
+    return {
+        "each micro batch alone (old windows)": alone,
+        "global batch, meet every micro batch": balance.assign_global_batch(window, ranks, micro, accum),
+        "global batch, meet once per step": balance.assign_global_batch(
+            window, ranks, micro, accum, meet_every_micro_batch=False
+        ),
+    }
 
 
 if __name__ == "__main__":

@@ -96,7 +96,10 @@ def assign_global_batch(
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     loads = [0.0] * num_ranks
     if meet_every_micro_batch:
-        slices, room = [order[m * slice_size : (m + 1) * slice_size] for m in range(num_micro_batches)], micro_batch_size
+        slices, room = (
+            [order[m * slice_size : (m + 1) * slice_size] for m in range(num_micro_batches)],
+            micro_batch_size,
+        )
     else:
         slices, room = [order], micro_batch_size * num_micro_batches
     shares: list[list[list[int]]] = [[] for _ in range(num_ranks)]  # per rank, per slice, largest first
@@ -115,9 +118,7 @@ def assign_global_batch(
     plan = []
     for rank_shares in shares:
         flat = [index for part in rank_shares for index in part]
-        plan.append(
-            [sorted(flat[m * micro_batch_size : (m + 1) * micro_batch_size]) for m in range(num_micro_batches)]
-        )
+        plan.append([sorted(flat[m * micro_batch_size : (m + 1) * micro_batch_size]) for m in range(num_micro_batches)])
     return plan
 
 

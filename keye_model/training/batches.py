@@ -64,7 +64,13 @@ class Batches:
             window = self.next_window()
             costs = [estimate_cost(sample) for sample in window]
             plan = balance.assign_global_batch(
-                costs, self.world_size, self.stage.micro_batch_size, self.stage.grad_accum_steps
+                costs,
+                self.world_size,
+                self.stage.micro_batch_size,
+                self.stage.grad_accum_steps,
+                # ZeRO-2 reduces gradients and ZeRO-3 gathers parameters in every micro batch; ZeRO-1 meets
+                # only at the optimizer step.
+                meet_every_micro_batch=self.stage.zero_stage >= 2,
             )
             self._pending = [[window[i] for i in micro] for micro in plan[self.rank]]
         return [examples.to_example(sample, self.media_cache) for sample in self._pending.pop(0)]
