@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,3 +171,39 @@ def test_zero3_two_ranks_when_one_rank_has_no_image(tmp_path, tokenizer_dir, alt
     config = RunConfig(stage=spec, output_dir=str(tmp_path), tokenizer_dir=tokenizer_dir, shards=(alternating_shard,))
     result = train_stage(config, LaunchConfig(launcher="torchrun", num_processes=2, timeout_s=300))
     KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
+
+
+def test_resumed_stage_keeps_its_token_count_and_final_loss(tmp_path, tokenizer_dir, shards):
+    """A stage stopped after a checkpoint and resumed, and one killed during its final save (DeepSpeed
+    checkpoint of the last step written, no checkpoint/ or result.json yet), report the uninterrupted
+    run's tokens and loss."""
+    spec = stage("sft", num_steps=4, checkpoint_every=2)
+    whole = RunConfig(stage=spec, output_dir=str(tmp_path / "whole"), tokenizer_dir=tokenizer_dir, shards=shards)
+    expected = run_stage(whole)
+    assert expected.tokens_seen > 0 and expected.final_loss is not None
+
+    stopped = dataclasses.replace(whole, output_dir=str(tmp_path / "stopped"))
+    run_stage(dataclasses.replace(stopped, stop_after_steps=2))
+    resumed = run_stage(stopped)
+    assert (resumed.tokens_seen, resumed.final_loss) == (expected.tokens_seen, expected.final_loss)
+    tokens = [json.loads(line)["tokens"] for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert tokens == [
+        json.loads(line)["tokens"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    ]
+
+    (tmp_path / "whole" / "result.json").unlink()
+    shutil.rmtree(tmp_path / "whole" / "checkpoint")
+    again = run_stage(whole)
+    assert again.steps == 4 and (again.tokens_seen, again.final_loss) == (expected.tokens_seen, expected.final_loss)
+    assert json.loads((tmp_path / "whole" / "result.json").read_text())["final_loss"] == expected.final_loss
+
+
+def test_resume_drops_a_log_line_cut_by_a_kill(tmp_path, tokenizer_dir, shards):
+    spec = stage("sft", num_steps=4, checkpoint_every=2)
+    config = RunConfig(stage=spec, output_dir=str(tmp_path), tokenizer_dir=tokenizer_dir, shards=shards)
+    run_stage(dataclasses.replace(config, stop_after_steps=3))  # steps 1-3 logged, checkpoint at 2
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"stage": "sft", "st')  # a kill in the middle of appending step 4's line
+    run_stage(config)
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert not list(tmp_path.glob(".*.partial"))
