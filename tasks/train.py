@@ -6,6 +6,10 @@ midway resumes from its latest DeepSpeed checkpoint, so re-running a failed pipe
 it stopped. Launched ranks write to stdout/stderr, which Prefect does not capture: every line is
 pumped into this module's logger, and the launch has its own timeout (Prefect's task timeout cannot
 interrupt blocking code), after which the whole process group is killed.
+
+A stage's lineage (checkpoint, edges, metrics) is written in one transaction, once: a rerun that finds
+the finished stage adds nothing, and a writer that finds the lineage file held by a reader waits
+(``write_retrying``) instead of failing the flow after training finished.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from prefect.runtime import flow_run
 
 from data_specs.presets import Preset
 from data_specs.stages import StageSpec
+from keye_model.atomic_file import write_text_atomically
 from keye_model.training.runner import RunConfig, StageResult
 from tasks.layout import MixShards, RunLayout
 from tasks.lineage import Artifact, Edge, LineageStore, Metric
+from tasks.lineage.store import write_retrying
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +209,13 @@ def train_stage(
         log.info("stage %s already finished with these inputs at %s: skipped", config.stage.name, done.checkpoint_dir)
         return done
     out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    write_text_atomically(stamp, fingerprint)  # a torn stamp would read as changed inputs and clear the stage
     if launch.launcher == "inprocess":
         from keye_model.training.runner import run_stage
 
         return run_stage(config, on_step=on_step)
     config_path = out / "run_config.json"
-    config_path.write_text(config.to_json())
+    write_text_atomically(config_path, config.to_json())
     run_logged(launch.command(config_path), timeout_s=launch.timeout_s, name=f"stage {config.stage.name}")
     result = finished_result(out)
     if result is None:
@@ -283,7 +289,7 @@ def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
                 digest.update(block)
         sha256 = digest.hexdigest()
         if written.exists():
-            written.write_text(json.dumps({**extra, "weights_sha256": sha256}, indent=2))
+            write_text_atomically(written, json.dumps({**extra, "weights_sha256": sha256}, indent=2))
     return Artifact(
         kind="checkpoint",
         uri=str(Path(result.checkpoint_dir).resolve()),
@@ -315,6 +321,25 @@ def stage_lineage(
     return [ckpt], edges, metrics
 
 
+def record_stage_lineage(lineage_db: str, result: StageResult, run_id: str, inputs: Sequence[str]) -> str:
+    """Record a finished stage's checkpoint, edges and metrics unless already recorded; returns its artifact id.
+
+    The checkpoint's id is content-addressed (a retrained stage is a new artifact), so "already recorded"
+    means this very checkpoint was recorded with its edges and metrics (one transaction) by an earlier
+    run: a rerun that skips the finished stage must not add its metrics and edges again under its own id.
+    """
+    artifacts, edges, metrics = stage_lineage(result, run_id, inputs)
+
+    def write(store: LineageStore) -> None:
+        if store.has_artifact(artifacts[0].artifact_id):
+            log.info("stage %s: checkpoint %s already in lineage", result.stage, artifacts[0].artifact_id)
+            return
+        store.record_together(artifacts=artifacts, edges=edges, metrics=metrics)
+
+    write_retrying(lineage_db, write)
+    return artifacts[0].artifact_id
+
+
 # ------------------------------------------------------------------ Prefect entry point
 
 
@@ -335,12 +360,8 @@ def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, i
     else:
         result = train_stage(config, launch, on_step=on_step)
     update_progress_artifact(progress_id, 100.0)
-    artifacts, edges, metrics = stage_lineage(result, str(flow_run.id or "local"), inputs)
-    with LineageStore(lineage_db) as store:
-        store.record_artifacts(artifacts)
-        store.record_edges(edges)
-        store.record_metrics(metrics)
-    return CheckpointRef(stage=stage.name, checkpoint_dir=result.checkpoint_dir, artifact_id=artifacts[0].artifact_id)
+    checkpoint_id = record_stage_lineage(lineage_db, result, str(flow_run.id or "local"), inputs)
+    return CheckpointRef(stage=stage.name, checkpoint_dir=result.checkpoint_dir, artifact_id=checkpoint_id)
 
 
 @task(name="prepare-tokenizer")

@@ -11,6 +11,9 @@ paths, and reports each artifact once at its shortest distance. Worked example, 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from typing import Any
 import duckdb
 
 from tasks.lineage.records import Metric, Review
+
+log = logging.getLogger(__name__)
 
 #: Deepest walk; guards against a cycle written by mistake (an acyclic pipeline is far shallower).
 MAX_DEPTH = 10_000
@@ -111,25 +116,50 @@ class RunSummary:
     """The top-level run of its tree, when recorded."""
 
 
-def resolve(con: duckdb.DuckDBPyConnection, id_or_uri: str) -> str:
-    """The artifact id named by an id or a URI; ValueError when unknown or when a URI names several."""
+def current_sha256(path: Path) -> str | None:
+    """The content hash lineage records for what is at ``path`` now, or None when it cannot be known.
+
+    A file is hashed; a checkpoint folder is named by the ``weights_sha256`` its stage's ``result.json``
+    (one folder up) keeps, which is how ``tasks.train`` records checkpoints."""
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    result = path.parent / "result.json"
+    if path.is_dir() and result.is_file():
+        try:
+            return json.loads(result.read_text()).get("weights_sha256")
+        except ValueError:
+            return None
+    return None
+
+
+def resolve(con: duckdb.DuckDBPyConnection, id_or_uri: str, *, sha256: str | None = None) -> str:
+    """The artifact id named by an id or a URI; ValueError when unknown.
+
+    A URI recorded with several contents (a stage retrained in the same run folder) names the version
+    whose hash is ``sha256`` (default: the hash of what is at that path now), else the newest recorded.
+    """
     if con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [id_or_uri]).fetchone():
         return id_or_uri
     uris = [id_or_uri]
-    if Path(id_or_uri).exists():  # a local path in any form: artifacts record the absolute one
-        uris.append(str(Path(id_or_uri).resolve()))
-    ids = [
-        row[0]
-        for row in con.execute(
-            "SELECT DISTINCT artifact_id, created_at FROM artifacts WHERE uri IN (SELECT unnest(?)) "
-            "ORDER BY created_at DESC",
-            [uris],
-        ).fetchall()
-    ]
-    if len(ids) == 1:
-        return ids[0]
-    if ids:
-        raise ValueError(f"uri {id_or_uri!r} names {len(ids)} artifact versions {ids}; pass one of these ids")
+    local = Path(id_or_uri)
+    if local.exists():  # a local path in any form: artifacts record the absolute one
+        uris.append(str(local.resolve()))
+    rows = con.execute(
+        "SELECT artifact_id, sha256 FROM artifacts WHERE uri IN (SELECT unnest(?)) "
+        "ORDER BY created_at DESC, artifact_id",
+        [uris],
+    ).fetchall()
+    if len(rows) == 1:
+        return rows[0][0]
+    if rows:
+        wanted = sha256 or (current_sha256(local) if local.exists() else None)
+        chosen = next((r[0] for r in rows if wanted is not None and r[1] == wanted), rows[0][0])
+        log.info("uri %s names %d artifact versions; using %s", id_or_uri, len(rows), chosen)
+        return chosen
     if con.execute(
         "SELECT 1 FROM edges WHERE parent_id = ? OR child_id = ? LIMIT 1", [id_or_uri, id_or_uri]
     ).fetchone():

@@ -90,6 +90,10 @@ class Run:
     root_run_id: str | None = None
     """The top-level flow run of the tree this run belongs to (its own id for a top-level run); None when
     unknown. The run id Prefect's UI shows for a deployment run is this one."""
+    host: str | None = None
+    """Host name of the process the flow runs in; with ``pid``, how a later run tells a dead one from a live one."""
+    pid: int | None = None
+    """Process id of the flow run's process on ``host``; None when unknown."""
 
     def __post_init__(self) -> None:
         if not self.run_id or not self.flow_name:

@@ -57,6 +57,8 @@ RUNS = TableSpec(
         ("parent_run_id", pa.string()),
         ("run_name", pa.string()),
         ("root_run_id", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
     ),
     key=("run_id",),
     on_conflict="update",
@@ -65,7 +67,7 @@ RUNS = TableSpec(
     ddl="""CREATE TABLE IF NOT EXISTS runs (
         run_id VARCHAR PRIMARY KEY, flow_name VARCHAR NOT NULL, parameters JSON, code_version VARCHAR,
         started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, status VARCHAR NOT NULL, parent_run_id VARCHAR,
-        run_name VARCHAR, root_run_id VARCHAR)""",
+        run_name VARCHAR, root_run_id VARCHAR, host VARCHAR, pid BIGINT)""",
 )
 TASK_RUNS = TableSpec(
     name="task_runs",
@@ -172,7 +174,12 @@ TABLES = (RUNS, TASK_RUNS, ARTIFACTS, EDGES, DATA_MIX, METRICS, REVIEWS)
 #: speed up but would slow every bulk insert, so edges get none beyond their key.
 INDEXES = ("CREATE INDEX IF NOT EXISTS artifacts_uri ON artifacts (uri)",)
 #: Files written before a column was added or renamed are brought up to date on the writer's open.
-ADDED_COLUMNS = (("runs", "run_name", "VARCHAR"), ("runs", "root_run_id", "VARCHAR"))
+ADDED_COLUMNS = (
+    ("runs", "run_name", "VARCHAR"),
+    ("runs", "root_run_id", "VARCHAR"),
+    ("runs", "host", "VARCHAR"),
+    ("runs", "pid", "BIGINT"),
+)
 RENAMED_COLUMNS = (("data_mix", "stage", "mix"),)  # a data mix is not a training stage
 
 

@@ -6,7 +6,11 @@ works only while no writer holds it. Either way a lock held elsewhere becomes ``
 naming the file and the holder's PID: the file is never touched, so it cannot be corrupted.
 
 Every write is a bulk ``INSERT ... SELECT`` from an Arrow table, deduplicated inside the batch and
-idempotent across batches (see ``schema.TableSpec.on_conflict``).
+idempotent across batches (see ``schema.TableSpec.on_conflict``); ``record_together`` writes several
+tables in one transaction (a stage's checkpoint, edges and metrics land together or not at all).
+
+A writer that finds the file held (a ``keye lineage`` query at the wrong moment) waits and retries with
+``write_retrying``: a reader never fails a running pipeline.
 
 The file is written in DuckDB's v1.4.0 storage format (``STORAGE_VERSION``), which the DuckDB 1.4 and 1.5
 readers on the package index open as well as 2.x: a user's plain ``duckdb`` client, whatever its version,
@@ -20,9 +24,10 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pandas as pd
@@ -30,7 +35,7 @@ import pyarrow as pa
 
 from tasks.lineage import openlineage, queries
 from tasks.lineage.bulk import to_arrow
-from tasks.lineage.records import Artifact, Edge, Metric, MixRow, Review, Run, TaskRun
+from tasks.lineage.records import Artifact, Edge, Metric, MixRow, Review, Run, TaskRun, utc_now
 from tasks.lineage.schema import (
     ARTIFACTS,
     DATA_MIX,
@@ -47,6 +52,7 @@ from tasks.lineage.schema import (
 log = logging.getLogger(__name__)
 
 Rows = Sequence[Any] | pd.DataFrame | pa.Table
+T = TypeVar("T")
 _PID = re.compile(r"\(PID (\d+)\)")
 #: Storage format the writer creates files in: the newest that DuckDB 1.4 (LTS) and 1.5 readers open.
 STORAGE_VERSION = "v1.4.0"
@@ -183,9 +189,31 @@ class LineageStore:
 
     def _write(self, spec: TableSpec, data: Rows) -> int:
         """Insert ``data`` into ``spec``'s table idempotently; returns rows inserted or updated."""
-        if self.read_only:
-            raise ValueError(f"lineage store {self.path} is open read-only; cannot write {spec.name}")
-        table = to_arrow(spec, data)
+        return self._write_tables([(spec, data)])[0]
+
+    def _write_tables(self, writes: Sequence[tuple[TableSpec, Rows]]) -> list[int]:
+        """Each (table, rows) as ``_insert`` writes it, all in one transaction; rows written per table."""
+        for spec, _ in writes:
+            if self.read_only:
+                raise ValueError(f"lineage store {self.path} is open read-only; cannot write {spec.name}")
+        tables = [(spec, to_arrow(spec, data)) for spec, data in writes]
+        with self._lock:
+            con = self.con
+            try:
+                con.execute("BEGIN TRANSACTION")
+                counts = [self._insert(con, spec, table) for spec, table in tables]
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
+        for (spec, table), count in zip(tables, counts):
+            log.debug("lineage %s: wrote %d of %d rows", spec.name, count, table.num_rows)
+        return counts
+
+    @staticmethod
+    def _insert(con: duckdb.DuckDBPyConnection, spec: TableSpec, table: pa.Table) -> int:
         if table.num_rows == 0:
             return 0
         table = table.append_column("_ord", pa.array(range(table.num_rows), pa.int64()))
@@ -194,34 +222,25 @@ class LineageStore:
         key = ", ".join(spec.key)
         # Last occurrence wins inside one batch, as a later write would across batches.
         source = f"SELECT {select} FROM incoming QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _ord DESC) = 1"
-        with self._lock:
-            con = self.con
-            try:
-                con.register("incoming", table)
-                con.execute("BEGIN TRANSACTION")
-                if spec.on_conflict == "replace":
-                    match = " AND ".join(f"t.{c} IS NOT DISTINCT FROM i.{c}" for c in spec.key)
-                    con.execute(f"DELETE FROM {spec.name} t USING incoming i WHERE {match}")
-                    tail = ""
-                elif spec.on_conflict == "ignore":
-                    tail = " ON CONFLICT DO NOTHING"
-                else:
-                    overrides = dict(spec.update_sql)
-                    sets = ", ".join(
-                        f"{c} = {overrides.get(c, f'COALESCE(excluded.{c}, t.{c})')}"
-                        for c in spec.names
-                        if c not in spec.key
-                    )
-                    tail = f" ON CONFLICT ({key}) DO UPDATE SET {sets}"
-                (count,) = con.execute(f"INSERT INTO {spec.name} AS t ({cols}) {source}{tail}").fetchone()
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.unregister("incoming")
-                con.close()
-        log.debug("lineage %s: wrote %d of %d rows", spec.name, count, table.num_rows)
+        con.register("incoming", table)
+        try:
+            if spec.on_conflict == "replace":
+                match = " AND ".join(f"t.{c} IS NOT DISTINCT FROM i.{c}" for c in spec.key)
+                con.execute(f"DELETE FROM {spec.name} t USING incoming i WHERE {match}")
+                tail = ""
+            elif spec.on_conflict == "ignore":
+                tail = " ON CONFLICT DO NOTHING"
+            else:
+                overrides = dict(spec.update_sql)
+                sets = ", ".join(
+                    f"{c} = {overrides.get(c, f'COALESCE(excluded.{c}, t.{c})')}"
+                    for c in spec.names
+                    if c not in spec.key
+                )
+                tail = f" ON CONFLICT ({key}) DO UPDATE SET {sets}"
+            (count,) = con.execute(f"INSERT INTO {spec.name} AS t ({cols}) {source}{tail}").fetchone()
+        finally:
+            con.unregister("incoming")
         return int(count)
 
     def record_runs(self, runs: Sequence[Run] | pd.DataFrame) -> int:
@@ -251,6 +270,36 @@ class LineageStore:
     def record_reviews(self, reviews: Sequence[Review] | pd.DataFrame) -> int:
         return self._write(REVIEWS, reviews)
 
+    def record_together(
+        self, *, artifacts: Sequence[Artifact] = (), edges: Sequence[Edge] = (), metrics: Sequence[Metric] = ()
+    ) -> None:
+        """Artifacts, edges and metrics in one transaction: after a kill, all of them are there or none."""
+        self._write_tables([(ARTIFACTS, list(artifacts)), (EDGES, list(edges)), (METRICS, list(metrics))])
+
+    def has_artifact(self, artifact_id: str) -> bool:
+        with self._lock:
+            found = self.con.execute("SELECT 1 FROM artifacts WHERE artifact_id = ?", [artifact_id]).fetchone()
+        return found is not None
+
+    def running_runs(self) -> list[tuple[str, str | None, int | None]]:
+        """(run id, host, pid) of every run still recorded as RUNNING."""
+        with self._lock:
+            rows = self.con.execute("SELECT run_id, host, pid FROM runs WHERE status = 'RUNNING'").fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def mark_crashed(self, run_ids: Sequence[str]) -> None:
+        """Record runs that are RUNNING but whose process is gone as CRASHED, ended now."""
+        if self.read_only:
+            raise ValueError(f"lineage store {self.path} is open read-only; cannot mark runs crashed")
+        if not run_ids:
+            return
+        with self._lock:
+            self.con.execute(
+                "UPDATE runs SET status = 'CRASHED', ended_at = ? WHERE status = 'RUNNING' AND run_id IN "
+                "(SELECT unnest(?))",
+                [utc_now(), list(run_ids)],
+            )
+
     def count(self, table: str) -> int:
         """Rows in one lineage table."""
         if table not in {spec.name for spec in (RUNS, TASK_RUNS, ARTIFACTS, EDGES, DATA_MIX, METRICS, REVIEWS)}:
@@ -260,9 +309,9 @@ class LineageStore:
 
     # -- queries (see queries.py and openlineage.py) -----------------------------------------------
 
-    def resolve(self, id_or_uri: str) -> str:
+    def resolve(self, id_or_uri: str, *, sha256: str | None = None) -> str:
         with self._lock:
-            return queries.resolve(self.con, id_or_uri)
+            return queries.resolve(self.con, id_or_uri, sha256=sha256)
 
     def ancestors(self, id_or_uri: str, *, max_depth: int = queries.MAX_DEPTH) -> list[queries.LineageNode]:
         with self._lock:
@@ -293,3 +342,25 @@ class LineageStore:
         """The run (and its task runs) as OpenLineage RunEvents; options as ``openlineage.export``."""
         with self._lock:
             return openlineage.export(self.con, run_id, **options)
+
+
+def write_retrying(
+    path: str | Path, write: Callable[[LineageStore], T], *, timeout_s: float = 900.0, max_delay_s: float = 30.0
+) -> T:
+    """Open ``path`` as the writer and return ``write(store)``; while another process holds the file, wait.
+
+    The wait doubles from 0.25 s up to ``max_delay_s``; past ``timeout_s`` the last ``LineageLockedError``
+    (naming the holder's PID) is raised. Readers hold the file for one query, so a writer waits seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.25
+    while True:
+        try:
+            with LineageStore(path) as store:
+                return write(store)
+        except LineageLockedError as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s; retrying in %.2f s", error, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, max_delay_s)
