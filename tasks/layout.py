@@ -75,11 +75,25 @@ class MixShards:
 
 
 def read_mix_shards(shards_dir: str, mix: str) -> MixShards:
+    """The shards ``<shards_dir>/<mix>/manifest.json`` lists, as files beside that manifest.
+
+    Manifests hold paths relative to their folder; one written with absolute paths (before this was so)
+    is read by file name in the same folder, so a copied or moved run folder never reads the original's
+    shards. A path that leaves the folder is refused.
+    """
     manifest = Path(shards_dir) / mix / "manifest.json"
     if not manifest.exists():
         raise FileNotFoundError(f"no shards for data mix {mix!r}: {manifest} is missing (run the curate flow first)")
     data = json.loads(manifest.read_text())
-    paths = tuple(str(Path(s["path"]).resolve()) for s in data["shards"])
+    folder = manifest.parent.resolve()
+    paths = []
+    for entry in data["shards"]:
+        recorded = Path(entry["path"])
+        path = (folder / (recorded.name if recorded.is_absolute() else recorded)).resolve()
+        if path.parent != folder:
+            raise ValueError(f"manifest {manifest}: shard path {entry['path']!r} is not a file beside the manifest")
+        paths.append(str(path))
+    paths = tuple(paths)
     ids = tuple(artifact_id("shard", p, s["sha256"]) for p, s in zip(paths, data["shards"]))
     return MixShards(
         mix=mix,

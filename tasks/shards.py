@@ -9,7 +9,8 @@ under its suffix (``jpg``, ``png``...); a video adds its file bytes (``mp4``...)
 Crash safety: a shard is written to a hidden ``.<name>.partial`` file, flushed, fsynced and renamed to
 ``<mix>-NNNNNN.tar`` only when complete, so a killed writer never leaves a partial ``*.tar`` visible;
 the manifest is written (the same way) last, so a mix without a manifest is an unfinished one. A new
-run first removes that mix's old shards, manifest and stale partials.
+run first removes that mix's old shards, manifest and stale partials. Paths in a manifest are relative
+to its folder, so a run folder can be copied or moved.
 
 Mix sampler: records fall in buckets (a modality, or a (modality, source) when the mix splits it), each
 with a planned share of tokens. Starting from nothing, it repeatedly adds the next record of the bucket
@@ -408,6 +409,17 @@ def _write_json_atomically(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
+def _relative_paths(result: StageShards) -> dict:
+    """The manifest's copy of ``result``: paths relative to the manifest's folder, so a run folder that is
+    copied or moved reads its own shards (``tasks.layout.read_mix_shards`` resolves them there)."""
+    data = dataclasses.asdict(result)
+    folder = Path(result.manifest_path).parent
+    data["manifest_path"] = Path(result.manifest_path).name
+    for shard in data["shards"]:
+        shard["path"] = str(Path(shard["path"]).relative_to(folder))
+    return data
+
+
 def shard_stage(
     records: Sequence[Record],
     mix: DataMix,
@@ -453,9 +465,9 @@ def shard_stage(
     _write_json_atomically(
         Path(result.manifest_path),
         {
-            **dataclasses.asdict(result),
+            **_relative_paths(result),
             "mix_spec": mix.to_dict(),
-            "config": dataclasses.asdict(config),
+            "config": {**dataclasses.asdict(config), "out_dir": ".."},  # relative, as the shard paths
             "max_share_error": worst,
             "within_tolerance": worst <= mix.tolerance,
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +172,34 @@ def test_sigkill_midway_leaves_no_partial_shard_visible(tmp_path):
         assert len(list(wds.WebDataset([str(stage_dir / name)], shardshuffle=False))) == 5
     hidden = [p.name for p in stage_dir.iterdir() if p.name.startswith(".")]
     assert len(hidden) == 1 and hidden[0].endswith(".tar.partial")
+
+
+def test_a_copied_run_folder_reads_its_own_shards(records, tmp_path):
+    """Curate into one run folder, copy it, delete the original: the copy's manifest names the copy's shards."""
+    from tasks.layout import RunLayout, read_mix_shards
+
+    original = RunLayout(str(tmp_path / "run"))
+    config = ShardConfig(mix="annealing", out_dir=original.shards_dir, slow_fast="tiny", max_records_per_shard=24)
+    written = write_stage_shards.fn(records, stage3_mix(), config)
+    assert str(tmp_path / "run") not in Path(written.manifest_path).read_text()  # nothing absolute inside
+    shutil.copytree(original.root, tmp_path / "copy")
+    shutil.rmtree(original.root)
+
+    copy = read_mix_shards(RunLayout(str(tmp_path / "copy")).shards_dir, "annealing")
+    assert [Path(p).name for p in copy.paths] == [s.name for s in written.shards]
+    for path, sha256, num_bytes in zip(copy.paths, copy.sha256s, copy.num_bytes):
+        assert Path(path).parent == (tmp_path / "copy" / "shards" / "annealing").resolve()
+        data = Path(path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha256 and len(data) == num_bytes
+
+
+def test_a_manifest_path_that_leaves_its_folder_is_refused(stage3, tmp_path):
+    from tasks.layout import read_mix_shards
+
+    folder = tmp_path / "annealing"
+    folder.mkdir()
+    manifest = json.loads(Path(stage3.manifest_path).read_text())
+    manifest["shards"][0]["path"] = "../elsewhere/annealing-000000.tar"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not a file beside the manifest"):
+        read_mix_shards(str(tmp_path), "annealing")
