@@ -19,17 +19,31 @@ from tasks.caching import mark_run_folder
 from tasks.curation import mix_table, record_curation_lineage, write_records_jsonl
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
+from tasks.reports import artifact_key
 from tasks.shards import ShardConfig, write_stage_shards
 from tasks.sources import SourceSpec, collect_source
 from tasks.validate import validate_batch
 
 DEFAULT_SOURCES = ("easy-vqa", "skimage", "scene-videos", "text-instructions")
 TASK_RUNNERS = ("thread", "dask")
+#: Where a run with no ``run_dir`` puts its folder: ``runs/<flow run name>`` (e.g. runs/crimson-fox), so two
+#: deployment runs never share one (and never reuse ``make demo``'s runs/demo).
+RUNS_ROOT = "runs"
+
+
+def run_dir_or_default(run_dir: str | None) -> str:
+    """``run_dir``, or a new folder named after this flow run when it is None."""
+    if run_dir:
+        return run_dir
+    name = flow_run.name
+    if not name:
+        raise ValueError("no run_dir given and no flow run to name one after: pass run_dir")
+    return str(Path(RUNS_ROOT) / name)
 
 
 @flow(name="curate")
 def curate(
-    run_dir: str = "runs/demo",
+    run_dir: str | None = None,
     preset: Preset | str = "tiny",
     sources: list[str] | None = None,
     local_folder: str | None = None,
@@ -41,11 +55,13 @@ def curate(
 ) -> dict[str, str]:
     """Curated, validated, sharded data for every data mix; returns the manifest of each mix.
 
-    With ``reuse`` a run folder whose records and every manifest exist is not curated again.
+    ``run_dir`` None makes a new folder ``runs/<flow run name>``. With ``reuse`` a run folder whose records
+    and every manifest exist is not curated again.
     ``records_per_source`` bounds packaged sources (None: the preset's sizes); ``local_folder`` is read
     whole unless ``local_folder_limit``.
     """
     preset = as_preset(preset)
+    run_dir = run_dir_or_default(run_dir)
     layout = RunLayout(run_dir)
     mark_run_folder(layout.root)
     record_run_start(layout.lineage_db)
@@ -98,7 +114,7 @@ def curate(
     for mix_shards in shards:
         create_table_artifact(
             mix_table(mix_shards),
-            key=f"mix-{mix_shards.mix.replace('_', '-')}",
+            key=artifact_key(f"mix-{mix_shards.mix}", run_dir),
             description=f"Data mix `{mix_shards.mix}`: planned vs realized shares",
         )
     record_run_end(layout.lineage_db)

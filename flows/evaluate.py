@@ -15,12 +15,13 @@ from tasks.evaluation.report import publish_comparison_task, record_eval_metrics
 from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
+from tasks.reports import artifact_key
 from tasks.train import finished_result
 
 
 @flow(name="evaluate")
 def evaluate(
-    run_dir: str = "runs/demo",
+    run_dir: str,
     preset: Preset | str = "tiny",
     stages_to_eval: list[str] | None = None,
     vqa_samples: int | None = None,
@@ -60,6 +61,6 @@ def evaluate(
         record_eval_metrics_task(layout.lineage_db, str(flow_run.id), spec.name, done.checkpoint_dir, metrics)
         results[spec.name] = metrics
     if results:
-        publish_comparison_task(list(results.items()))
+        publish_comparison_task(list(results.items()), key=artifact_key("eval-comparison", run_dir))
     record_run_end(layout.lineage_db)
     return results

@@ -9,17 +9,18 @@ from __future__ import annotations
 from prefect import flow
 
 from data_specs.presets import get_preset
-from flows.curate import curate_on
+from flows.curate import curate_on, run_dir_or_default
 from flows.evaluate import evaluate
 from flows.posttrain import posttrain
 from flows.pretrain import pretrain
+from tasks.evaluation.report import publish_run_summary_task
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 
 
 @flow(name="keye")
 def keye(
-    run_dir: str = "runs/demo",
+    run_dir: str | None = None,
     preset: str = "tiny",
     stages: list[str] | None = None,
     review_mode: str = "auto",
@@ -35,15 +36,17 @@ def keye(
     seed: int = 0,
     local_folder_limit: int | None = None,
 ) -> dict:
-    """The whole pipeline; ``stages`` limits training to those stages (all by default); ``task_runner``
-    is where curation's tasks run (``thread`` or ``dask``). The preset's name is resolved here, once; the
-    phase flows get the ``Preset`` object."""
+    """The whole pipeline in ``run_dir`` (None: a new folder ``runs/<flow run name>``); ``stages`` limits
+    training to those stages (all by default); ``task_runner`` is where curation's tasks run (``thread``
+    or ``dask``). The preset's name is resolved here, once; the phase flows get the ``Preset`` object.
+    Ends with a summary artifact on this run (per-stage metrics, checkpoints)."""
     resolved = get_preset(preset)
     names = {s.name: s.phase for s in resolved.stages}
     unknown = set(stages or ()) - set(names)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; preset {preset!r} has {list(names)}")
     wanted = list(stages or names)
+    run_dir = run_dir_or_default(run_dir)
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)  # the run id the Prefect UI shows; the phases are its children
     curated = curate_on(task_runner)(
@@ -73,11 +76,13 @@ def keye(
             )
         )
     metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages, seed=seed)
+    checkpoint_dirs = {k: v.checkpoint_dir for k, v in checkpoints.items()}
+    publish_run_summary_task(str(layout.root), metrics, checkpoint_dirs)  # this run's own artifact in the UI
     record_run_end(layout.lineage_db)
     return {
         "run_dir": str(layout.root),
         "lineage_db": layout.lineage_db,
         "manifests": curated,
-        "checkpoints": {k: v.checkpoint_dir for k, v in checkpoints.items()},
+        "checkpoints": checkpoint_dirs,
         "evaluation": metrics,
     }

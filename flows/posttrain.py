@@ -39,6 +39,7 @@ from tasks.posttrain_steps import (
     record_reviews_task,
 )
 from tasks.preference import build_preference_pairs_task
+from tasks.reports import artifact_key
 from tasks.review import request_review
 from tasks.train import CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer
 
@@ -99,7 +100,7 @@ def make_generated_data(
 
 @flow(name="posttrain")
 def posttrain(
-    run_dir: str = "runs/demo",
+    run_dir: str,
     preset: Preset | str = "tiny",
     stages_to_run: list[str] | None = None,
     review_mode: str = "auto",
@@ -109,7 +110,8 @@ def posttrain(
     gpu_limit: str | None = None,
     seed: int = 0,
 ) -> dict[str, CheckpointRef]:
-    """Post-training stages of ``preset``, each from the checkpoints its ``StageSpec.inputs`` name.
+    """Post-training stages of ``preset``, each from the checkpoints its ``StageSpec.inputs`` name, in
+    ``run_dir`` (a folder with curated data and the stages they start from: no default).
 
     A stage whose generated mix came out empty trains on the ``sft`` mix instead; each such fallback
     is logged, shown as a UI note and counted in the run's ``fallbacks`` metric.
@@ -143,7 +145,7 @@ def posttrain(
                 note = f"stage {spec.name}: the chain generated no {spec.data_mix} data; it trained on the sft mix"
                 log.warning(note)
                 fallbacks.append(note)
-                create_markdown_artifact(f"Fallback: {note}.", key=f"fallback-{spec.name}")
+                create_markdown_artifact(f"Fallback: {note}.", key=artifact_key(f"fallback-{spec.name}", run_dir))
                 data = read_mix_shards(layout.shards_dir, "sft")
         else:
             data = read_mix_shards(layout.shards_dir, spec.data_mix)

@@ -49,13 +49,13 @@ def run_training_stage(
     """Submit one stage on ``data`` (its mix's shards; None for fusion), then publish its report."""
     config, lineage_inputs = stage_run_config(spec, preset, layout, checkpoints, data, seed)
     ref = train_stage_task(config, launch, layout.lineage_db, [*lineage_inputs, *extra_inputs])
-    publish_stage_report(spec.name, layout.stage_dir(spec.name), ref.checkpoint_dir)
+    publish_stage_report(spec.name, layout.stage_dir(spec.name), ref.checkpoint_dir, layout.run_dir)
     return ref
 
 
 @flow(name="pretrain")
 def pretrain(
-    run_dir: str = "runs/demo",
+    run_dir: str,
     preset: Preset | str = "tiny",
     stages_to_run: list[str] | None = None,
     launcher: str = "inprocess",
@@ -63,7 +63,8 @@ def pretrain(
     gpu_limit: str | None = None,
     seed: int = 0,
 ) -> dict[str, CheckpointRef]:
-    """Pre-training stages 1-4 of ``preset``; returns each stage's checkpoint."""
+    """Pre-training stages 1-4 of ``preset`` in ``run_dir`` (a folder the curate flow filled: no default, as
+    a new folder has no data); returns each stage's checkpoint."""
     preset = as_preset(preset)
     layout = RunLayout(run_dir)
     record_run_start(layout.lineage_db)

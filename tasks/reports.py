@@ -2,18 +2,45 @@
 
 Plain functions returning data; the flows turn them into Prefect artifacts. The picture is drawn with
 Pillow (no plotting library needed) and embedded in markdown as a data URI, so it renders offline.
+
+Artifact keys are global on a Prefect server (the UI's "latest" ``mix-annealing`` is the newest one of
+ANY run), so every key we write ends with the run folder's slug (``artifact_key``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+#: What Prefect accepts as an artifact key.
+KEY_PATTERN = re.compile(r"[a-z0-9-]+")
+
+
+def run_slug(run_dir: str | Path) -> str:
+    """A short key-safe name of a run folder: its last part lower-cased, other characters as ``-``, at most
+    24 characters, then 6 hex digits of its absolute path, so two folders named alike stay apart.
+
+    Example: ``runs/Demo_1`` (at /work/runs/Demo_1) -> ``demo-1-`` + sha256("/work/runs/Demo_1")[:6].
+    """
+    path = Path(run_dir).resolve()
+    name = re.sub(r"[^a-z0-9]+", "-", path.name.lower())[:24].strip("-")
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:6]
+    return f"{name}-{digest}" if name else digest
+
+
+def artifact_key(kind: str, run_dir: str | Path) -> str:
+    """``<kind>-<run slug>``: ``kind`` (e.g. ``mix-annealing``, ``stage-sft``) made key-safe, then the slug."""
+    key = re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-") + "-" + run_slug(run_dir)
+    assert KEY_PATTERN.fullmatch(key), key
+    return key
 
 
 def read_metrics(metrics_file: str | Path) -> list[dict[str, Any]]:
@@ -66,18 +93,20 @@ def loss_curve_markdown(stage: str, metrics: Sequence[dict[str, Any]], checkpoin
     )
 
 
-def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str) -> None:
-    """Loss curve + checkpoint location (markdown) and per-step metrics (table) in the Prefect UI."""
+def publish_stage_report(stage: str, stage_dir: str, checkpoint_dir: str, run_dir: str) -> None:
+    """Loss curve + checkpoint location (markdown, key ``stage-<stage>-<run slug>``) and per-step metrics
+    (table, ``metrics-<stage>-<run slug>``) in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     metrics = read_metrics(Path(stage_dir) / "metrics.jsonl")
-    key = stage.replace("_", "-").lower()
     create_markdown_artifact(
         loss_curve_markdown(stage, metrics, checkpoint_dir),
-        key=f"stage-{key}",
+        key=artifact_key(f"stage-{stage}", run_dir),
         description=f"Stage {stage}: loss curve and checkpoint",
     )
     if metrics:
         create_table_artifact(
-            metrics_rows(metrics), key=f"metrics-{key}", description=f"Stage {stage}: metrics per step"
+            metrics_rows(metrics),
+            key=artifact_key(f"metrics-{stage}", run_dir),
+            description=f"Stage {stage}: metrics per step",
         )

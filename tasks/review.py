@@ -11,24 +11,57 @@ Modes:
   top on resume (persisted task results come back cached) -- the right choice for reviews that take
   hours; it needs a deployment run and cache-friendly upstream tasks (LongCoT's tasks are).
 - ``auto``: the stated ``ReviewPolicy``; decisions carry reviewer ``auto`` and the rule in ``comment``.
+
+What the UI can show: the form's description and each field's description are markdown (raw HTML such as
+``<think>`` is dropped, so it goes in code spans), a string field is a one-row text box in a 32rem modal
+and the schema sets neither its size nor the modal's. So the sample itself is in the description: its
+image inlined as a small PNG data URI (the browser cannot load a path on the flow's machine) and its
+response as wrapped text; the pre-filled ``edited_response`` boxes are for editing only.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from data_specs.longcot import CoTSample, QualityTier, ReviewDecision, ReviewPolicy
+from data_specs.schemas import IMAGE_SUFFIXES
 from tasks.longcot import split_response
 
 log = logging.getLogger(__name__)
 
 REVIEW_MODES = ("ui", "suspend", "auto")
+#: Longest side of the image thumbnail inlined in the form (a few KB of base64 per sample).
+THUMBNAIL_SIDE_PX = 192
+
+
+def thumbnail_data_uri(path: str, side_px: int = THUMBNAIL_SIDE_PX) -> str:
+    """``data:image/png;base64,...`` of the image at ``path`` shrunk to at most ``side_px`` a side."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((side_px, side_px))
+        buf = io.BytesIO()
+        image.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown as written in markdown: ``<``, ``>``, ``&`` as entities (the UI drops raw HTML such
+    as ``<think>``), each line kept (a hard break), ``*_`[]#\\`` escaped."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "\\`*_[]#":
+        escaped = escaped.replace(char, "\\" + char)
+    return "  \n".join(escaped.splitlines())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -65,13 +98,25 @@ class ReviewItem:
             agreement=sample.path.agreement,
         )
 
+    def image_markdown(self) -> str:
+        """The image inlined as a thumbnail (a data URI the browser shows offline), with its path."""
+        if not self.image_path:
+            return "(no image)"
+        where = f"image: `{self.image_path}`"
+        if Path(self.image_path).suffix.lower() not in IMAGE_SUFFIXES:
+            return where  # a video: the path only
+        try:
+            return f"![image]({thumbnail_data_uri(self.image_path)})\n\n{where}"
+        except OSError as exc:  # missing or unreadable: say so in the form rather than fail the review
+            return f"{where} (cannot be shown: {exc})"
+
     def to_markdown(self) -> str:
-        image = f"![image]({self.image_path})\n\nimage: `{self.image_path}`" if self.image_path else "(no image)"
-        reasons = "".join(f"\n- {r}" for r in self.reasons) or "\n- (none)"
+        reasons = "".join(f"\n- {markdown_text(r)}" for r in self.reasons) or "\n- (none)"
         return (
-            f"### {self.sample_id} (tier {self.tier}, path agreement {self.agreement:.2f})\n\n{image}\n\n"
+            f"### {self.sample_id} (tier {self.tier}, path agreement {self.agreement:.2f})\n\n"
+            f"{self.image_markdown()}\n\n"
             f"**Question:** {self.question}\n\n**Reference:** {self.reference or '(none)'}\n\n"
-            f"**Response:**\n\n```\n{self.response}\n```\n\n**Why:**{reasons}\n"
+            f"**Response:**\n\n{markdown_text(self.response)}\n\n**Why:**{reasons}\n"
         )
 
 
@@ -81,7 +126,7 @@ class SampleReview(BaseModel):
     sample_id: str
     decision: Literal["approve", "edit", "reject"] = "approve"
     edited_response: str = Field(
-        default="", description="For 'edit': the corrected full response (<think>...</think> answer)."
+        default="", description="For `edit`: the corrected full response, `<think>reasoning</think> answer`."
     )
     comment: str = ""
 
@@ -89,7 +134,9 @@ class SampleReview(BaseModel):
 class ReviewForm(RunInput):
     """The Prefect form: the reviewer's name and one row per sample."""
 
-    reviewer: str = Field(description="Your name; recorded in lineage with each decision.")
+    reviewer: str = Field(
+        min_length=1, pattern=r"\S", description="Your name (required); recorded in lineage with each decision."
+    )
     reviews: list[SampleReview]
 
 
@@ -135,9 +182,8 @@ def build_form(items: Sequence[ReviewItem]) -> type[ReviewForm]:
         f"## LongCoT review: {len(items)} sample(s)\n\nFor each row choose approve, edit (put the "
         "corrected full response in edited_response) or reject.\n\n"
     )
-    return ReviewForm.with_initial_data(
+    return ReviewForm.with_initial_data(  # no initial reviewer: the form requires one
         description=header + "\n---\n".join(i.to_markdown() for i in items),
-        reviewer="",
         reviews=[SampleReview(sample_id=i.sample_id, edited_response=i.response) for i in items],
     )
 
@@ -151,7 +197,9 @@ def decisions_from_form(form: ReviewForm, items: Sequence[ReviewItem]) -> list[R
         raise ValueError(
             f"review form does not match the samples: unknown {unknown}, missing {missing}, answered {answered}"
         )
-    reviewer = form.reviewer.strip() or "anonymous"
+    reviewer = form.reviewer.strip()
+    if not reviewer:  # the form requires a name; a hand-built one may not
+        raise ValueError("review form without a reviewer name; lineage records who decided")
     return [
         ReviewDecision(
             sample_id=r.sample_id,

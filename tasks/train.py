@@ -118,19 +118,28 @@ def finished_result(output_dir: str | Path) -> StageResult | None:
 
 
 def input_fingerprint(config: RunConfig) -> str:
-    """What a stage's result depends on: its config, its upstream stages' results and its shard files.
+    """What a stage's result depends on, by content: its config, its upstream checkpoints' weights and its
+    shards' bytes -- never modification times, so data written again with the same bytes (a re-curation,
+    a copy of the run folder) does not retrain anything.
 
-    Upstream checkpoints are identified by their ``result.json`` (rewritten whenever they retrain), not
-    by hashing their weights, so the check stays cheap for an 8B model.
+    Shards: the manifest's sha256 of each (in ``config.shard_sha256s``, part of the config's JSON; the
+    runner refuses a shard that differs from it); shards without them are hashed here. Upstream
+    checkpoints: the sha256 of their ``model.safetensors``, as ``checkpoint_artifact`` records it in
+    ``result.json`` (hashed here only when not recorded yet: the same value either way).
     """
     digest = hashlib.sha256(config.to_json().encode())
     for checkpoint in (config.init_checkpoint, *config.expert_checkpoints, config.reward_model_checkpoint):
         if checkpoint:
-            result = Path(checkpoint).parent / "result.json"
-            digest.update(result.read_bytes() if result.exists() else checkpoint.encode())
-    for shard in config.shards:
-        stat = Path(shard).stat()
-        digest.update(f"{shard}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            result, weights = Path(checkpoint).parent / "result.json", Path(checkpoint) / "model.safetensors"
+            recorded = json.loads(result.read_text()).get("weights_sha256") if result.exists() else None
+            if recorded is None and weights.exists():
+                with weights.open("rb") as f:
+                    recorded = hashlib.file_digest(f, "sha256").hexdigest()
+            digest.update((recorded or checkpoint).encode())
+    if len(config.shard_sha256s) != len(config.shards):
+        for shard in config.shards:
+            with open(shard, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
 
 

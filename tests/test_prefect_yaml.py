@@ -22,6 +22,8 @@ EXPECTED = {
     "posttrain": "posttrain",
     "evaluate": "evaluate",
 }
+#: Parameters a run must be given (the flow has no default): the phases that read a folder curated before.
+ASKED_AT_RUN_TIME = {"pretrain": {"run_dir"}, "posttrain": {"run_dir"}, "evaluate": {"run_dir"}}
 
 
 def load_flow(entrypoint: str):
@@ -54,9 +56,22 @@ def test_entrypoint_names_the_flow_and_its_parameters(name):
     params = deployment.get("parameters") or {}
     unknown = sorted(set(params) - set(signature.parameters))
     assert not unknown, f"deployment {flow.name}/{name}: parameters {unknown} not in {list(signature.parameters)}"
-    signature.bind(**params)  # and with them the flow can be called (no required parameter left out)
+    required = {n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty}
+    assert required - set(params) == ASKED_AT_RUN_TIME.get(name, set()), f"{name}: required {sorted(required)}"
+    at_run_time = {n: "runs/some-curated-run" for n in ASKED_AT_RUN_TIME.get(name, ())}
+    signature.bind(**params, **at_run_time)  # with them the flow can be called (no other required parameter)
     # what Prefect itself does with them at run time: validate against the flow's types
-    flow.validate_parameters(params)
+    flow.validate_parameters({**params, **at_run_time})
+
+
+@pytest.mark.parametrize("name", ["full-pipeline", "curate"])
+def test_each_run_gets_its_own_folder_by_default(name):
+    """No shared default folder: a deployment run without run_dir writes runs/<its flow run name>, not
+    `make demo`'s runs/demo (where it would reuse and retrain what the demo left)."""
+    deployment = DEPLOYMENTS[name]
+    assert "run_dir" not in (deployment.get("parameters") or {})
+    flow = load_flow(deployment["entrypoint"])
+    assert inspect.signature(flow.fn).parameters["run_dir"].default is None
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

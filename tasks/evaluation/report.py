@@ -8,6 +8,9 @@ the training losses.
 Table: one column per stage in pipeline order, one row per metric, and a last column with the change
 from the first stage to the last. Worked example: rows [("sft", {"vqa/accuracy": 0.2}),
 ("mpo", {"vqa/accuracy": 0.25})] give the line ``| vqa/accuracy | 0.200 | 0.250 | +0.050 |``.
+
+Summary: the top-level ``keye`` run's own artifact, one row per stage (its metrics, its checkpoint and a
+link to its loss-curve artifact), so the run a person opens in the UI shows the outcome.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from prefect import task
 
 from tasks.lineage import Artifact, Edge, LineageStore, Metric
+from tasks.reports import artifact_key
 
 log = logging.getLogger(__name__)
 
@@ -148,4 +152,52 @@ def publish_comparison_task(rows: list[tuple[str, dict[str, float]]], key: str =
 
     markdown = comparison_table(rows)
     create_markdown_artifact(markdown=markdown, key=key, description="Evaluation metrics by stage")
+    return markdown
+
+
+#: Metrics folded into another cell of the summary (the accuracy's 95% interval).
+INTERVAL = ("vqa/ci95_low", "vqa/ci95_high")
+
+
+def run_summary_markdown(
+    run_dir: str, evaluation: Mapping[str, Mapping[str, float]], checkpoints: Mapping[str, str]
+) -> str:
+    """Markdown: one row per stage (``checkpoints``' order, then stages only evaluated), its evaluation
+    metrics (accuracy with its 95% interval), its checkpoint and a link to its loss-curve artifact.
+
+    Example row: ``| sft | 0.812 [0.787, 0.835] | 0.671 | `/runs/x/stages/sft/checkpoint` | [loss](...) |``.
+    """
+    stages = list(dict.fromkeys([*checkpoints, *evaluation]))
+    if not stages:
+        return f"### Keye run `{run_dir}`\n\nNo stage has finished in this run folder.\n"
+    names = sorted({n for metrics in evaluation.values() for n in metrics} - set(INTERVAL))
+    lines = [
+        f"### Keye run `{run_dir}`\n",
+        "| stage | " + " | ".join(names) + " | checkpoint | report |",
+        "|---|" + "---:|" * len(names) + "---|---|",
+    ]
+    for stage in stages:
+        metrics = evaluation.get(stage, {})
+        cells = []
+        for name in names:
+            cell = _cell(metrics.get(name))
+            if name == "vqa/accuracy" and all(k in metrics for k in INTERVAL):
+                cell += f" [{_cell(metrics[INTERVAL[0]])}, {_cell(metrics[INTERVAL[1]])}]"
+            cells.append(cell)
+        checkpoint = f"`{checkpoints[stage]}`" if stage in checkpoints else "-"
+        link = f"/artifacts/key/{artifact_key(f'stage-{stage}', run_dir)}"  # the UI's page of that key
+        report = f"[loss curve]({link})" if stage in checkpoints else "-"
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {checkpoint} | {report} |")
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-run-summary")
+def publish_run_summary_task(run_dir: str, evaluation: dict[str, dict[str, float]], checkpoints: dict[str, str]) -> str:
+    """The summary as a markdown artifact of the calling flow run (key ``summary-<run slug>``), returned."""
+    from prefect.artifacts import create_markdown_artifact
+
+    markdown = run_summary_markdown(run_dir, evaluation, checkpoints)
+    create_markdown_artifact(
+        markdown=markdown, key=artifact_key("summary", run_dir), description=f"Keye run {run_dir}: stages"
+    )
     return markdown

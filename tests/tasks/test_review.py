@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 
@@ -126,6 +127,39 @@ def test_form_shows_samples_and_validates_answers(samples):
     assert [d.decision for d in decisions_from_form(answer, items)] == ["approve"] * 4
     with pytest.raises(ValueError, match="missing \\['easy-vqa-1-p2'\\]"):
         decisions_from_form(ReviewForm(reviewer="ana", reviews=answer.reviews[:3]), items)
+
+
+def test_form_schema_requires_a_reviewer_and_inlines_the_image(samples):
+    """What the UI gets (the schema and description RunInput.save stores): a required, non-blank
+    reviewer; each sample's image as a PNG data URI the browser shows offline; ``<think>`` kept visible
+    (the UI's markdown drops raw HTML tags)."""
+    import base64
+    import io
+
+    import jsonschema
+    from PIL import Image
+    from prefect._internal.pydantic.v2_schema import create_v2_schema
+
+    items = select_for_review(samples)
+    form = build_form(items)
+    schema = create_v2_schema(form.__name__, model_base=form)
+    assert "reviewer" in schema["required"] and "default" not in schema["properties"]["reviewer"]
+    rows = [{"sample_id": i.sample_id, "decision": "approve", "edited_response": "", "comment": ""} for i in items]
+    jsonschema.validate({"reviewer": "ana", "reviews": rows}, schema)
+    for blank in ({"reviews": rows}, {"reviewer": "", "reviews": rows}, {"reviewer": "   ", "reviews": rows}):
+        with pytest.raises(jsonschema.ValidationError):  # the server refuses these, so does the UI's form
+            jsonschema.validate(blank, schema)
+    with pytest.raises(ValueError):
+        ReviewForm(reviewer="", reviews=[])
+    description = form._description
+    uris = re.findall(r"!\[image\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", description)
+    assert len(uris) == len(items)  # every sample's image inline, not a path the browser cannot load
+    with Image.open(io.BytesIO(base64.b64decode(uris[0]))) as thumbnail:
+        assert thumbnail.format == "PNG" and max(thumbnail.size) <= 192
+    assert "](/" not in description and "](file:" not in description
+    assert "<think>" not in description and "&lt;think&gt;" in description  # shown, not parsed as a tag
+    help_text = schema["definitions"]["SampleReview"]["properties"]["edited_response"]["description"]
+    assert "`<think>reasoning</think> answer`" in help_text  # a code span: the UI shows it as written
 
 
 # ---- the real pause / resume ---------------------------------------------------------------------------
