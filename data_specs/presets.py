@@ -33,6 +33,10 @@ class Preset:
     tokenizer_dir: str | None = None
     """A local tokenizer directory (e.g. Qwen3's); None trains the small byte-level BPE of
     ``keye_model.tokenizer`` into the run folder."""
+    vision_init: str | None = None
+    """A local SigLIP directory the first stage's ViT starts from; None: random init."""
+    llm_init: str | None = None
+    """A local Qwen3 directory the first stage's LLM starts from; None: random init."""
     records_per_source: int = 16
     """Records each packaged source gives (the user's own folder is read whole)."""
     source_limits: tuple[tuple[str, int], ...] = ()

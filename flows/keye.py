@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from prefect import flow
 
-from data_specs.presets import get_preset
 from flows.curate import curate_on, run_dir_or_default
 from flows.evaluate import evaluate
 from flows.posttrain import posttrain
@@ -16,6 +15,7 @@ from flows.pretrain import pretrain
 from tasks.evaluation.report import publish_run_summary_task
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
+from tasks.plan import resolve_run_preset
 
 
 @flow(name="keye")
@@ -35,12 +35,18 @@ def keye(
     task_runner: str = "thread",
     seed: int = 0,
     local_folder_limit: int | None = None,
+    tokenizer: str | None = None,
+    vision_init: str | None = None,
+    llm_init: str | None = None,
 ) -> dict:
     """The whole pipeline in ``run_dir`` (None: a new folder ``runs/<flow run name>``); ``stages`` limits
     training to those stages (all by default); ``task_runner`` is where curation's tasks run (``thread``
-    or ``dask``). The preset's name is resolved here, once; the phase flows get the ``Preset`` object.
+    or ``dask``). The preset's name is resolved here, once, with the run's input directories: ``tokenizer``
+    (a local tokenizer) and ``vision_init`` / ``llm_init`` (local SigLIP / Qwen3 checkpoints stage 1 starts
+    from); the phase flows get the ``Preset`` object.
     Ends with a summary artifact on this run (per-stage metrics, checkpoints)."""
-    resolved = get_preset(preset)
+    # the run's input directories join the preset here, checked before curation starts
+    resolved = resolve_run_preset(preset, tokenizer=tokenizer, vision_init=vision_init, llm_init=llm_init)
     names = {s.name: s.phase for s in resolved.stages}
     unknown = set(stages or ()) - set(names)
     if unknown:

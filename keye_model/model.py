@@ -31,6 +31,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from keye_model.config import KeyeConfig
 from keye_model.decoder import build_decoder, check_decoder_matches, load_decoder, rope_theta, set_rope_theta
 from keye_model.losses import IGNORE_INDEX
+from keye_model.parts import check_parts
 from keye_model.projector import Projector
 from keye_model.vision_encoder import VisionEncoder
 
@@ -96,9 +97,11 @@ class KeyeForConditionalGeneration(nn.Module):
     ) -> KeyeForConditionalGeneration:
         """Random projector; ViT from a local SigLIP directory and/or LLM from a local Qwen3 directory.
 
-        The checkpoints' shapes must match ``config`` (ValueError otherwise); the LLM's RoPE base is set
-        to ``config.text.rope_theta``.
+        The directories are checked first (``keye_model.parts.check_parts``): a missing one is a
+        FileNotFoundError, another model type or shape than ``config`` a ValueError naming the directory
+        and the differing fields. The LLM's RoPE base is set to ``config.text.rope_theta``.
         """
+        check_parts(config, vision_dir, llm_dir)
         language_model = None
         if llm_dir is not None:
             language_model = load_decoder(llm_dir)

@@ -168,8 +168,9 @@ def stage_run_config(
     """The runner's input for ``spec`` and the lineage ids it trains from.
 
     Everything comes from the spec: its input stages (``inputs[0]`` is the starting checkpoint; a
-    fusion stage merges the rest onto it), its reward model's stage, and ``data`` (the shards of its
-    mix; None for a stage that trains on no data).
+    fusion stage merges the rest onto it; a stage with none starts from the preset's ``vision_init`` /
+    ``llm_init`` directories, or random weights), its reward model's stage, and ``data`` (the shards of
+    its mix; None for a stage that trains on no data).
     """
     missing = [
         name for name in (*spec.inputs, *([spec.reward_model] if spec.reward_model else [])) if name not in checkpoints
@@ -188,6 +189,8 @@ def stage_run_config(
         expert_checkpoints=tuple(c.checkpoint_dir for c in inputs[1:]) if spec.fusion else (),
         shards=data.paths if data else (),
         model_preset=preset.model,
+        vision_init=None if inputs else preset.vision_init,
+        llm_init=None if inputs else preset.llm_init,
         seed=seed,
         shard_sha256s=data.sha256s if data else (),
         shard_num_bytes=data.num_bytes if data else (),

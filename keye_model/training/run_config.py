@@ -28,6 +28,10 @@ class RunConfig:
     """HF-format Keye checkpoint to start from; None builds ``preset``'s model from scratch."""
     model_preset: str = "tiny"
     """Model shape (a ``KeyeConfig.preset`` name) built when there is no init checkpoint."""
+    vision_init: str | None = None
+    """Without an init checkpoint: a local SigLIP directory the ViT starts from (None: random init)."""
+    llm_init: str | None = None
+    """Without an init checkpoint: a local Qwen3 directory the LLM starts from (None: random init)."""
     shards: tuple[str, ...] = ()
     """WebDataset shards of the stage's data."""
     shard_sha256s: tuple[str, ...] = ()

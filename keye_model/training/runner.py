@@ -107,6 +107,9 @@ def lr_lambda(stage: StageSpec) -> Callable[[int], float]:
 
 
 def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
+    """The stage's starting model: its init checkpoint; else ``model_preset``'s shape, from the SigLIP and
+    Qwen3 directories of ``vision_init`` / ``llm_init`` where given (the projector, and any part not
+    given, random with ``seed``)."""
     if config.init_checkpoint:
         model = KeyeForConditionalGeneration.from_pretrained(config.init_checkpoint)
     else:
@@ -123,7 +126,15 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
                 f"{config.model_preset!r}'s "
                 f"vocabulary of {model_config.text.vocab_size}"
             )
-        model = KeyeForConditionalGeneration(model_config)
+        if config.vision_init or config.llm_init:
+            try:
+                model = KeyeForConditionalGeneration.from_parts(
+                    model_config, vision_dir=config.vision_init, llm_dir=config.llm_init
+                )
+            except (FileNotFoundError, ValueError) as exc:
+                raise type(exc)(f"stage {config.stage.name}: {exc}") from exc
+        else:
+            model = KeyeForConditionalGeneration(model_config)
     if config.stage.rope_theta is not None:
         model.set_rope_theta(config.stage.rope_theta)
     model.set_trainable(config.stage.trainable)
