@@ -18,21 +18,49 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+RUN_DESCRIPTION = (
+    "Run the pipeline flow (keye): curate the data mixes, pre-train stages 1-4, post-train (SFT ... alignment "
+    "RL) and evaluate every stage, all in --run-dir. Runs in Prefect's local mode, or against the server at "
+    "PREFECT_API_URL when set. Rerunning in the same folder skips finished work."
+)
+DEMO_DESCRIPTION = (
+    "keye run on the demo preset (a tiny model trained long enough to learn, on CPU), then a summary: "
+    "where the lineage, shards and checkpoints are, and a per-stage table of held-out metrics."
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    for name, help_text in (
-        ("run", "run the whole pipeline (the `keye` flow)"),
-        ("demo", "run the pipeline on the demo preset and print its per-stage table"),
+    for name, help_text, description in (
+        ("run", "run the whole pipeline (the keye flow)", RUN_DESCRIPTION),
+        ("demo", "run the pipeline on the demo preset and print its per-stage table", DEMO_DESCRIPTION),
     ):
-        p = subparsers.add_parser(name, help=help_text)
-        p.add_argument("--run-dir", default="runs/demo", help="folder for data, checkpoints and lineage")
+        p = subparsers.add_parser(name, help=help_text, description=description)
+        p.add_argument(
+            "--run-dir",
+            default="runs/demo",
+            help="folder for data, shards, checkpoints and lineage.duckdb (default runs/demo); rerunning in it "
+            "skips finished work",
+        )
         p.add_argument(
             "--preset",
             default="demo" if name == "demo" else "tiny",
             choices=sorted(PRESETS),
             help="stages, model, data and evaluation sizes (data_specs/presets.py)",
         )
-        p.add_argument("--stages", nargs="*", default=None, help="train only these stages (default: all)")
-        p.add_argument("--review-mode", default="auto", choices=("auto", "ui", "suspend"))
+        p.add_argument(
+            "--stages",
+            nargs="*",
+            default=None,
+            help="train only these stages (default: all); the stages they start from must have finished in "
+            "--run-dir (README: Using it)",
+        )
+        p.add_argument(
+            "--review-mode",
+            default="auto",
+            choices=("auto", "ui", "suspend"),
+            help="LongCoT human review: auto applies the stated policy; ui pauses for the form in the Prefect UI "
+            "(or keye review answer); suspend ends the process until answered (deployment runs); default auto",
+        )
         p.add_argument("--local-folder", default=None, help="also curate your own images/videos/JSONL from here")
         p.add_argument(
             "--records-per-source",
@@ -46,7 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=None,
             help="most records read from --local-folder (default: the whole folder)",
         )
-        p.add_argument("--launcher", default="inprocess", choices=("inprocess", "torchrun", "deepspeed"))
+        p.add_argument(
+            "--launcher",
+            default="inprocess",
+            choices=("inprocess", "torchrun", "deepspeed"),
+            help="how each stage starts: in this process (one rank), or torchrun / deepspeed with --num-processes",
+        )
         p.add_argument("--num-processes", type=int, default=1, help="ranks per node for torchrun/deepspeed")
         p.add_argument(
             "--task-runner",
@@ -54,35 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             choices=("thread", "dask"),
             help="where curation tasks run: threads here, or a Dask cluster (PREFECT_DASK_ADDRESS)",
         )
-        p.add_argument("--tokenizer", default=None, help="a local tokenizer directory (e.g. Qwen3's)")
-        p.add_argument("--vision-init", default=None, help="a local SigLIP directory stage 1's ViT starts from")
-        p.add_argument("--llm-init", default=None, help="a local Qwen3 directory stage 1's LLM starts from")
-        p.add_argument(
-            "--dry-run",
-            action="store_true",
-            help="check the input directories and print each stage's plan (data, steps, ZeRO, memory, launch)",
-        )
         p.add_argument("--json", action="store_true", help="print the flow's result as JSON")
         p.set_defaults(func=run_pipeline)
 
 
-def dry_run(args: argparse.Namespace) -> int:
-    """Print the plan of every stage to run; reads no data and trains nothing."""
-    from tasks.layout import RunLayout
-    from tasks.plan import format_plan, plan_run, resolve_run_preset
-    from tasks.train import LaunchConfig
-
-    preset = resolve_run_preset(args.preset, args.tokenizer, args.vision_init, args.llm_init)
-    launch = LaunchConfig(launcher=args.launcher, num_processes=args.num_processes)
-    layout = RunLayout(args.run_dir)
-    for line in format_plan(plan_run(preset, layout, launch, args.stages), preset, layout, launch):
-        print(line)
-    return 0
-
-
 def run_pipeline(args: argparse.Namespace) -> int:
-    if args.dry_run:
-        return dry_run(args)
     prefect_environment()
     from flows.keye import keye
 
@@ -98,9 +107,6 @@ def run_pipeline(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         task_runner=args.task_runner,
         local_folder_limit=args.local_folder_limit,
-        tokenizer=args.tokenizer,
-        vision_init=args.vision_init,
-        llm_init=args.llm_init,
     )
     wall_s = time.monotonic() - started
     train_s = sum(json.loads(p.read_text())["wall_s"] for p in Path(result["run_dir"], "stages").glob("*/result.json"))

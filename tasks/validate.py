@@ -125,6 +125,9 @@ def run_suite(kind: str, rows: list[dict]) -> list[list[str]]:
     """
     if not rows:
         return []
+    # GX logs at INFO on import and per context (hundreds of "Skipping registering function ..." lines,
+    # "Loading 'datasources' -> []"): chatter about itself, not about our data. Its warnings still show.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     import pandas as pd
     from great_expectations.data_context.types.base import (

@@ -69,3 +69,27 @@ def test_installed_console_script(two_scene_video):
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["frames"]) == 6
+
+
+def test_the_summary_says_what_each_frame_really_gets(two_scene_video, capsys):
+    """T_s is the search's upper bound; the line shows the tokens the plan's frames really get."""
+    assert main(["video-plan", str(two_scene_video)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    slow = {int(row[3]) for row in rows if row[2] == "slow"}
+    fast = {int(row[3]) for row in rows if row[2] == "fast"}
+    (summary,) = [line for line in out.splitlines() if line.startswith("tokens:")]
+    assert f"slow frames {'/'.join(map(str, sorted(slow)))} tokens each" in summary, summary
+    assert f"fast frames {'/'.join(map(str, sorted(fast)))} tokens each" in summary, summary
+    assert "T_s = 768 is the most" in summary and max(slow) < 768  # a 160x120 clip: frames stay small
+
+
+def test_a_directory_or_an_image_is_refused_with_what_it_is(tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["video-plan", str(tmp_path)]) == 2
+    assert "is a directory; give one video file" in capsys.readouterr().err
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), "red").save(image)
+    assert main(["video-plan", str(image)]) == 2
+    assert "is an image (.png), not a video" in capsys.readouterr().err
