@@ -87,11 +87,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             choices=("thread", "dask"),
             help="where curation tasks run: threads here, or a Dask cluster (PREFECT_DASK_ADDRESS)",
         )
+        p.add_argument("--tokenizer", default=None, help="a local tokenizer directory (e.g. Qwen3's)")
+        p.add_argument("--vision-init", default=None, help="a local SigLIP directory stage 1's ViT starts from")
+        p.add_argument("--llm-init", default=None, help="a local Qwen3 directory stage 1's LLM starts from")
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="check the input directories and print each stage's plan (data, steps, ZeRO, memory, launch)",
+        )
         p.add_argument("--json", action="store_true", help="print the flow's result as JSON")
         p.set_defaults(func=run_pipeline)
 
 
+def dry_run(args: argparse.Namespace) -> int:
+    """Print the plan of every stage to run; reads no data and trains nothing."""
+    from tasks.layout import RunLayout
+    from tasks.plan import format_plan, plan_run, resolve_run_preset
+    from tasks.train import LaunchConfig
+
+    preset = resolve_run_preset(args.preset, args.tokenizer, args.vision_init, args.llm_init)
+    launch = LaunchConfig(launcher=args.launcher, num_processes=args.num_processes)
+    layout = RunLayout(args.run_dir)
+    for line in format_plan(plan_run(preset, layout, launch, args.stages), preset, layout, launch):
+        print(line)
+    return 0
+
+
 def run_pipeline(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return dry_run(args)
     prefect_environment()
     from flows.keye import keye
 
@@ -107,6 +131,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
         num_processes=args.num_processes,
         task_runner=args.task_runner,
         local_folder_limit=args.local_folder_limit,
+        tokenizer=args.tokenizer,
+        vision_init=args.vision_init,
+        llm_init=args.llm_init,
     )
     wall_s = time.monotonic() - started
     train_s = sum(json.loads(p.read_text())["wall_s"] for p in Path(result["run_dir"], "stages").glob("*/result.json"))
