@@ -108,3 +108,33 @@ def test_a_verified_checkpoint_resumes(copy):
     config, _ = copy
     result = run_stage(config)
     assert result.steps == 3 and result.final_loss is not None
+
+
+def test_two_ranks_resume_a_verified_checkpoint_and_both_refuse_a_changed_one(tmp_path, tokenizer_dir, shards):
+    """Under torchrun every rank learns the verdict: a changed file fails the launch (no rank hangs)."""
+    from tasks.train import LaunchConfig, run_logged
+
+    spec = dataclasses.replace(get_stage("tiny", "sft"), num_steps=3, checkpoint_every=2)
+    config = RunConfig(stage=spec, output_dir=str(tmp_path / "stage"), tokenizer_dir=tokenizer_dir, shards=shards)
+    launch = LaunchConfig(launcher="torchrun", num_processes=2, timeout_s=600)
+    Path(config.output_dir).mkdir()
+    path = tmp_path / "run_config.json"
+    path.write_text(dataclasses.replace(config, stop_after_steps=2).to_json())
+    run_logged(launch.command(path), timeout_s=600, name="stop after 2")
+    ds_dir = Path(config.output_dir) / "deepspeed"
+    verify(ds_dir, "step2")
+    healthy = tmp_path / "healthy"
+    shutil.copytree(ds_dir, healthy, symlinks=True)
+
+    target = sorted((ds_dir / "step2").glob("*optim_states.pt"))[-1]  # rank 1's optimizer shard
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    target.write_bytes(bytes(data))
+    path.write_text(config.to_json())
+    with pytest.raises(RuntimeError, match=f"{target.name} does not match its sha256"):
+        run_logged(launch.command(path), timeout_s=600, name="tampered")
+
+    shutil.rmtree(ds_dir)
+    shutil.copytree(healthy, ds_dir, symlinks=True)
+    run_logged(launch.command(path), timeout_s=600, name="resume")
+    assert json.loads((Path(config.output_dir) / "result.json").read_text())["steps"] == 3
