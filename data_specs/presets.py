@@ -161,10 +161,15 @@ DEMO_STEPS = {
 }
 
 
+#: The demo keeps the report recipe's learning-rate ratios between stages, scaled up for a small model
+#: trained from scratch, and capped where the tiny model stays stable.
+DEMO_LR_SCALE = 200.0
+DEMO_MAX_LR = 2e-3
+
+
 def _demo_stage(stage: StageSpec) -> StageSpec:
-    """The tiny stage with real batches and enough steps to learn: 32 samples a step, constant-ish LR."""
+    """The tiny stage with real batches and enough steps to learn: 32 samples a step (RL: 2 prompts)."""
     tiny_stage = _tiny_stage(stage)
-    lr = 2e-3 if stage.phase == "pretrain" or stage.objective == "lm" else 5e-4
     return dataclasses.replace(
         tiny_stage,
         num_steps=DEMO_STEPS[stage.name],
@@ -172,7 +177,10 @@ def _demo_stage(stage: StageSpec) -> StageSpec:
         seq_len=max(tiny_stage.seq_len, 1024),
         checkpoint_every=100,
         optimizer=dataclasses.replace(
-            tiny_stage.optimizer, lr=lr, warmup_steps=10 if not stage.rl else 0, min_lr_ratio=0.1
+            tiny_stage.optimizer,
+            lr=min(DEMO_MAX_LR, stage.optimizer.lr * DEMO_LR_SCALE),
+            warmup_steps=0 if stage.rl else 10,
+            min_lr_ratio=1.0 if stage.rl else 0.1,
         ),
     )
 
