@@ -111,7 +111,7 @@ def test_held_out_data_never_reaches_a_mix(pipeline):
     with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:
         rows = store.con.execute("select metadata->>'$.media_path' from artifacts where kind = 'record'").fetchall()
     trained = {str(Path(row[0]).resolve()) for row in rows if row[0]}
-    test_images = {str(Path(p).resolve()) for p in easy_vqa.get_test_image_paths()}
+    test_images = {str(Path(p).resolve()) for p in easy_vqa.get_test_image_paths().values()}
     held_out_file = Path(run_dir) / "eval" / "held_out_temporal.jsonl"
     held_out_videos = {
         str(Path(json.loads(line)["media_path"]).resolve()) for line in held_out_file.read_text().splitlines()
