@@ -376,6 +376,8 @@ class LongCoTConfig:
     """Record tasks worth a reasoning chain (captions and plain instructions are not)."""
     enhance: bool = True
     """Rewrite questions into harder variants (step 1)."""
+    max_problems: int | None = None
+    """Most problems step 1 keeps, picked by ``seed`` from all it could make (None: all of them)."""
     num_paths: int = 4
     """K: paths per problem (step 2)."""
     max_new_tokens: int = 256

@@ -48,6 +48,8 @@ class Preset:
     None: a mix holds every record of its modalities at least once (however many steps read it)."""
     longcot_paths: int = 4
     """Reasoning paths sampled per LongCoT problem."""
+    longcot_problems: int | None = None
+    """Most LongCoT problems made from the curated records (None: every one that qualifies)."""
     max_new_tokens: int = 48
     """Generation cap for LongCoT paths, RL prompt filtering and evaluation answers."""
     eval_vqa_samples: int = 8
@@ -196,6 +198,7 @@ def demo() -> Preset:
         max_side_px=256,
         mix_tokens_per_sample=40,
         longcot_paths=4,
+        longcot_problems=96,
         max_new_tokens=48,
         eval_vqa_samples=1000,
     )

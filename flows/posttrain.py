@@ -60,7 +60,12 @@ def make_generated_data(
     out = Path(layout.posttrain_dir)
     shards_dir = str(out / "shards")
     run_id = str(flow_run.id)
-    config = LongCoTConfig(num_paths=preset.longcot_paths, max_new_tokens=preset.max_new_tokens, seed=seed)
+    config = LongCoTConfig(
+        num_paths=preset.longcot_paths,
+        max_problems=preset.longcot_problems,
+        max_new_tokens=preset.max_new_tokens,
+        seed=seed,
+    )
     generator = GeneratorConfig(kind="transformers", model_dir=sft.checkpoint_dir)
     problems = collect_problems_task(layout.records_path, str(out / "problems.jsonl"), config)
     paths = generate_paths_task(problems, str(out / "paths.jsonl"), generator, config)

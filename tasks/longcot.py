@@ -6,7 +6,9 @@
 3. ``assess_quality``: level-1 rules (format, answer match, length, repetition) + level-2 judge rubric
    -> tier A / B / C; C goes to a rejects file with its reasons. Borderline samples are flagged.
 5. ``score_samples``: quality score 1-5 from computable features, and a replay weight;
-   ``update_scores`` folds training feedback back in.
+   ``update_scores`` folds training feedback back in. The scored samples then pass the ``cot`` GX suite
+   (``validated_samples``): one that fails it (tier C, an unreviewed tier B, a reviewer's reject, blank or
+   oversized text) is quarantined with its reasons instead of reaching the cold-start mix.
 
 Each step is a plain function over small dataclasses; the ``*_task`` entry points read and write JSONL
 paths (one record per line) and are cached by the content of those files, not their names.
@@ -17,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import random
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from prefect import task
 
+from data_specs.expectations import cot_row
 from data_specs.longcot import (
     CoTPath,
     CoTProblem,
@@ -56,6 +60,7 @@ from tasks.generation import (
     RuleJudge,
     build_generator,
 )
+from tasks.validate import quarantine_beside, quarantine_failures
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +156,9 @@ def collect_problems(records: Sequence[Record], config: LongCoTConfig) -> list[C
             )
         )
     log.info("collected %d problems from %d records", len(problems), len(records))
+    if config.max_problems is not None and len(problems) > config.max_problems:
+        keep = set(random.Random(config.seed).sample(range(len(problems)), config.max_problems))
+        problems = [p for i, p in enumerate(problems) if i in keep]
     return problems
 
 
@@ -459,6 +467,12 @@ def update_scores(
     return out
 
 
+def validated_samples(samples: Sequence[CoTSample], quarantine_path: str | Path) -> list[CoTSample]:
+    """The samples that pass the ``cot`` suite (one GX run for the batch); the others are appended to
+    ``quarantine_path`` with their reasons."""
+    return quarantine_failures("cot", samples, [cot_row(s) for s in samples], quarantine_path=quarantine_path).passed
+
+
 # ---- Prefect entry points: JSONL paths in, JSONL paths out ------------------------------------------------
 _TASK_OPTIONS = FILE_TASK_OPTIONS
 
@@ -496,10 +510,15 @@ def assess_quality_task(
 def score_samples_task(
     samples_path: str, out_path: str, config: LongCoTConfig, blind_generator: GeneratorConfig | None = None
 ) -> str:
-    """``blind_generator``: a text-only model for the image-dependence probe; None skips the probe."""
+    """``blind_generator``: a text-only model for the image-dependence probe; None skips the probe.
+
+    Writes the scored samples that pass the ``cot`` suite to ``out_path`` and the others to
+    ``quarantine_beside(out_path)`` (rewritten each run)."""
     samples = read_jsonl(samples_path, CoTSample)
     blind = None
     if blind_generator is not None:
         problems = list({s.problem.id: s.problem for s in samples}.values())
         blind = probe_image_dependence(problems, build_generator(blind_generator), config)
-    return str(write_jsonl(score_samples(samples, config, blind), out_path))
+    quarantine = quarantine_beside(out_path)
+    quarantine.unlink(missing_ok=True)
+    return str(write_jsonl(validated_samples(score_samples(samples, config, blind), quarantine), out_path))
