@@ -156,12 +156,16 @@ DEMO_STEPS = {
     "stage4": 1,
     "sft": 350,
     "mpo": 40,
-    "reward": 60,
+    "reward": 40,
     "coldstart": 40,
     "gspo": 8,
     "alignment": 4,
 }
 
+
+#: Samples per step where 32 is too many: RL steps take 2 prompts, each with a group of rollouts; the reward
+#: model judges each of 8 pairs in both orders and both modes (32 conversations).
+DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 8}
 
 #: The demo keeps the report recipe's learning-rate ratios between stages, scaled up for a small model
 #: trained from scratch, and capped where the tiny model stays stable.
@@ -175,7 +179,7 @@ def _demo_stage(stage: StageSpec) -> StageSpec:
     return dataclasses.replace(
         tiny_stage,
         num_steps=DEMO_STEPS[stage.name],
-        micro_batch_size=2 if stage.rl else 32,
+        micro_batch_size=DEMO_MICRO_BATCH.get(stage.name, 32),
         seq_len=max(tiny_stage.seq_len, 1024),
         checkpoint_every=100,
         optimizer=dataclasses.replace(

@@ -124,6 +124,8 @@ def collect_problems(records: Sequence[Record], config: LongCoTConfig) -> list[C
     for record in records:
         if record.task not in config.reasoning_tasks or not record.question.strip() or not record.answer.strip():
             continue
+        if THINK_START in record.answer:  # already a reasoning chain: SFT data, not a problem to solve
+            continue
         key = (normalize_answer(record.question), record.media_path)
         if key in seen:
             continue

@@ -36,8 +36,9 @@ def test_easy_vqa_uses_packaged_images_and_questions(tmp_path):
 
     records = collect_records(SourceSpec(name="easy-vqa", limit=6, seed=3), tmp_path).records
     assert_valid(records, "easy-vqa", "image")
+    assert len(records) <= 6
     texts, answers, image_ids = easy_vqa.get_train_questions()
-    for record in records:
+    for record in [r for r in records if r.task != "reasoning"]:
         index = int(record.id.rsplit("-", 1)[1])
         assert (record.question, record.answer) == (texts[index], answers[index])
         assert record.answer in easy_vqa.get_answers()
@@ -45,6 +46,24 @@ def test_easy_vqa_uses_packaged_images_and_questions(tmp_path):
             assert image.size == (64, 64)
     again = collect_records(SourceSpec(name="easy-vqa", limit=6, seed=3), tmp_path).records
     assert again == records
+
+
+def test_easy_vqa_reasoning_records_chain_the_images_facts_to_the_answer(tmp_path):
+    import easy_vqa
+
+    from keye_model.answers import split_thinking
+
+    records = collect_records(SourceSpec(name="easy-vqa", limit=200, seed=1), tmp_path).records
+    reasoning = [r for r in records if r.task == "reasoning"]
+    assert 10 <= len(reasoning) <= 40 and len(records) <= 200  # images whose shape or colour no question names get none
+    texts, answers, image_ids = easy_vqa.get_train_questions()
+    for record in reasoning:
+        index = int(record.id.split("-")[2])
+        thinking, answer = split_thinking(record.answer)
+        assert answer == answers[index] and texts[index] in record.question
+        colour, shape = thinking.splitlines()[0].removeprefix("The image shows a ").rstrip(".").split()
+        own = {a for a, i in zip(answers, image_ids) if i == image_ids[index]}
+        assert {colour, shape} <= own  # the facts come from the image's own questions
 
 
 def test_skimage_photos_are_real_photographs_with_docstring_captions(tmp_path):
