@@ -58,7 +58,7 @@ def test_easy_vqa_reasoning_records_chain_the_images_facts_to_the_answer(tmp_pat
     assert 10 <= len(reasoning) <= 40 and len(records) <= 200  # images whose shape or colour no question names get none
     texts, answers, image_ids = easy_vqa.get_train_questions()
     for record in reasoning:
-        index = int(record.id.split("-")[2])
+        index = int(record.id.split("-")[3])
         thinking, answer = split_thinking(record.answer)
         assert answer == answers[index] and texts[index] in record.question
         colour, shape = thinking.splitlines()[0].removeprefix("The image shows a ").rstrip(".").split()
