@@ -12,7 +12,7 @@ import logging
 import sys
 
 #: Subcommand modules under keye_cli/, each with register(subparsers).
-COMMAND_MODULES = ("video", "lineage", "run", "bench", "review")
+COMMAND_MODULES = ("video", "lineage", "run", "bench", "review", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:

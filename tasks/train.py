@@ -222,12 +222,12 @@ def train_stage(
         return done
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(stamp, fingerprint)  # a torn stamp would read as changed inputs and clear the stage
+    config_path = out / "run_config.json"  # the launched ranks read it; lineage keeps it for keye replay
+    write_text_atomically(config_path, config.to_json())
     if launch.launcher == "inprocess":
         from keye_model.training.runner import run_stage
 
         return run_stage(config, on_step=on_step)
-    config_path = out / "run_config.json"
-    write_text_atomically(config_path, config.to_json())
     run_logged(launch.command(config_path), timeout_s=launch.timeout_s, name=f"stage {config.stage.name}")
     result = finished_result(out)
     if result is None:
@@ -293,6 +293,9 @@ def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
     written = Path(result.checkpoint_dir).parent / "result.json"
     extra = json.loads(written.read_text()) if written.exists() else {}
     metadata.update({k: extra[k] for k in ("fusion", "experts") if k in extra})  # what a fusion stage merged
+    config_file = Path(result.checkpoint_dir).parent / "run_config.json"
+    if config_file.exists():
+        metadata.update(replay_metadata(RunConfig.from_json(config_file.read_text())))
     sha256 = extra.get("weights_sha256")
     if sha256 is None:  # hashed once (16 GB at 8B), then kept beside the result for every later lookup
         digest = hashlib.sha256()
@@ -310,6 +313,29 @@ def checkpoint_artifact(result: StageResult, run_id: str) -> Artifact:
         created_by_run=run_id,
         metadata=metadata,
     )
+
+
+def replay_metadata(config: RunConfig) -> dict[str, Any]:
+    """What ``keye replay`` needs to train a stage again (``tasks.replay``): its run config, with the paths
+    inside the run folder (``<run>/stages/<stage>`` is ``output_dir``) relative to it, so the config can be
+    re-rooted in another folder; and the sha256 of each file of its tokenizer."""
+    root = Path(config.output_dir).resolve().parents[1]
+
+    def rel(path: str | None) -> str | None:
+        resolved = Path(path).resolve() if path else None
+        return str(resolved.relative_to(root)) if resolved and resolved.is_relative_to(root) else path
+
+    data = json.loads(config.to_json())
+    for key in ("output_dir", "tokenizer_dir", "init_checkpoint", "reward_model_checkpoint", "vision_init", "llm_init"):
+        data[key] = rel(data[key])
+    for key in ("shards", "expert_checkpoints"):
+        data[key] = [rel(p) for p in data[key]]
+    tokenizer = {}  # stays empty for a folder moved since the stage ran: replay then names what is missing
+    for file in sorted(Path(config.tokenizer_dir).iterdir()) if Path(config.tokenizer_dir).is_dir() else ():
+        if file.is_file():
+            with file.open("rb") as f:
+                tokenizer[file.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"run_config": data, "tokenizer_sha256s": tokenizer}
 
 
 def stage_lineage(
