@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from data_specs.mixes import PRESETS, get_mix
 from data_specs.presets import Preset, as_preset
 from tasks.caching import mark_run_folder
-from tasks.curation import mix_table, record_curation_lineage, write_records_jsonl
+from tasks.curation import mix_table, record_curation_lineage, source_table, write_records_jsonl
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.reports import artifact_key
@@ -109,7 +109,17 @@ def curate(
     ]
     shards = [f.result() for f in futures]
     record_curation_lineage(
-        layout.lineage_db, str(flow_run.id), {k: v.records for k, v in collected.items()}, report, shards
+        layout.lineage_db,
+        str(flow_run.id),
+        {k: v.records for k, v in collected.items()},
+        report,
+        shards,
+        {k: v.num_dropped for k, v in collected.items()},
+    )
+    create_table_artifact(
+        source_table(collected, report),
+        key=artifact_key("sources", run_dir),
+        description="Sources: records collected, left unread by a limit (records_dropped), quarantined, passed",
     )
     for mix_shards in shards:
         create_table_artifact(

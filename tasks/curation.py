@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from prefect import task
 from data_specs.schemas import Record
 from tasks.lineage import Artifact, Edge, LineageStore, Metric, MixRow
 from tasks.shards import StageShards
+from tasks.sources.spec import Collected
 from tasks.validate import ValidationReport
 
 
@@ -35,8 +37,8 @@ class LineageBatch:
         store.record_metrics(self.metrics)
 
 
-def source_artifact(name: str, run_id: str) -> Artifact:
-    return Artifact(kind="source", uri=f"source://{name}", created_by_run=run_id)
+def source_artifact(name: str, run_id: str, metadata: dict | None = None) -> Artifact:
+    return Artifact(kind="source", uri=f"source://{name}", created_by_run=run_id, metadata=metadata or {})
 
 
 def record_artifact(record: Record, run_id: str) -> Artifact:
@@ -64,12 +66,20 @@ def shard_artifact(info, mix: str, run_id: str) -> Artifact:
 
 
 def collection_lineage(
-    run_id: str, records_by_source: Mapping[str, Sequence[Record]], report: ValidationReport
+    run_id: str,
+    records_by_source: Mapping[str, Sequence[Record]],
+    report: ValidationReport,
+    dropped_by_source: Mapping[str, int] | None = None,
 ) -> LineageBatch:
-    """Sources, their records (source -> record), and the quarantine file with its counts."""
+    """Sources, their records (source -> record), and the quarantine file with its counts.
+
+    ``dropped_by_source``: items a limit left unread per source (``Collected.num_dropped``), kept as the
+    metrics ``records_dropped`` (all sources) and ``records_dropped/<source>``, and on the source artifact.
+    """
+    dropped = dict(dropped_by_source or {})
     batch = LineageBatch()
     for name, records in records_by_source.items():
-        source = source_artifact(name, run_id)
+        source = source_artifact(name, run_id, {"records_dropped": dropped.get(name, 0)})
         batch.artifacts.append(source)
         for record in records:
             art = record_artifact(record, run_id)
@@ -91,6 +101,11 @@ def collection_lineage(
         Metric(run_id=run_id, stage="curate", step=0, name="records_checked", value=report.num_checked),
         Metric(run_id=run_id, stage="curate", step=0, name="records_quarantined", value=report.num_quarantined),
         Metric(run_id=run_id, stage="curate", step=0, name="records_passed", value=len(report.passed)),
+        Metric(run_id=run_id, stage="curate", step=0, name="records_dropped", value=sum(dropped.values())),
+        *(
+            Metric(run_id=run_id, stage="curate", step=0, name=f"records_dropped/{name}", value=dropped.get(name, 0))
+            for name in records_by_source
+        ),
     ]
     return batch
 
@@ -178,6 +193,24 @@ def mix_table(shards: StageShards) -> list[dict]:
     return rows
 
 
+def source_table(collected: Mapping[str, Collected], report: ValidationReport) -> list[dict]:
+    """Per source, for a UI table beside the mix tables: records collected, inputs it could not turn into
+    records (``inputs_rejected``), items a limit left unread (``records_dropped``: a user's folder read
+    with ``folder_limit``), and how many of its records validation quarantined and passed."""
+    passed = Counter(r.source for r in report.passed)
+    return [
+        {
+            "source": name,
+            "records_collected": len(c.records),
+            "inputs_rejected": len(c.rejected),
+            "records_dropped": c.num_dropped,
+            "records_quarantined": len(c.records) - passed.get(name, 0),
+            "records_passed": passed.get(name, 0),
+        }
+        for name, c in collected.items()
+    ]
+
+
 @task(name="record-curation-lineage", retries=2, retry_delay_seconds=5)
 def record_curation_lineage(
     lineage_db: str,
@@ -185,9 +218,10 @@ def record_curation_lineage(
     records_by_source: dict[str, list[Record]],
     report: ValidationReport,
     shards: list[StageShards],
+    dropped_by_source: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Write the curation graph in one go (the flow process is the one writer)."""
-    batch = collection_lineage(run_id, records_by_source, report)
+    batch = collection_lineage(run_id, records_by_source, report, dropped_by_source)
     for mix_shards in shards:
         part = shard_lineage(run_id, mix_shards, report.passed)
         batch.artifacts += part.artifacts

@@ -14,7 +14,8 @@ shape ``keye_model/training/examples.py`` reads from a shard's ``json``:
 ``write_generated_shards`` validates a set with the record GX suite (bad records are quarantined, not
 lost), then shards it under a mix whose planned token shares ARE the set's own shares by modality
 (``generated_mix``): these sets are not resampled toward a target mix, every record is written exactly
-once, and the manifest's planned and realized shares agree by construction.
+once, and the manifest's planned and realized shares agree by construction. ``shard_stage`` runs the
+``manifest`` suite on the set's shards as on every mix's (a failing shard is quarantined, not listed).
 
 The ``*_task`` entry points take and return paths (JSONL in, JSONL or manifest out) and are cached by
 the content of their input files.

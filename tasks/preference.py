@@ -11,6 +11,10 @@ has a reference answer, ``reference_pairs`` choose the reference itself, written
 answer it without thinking (``<think>\\n\\n</think>\\n\\n{reference}``, the no-think form of the chat
 template), over each wrong path (``reference-vs-wrong``). This complements the report's pairs, which
 come from multi-path sampling; it never replaces them: a problem with a usable right path gets only those.
+
+The built pairs pass the ``pair`` GX suite before they are written (``validated_pairs``): a pair with a blank
+or oversized side, a score-gap pair whose chosen does not outscore its rejected, or a repeated id is
+quarantined with its reasons beside the pairs file.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 from prefect import task
 
+from data_specs.expectations import pair_row
 from data_specs.longcot import CoTSample, PreferenceConfig, PreferencePair, QualityTier, fit_id
 from keye_model.special_tokens import THINK_END, THINK_START
+from tasks.validate import quarantine_beside, quarantine_failures
 
 log = logging.getLogger(__name__)
 #: Ranking score given to a reference answer as chosen: the top of the judge's 1-5 rubric.
@@ -212,10 +219,20 @@ def build_preference_pairs(
     return pairs
 
 
+def validated_pairs(pairs: Sequence[PreferencePair], quarantine_path: str | Path) -> list[PreferencePair]:
+    """The pairs that pass the ``pair`` suite (one GX run for the batch); the others are appended to
+    ``quarantine_path`` with their reasons."""
+    return quarantine_failures("pair", pairs, [pair_row(p) for p in pairs], quarantine_path=quarantine_path).passed
+
+
 @task(name="build-preference-pairs", persist_result=True)
 def build_preference_pairs_task(samples_paths: list[str], out_path: str, config: PreferenceConfig) -> str:
-    """Reads kept and rejected sample JSONL files, writes the pairs JSONL."""
+    """Reads kept and rejected sample JSONL files, writes the pairs that pass the ``pair`` suite to
+    ``out_path`` and the others to ``quarantine_beside(out_path)`` (rewritten each run)."""
     from data_specs.longcot import read_jsonl, write_jsonl
 
     samples = [s for path in samples_paths for s in read_jsonl(path, CoTSample)]
-    return str(write_jsonl(build_preference_pairs(group_by_problem(samples), config), out_path))
+    quarantine = quarantine_beside(out_path)
+    quarantine.unlink(missing_ok=True)
+    pairs = validated_pairs(build_preference_pairs(group_by_problem(samples), config), quarantine)
+    return str(write_jsonl(pairs, out_path))

@@ -12,6 +12,11 @@ the manifest is written (the same way) last, so a mix without a manifest is an u
 run first removes that mix's old shards, manifest and stale partials. Paths in a manifest are relative
 to its folder, so a run folder can be copied or moved.
 
+Before the manifest is written its rows pass the ``manifest`` GX suite (``quarantine_bad_shards``, one run per
+mix): a shard that fails (no samples or tokens, a malformed sha256 or name, smaller than a tar) is moved to
+``<mix>/quarantine/`` and listed with its reasons in ``<mix>/quarantine/shards.jsonl``; the manifest, its
+counts and shares cover the shards that passed.
+
 Mix sampler: records fall in buckets (a modality, or a (modality, source) when the mix splits it), each
 with a planned share of tokens. Starting from nothing, it repeatedly adds the next record of the bucket
 furthest below its planned tokens (records cycle in a seeded order; a bucket that runs out starts over,
@@ -42,6 +47,7 @@ from data_specs.mixes import DataMix
 from data_specs.schemas import Record
 from keye_model.geometry import fit_size, num_tokens
 from tasks.tar_sink import TarSink
+from tasks.validate import quarantine_failures
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +166,38 @@ class StageShards:
 
     def manifest_rows(self) -> list[dict]:
         """One row per shard in the columns of the ``manifest`` expectation suite."""
-        return [
-            {
-                "shard": s.name,
-                "mix": self.mix,
-                "sha256": s.sha256,
-                "num_bytes": s.num_bytes,
-                "num_records": s.num_records,
-                "tokens": s.tokens,
-            }
-            for s in self.shards
-        ]
+        return [manifest_row(self.mix, s) for s in self.shards]
+
+
+def manifest_row(mix: str, shard: ShardInfo) -> dict:
+    """``shard`` as a row of the ``manifest`` expectation suite."""
+    return {
+        "shard": shard.name,
+        "mix": mix,
+        "sha256": shard.sha256,
+        "num_bytes": shard.num_bytes,
+        "num_records": shard.num_records,
+        "tokens": shard.tokens,
+    }
+
+
+def quarantine_bad_shards(mix: str, shards: Sequence[ShardInfo]) -> list[ShardInfo]:
+    """The shards whose manifest rows pass the ``manifest`` suite; each other one is moved into
+    ``quarantine/`` beside it and listed in ``quarantine/shards.jsonl`` with its reasons, so that no
+    manifest lists it and no reader finds it under a shard name. ValueError naming the mix when none pass."""
+    if not shards:
+        return []
+    folder = Path(shards[0].path).parent / "quarantine"
+    report = quarantine_failures(
+        "manifest", list(shards), [manifest_row(mix, s) for s in shards], quarantine_path=folder / "shards.jsonl"
+    )
+    passed = {id(s) for s in report.passed}
+    for shard in shards:
+        if id(shard) not in passed:
+            os.replace(shard.path, folder / shard.name)
+    if not report.passed:
+        raise ValueError(f"mix {mix}: every shard failed the manifest suite, see {report.quarantine_path}")
+    return report.passed
 
 
 # ---- token estimates ---------------------------------------------------------------------------------
@@ -354,8 +381,15 @@ def _write_shard(path: Path, entries: list[tuple[Sample, dict]], config: ShardCo
 
 
 def _clear_mix(mix_dir: Path, mix: str) -> None:
-    """Remove a previous run's manifest first (so its shards stop counting), then its shards and partials."""
-    old = [mix_dir / "manifest.json", *mix_dir.glob(f"{mix}-*.tar"), *mix_dir.glob(".*.partial")]
+    """Remove a previous run's manifest first (so its shards stop counting), then its shards, partials and
+    quarantined shards."""
+    old = [
+        mix_dir / "manifest.json",
+        *mix_dir.glob(f"{mix}-*.tar"),
+        *mix_dir.glob(".*.partial"),
+        *mix_dir.glob(f"quarantine/{mix}-*.tar"),
+        *mix_dir.glob("quarantine/shards.jsonl"),
+    ]
     for path in old:
         if path.exists():
             path.unlink()
@@ -432,7 +466,9 @@ def shard_stage(
     estimated = estimate_samples(records, config, tokenizer)
     chosen = sample_mix(estimated, mix, target_tokens=config.target_tokens, seed=config.seed)
     random.Random(config.seed).shuffle(chosen)  # spread modalities over shards
-    shards = write_shards(chosen, config, on_sample)
+    shards = quarantine_bad_shards(config.mix, write_shards(chosen, config, on_sample))
+    kept = {key for s in shards for key in s.keys}
+    chosen = [s for s in chosen if s.key in kept]  # counts and shares of what the manifest lists
     split = {m for m in mix.source_ratios}
 
     def bucket(sample: Sample) -> str:

@@ -5,6 +5,10 @@ all its reasons and the record itself) and is counted by reason. Nothing is drop
 bad record never stops the others. Inputs a source could not even turn into a Record (``Rejected``) are
 quarantined the same way.
 
+The other tables the pipeline makes go through ``quarantine_failures``, one suite run per batch: the LongCoT
+samples (``cot`` suite, ``tasks/longcot.py``), the preference pairs (``pair``, ``tasks/preference.py``) and
+each mix's shards (``manifest``, ``tasks/shards.py``). Their quarantine lines carry the suite's ``kind``.
+
 Checks, all run on every record so that a quarantine line lists every problem at once:
 * duplicate ids (the first occurrence is kept, later ones are quarantined);
 * decode: an image must open and fully load with PIL and have a usable aspect ratio; its size is read
@@ -18,10 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 
@@ -36,6 +42,9 @@ CHECK_FRAME_SIZE = (28, 28)
 #: Largest image accepted (8192 x 8192): the processor downsizes anything bigger to at most ~16M pixels
 #: (20,480 tokens of 28x28), so more only costs decode memory (4 bytes a pixel) and is an attack surface.
 MAX_IMAGE_PIXELS = 8192 * 8192
+#: The curate flow shards its mixes on parallel threads and each runs the manifest suite: one GX run at a time,
+#: since GX's contexts share process-wide registries.
+_GX_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +134,11 @@ def run_suite(kind: str, rows: list[dict]) -> list[list[str]]:
     """
     if not rows:
         return []
+    with _GX_LOCK:
+        return _run_suite(kind, rows)
+
+
+def _run_suite(kind: str, rows: list[dict]) -> list[list[str]]:
     # GX logs at INFO on import and per context (hundreds of "Skipping registering function ..." lines,
     # "Loading 'datasources' -> []"): chatter about itself, not about our data. Its warnings still show.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -165,17 +179,80 @@ def run_suite(kind: str, rows: list[dict]) -> list[list[str]]:
     return reasons
 
 
-def _quarantine_line(*, item_id: str, source: str, problems: list[Problem], record: dict | None, raw: str) -> str:
-    return json.dumps(
-        {
-            "id": item_id,
-            "source": source,
-            "reasons": [p.reason for p in problems],
-            "problems": [asdict(p) for p in problems],
-            "record": record,
-            "raw": raw,
-        },
-        sort_keys=True,
+def _quarantine_line(
+    *, item_id: str, source: str, problems: list[Problem], record: dict | None, raw: str, kind: str | None = None
+) -> str:
+    line = {
+        "id": item_id,
+        "source": source,
+        "reasons": [p.reason for p in problems],
+        "problems": [asdict(p) for p in problems],
+        "record": record,
+        "raw": raw,
+    }
+    return json.dumps(line if kind is None else {**line, "kind": kind}, sort_keys=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteReport:
+    """What one ``quarantine_failures`` pass did."""
+
+    passed: list[Any]
+    """Items that passed the suite, in input order."""
+    num_quarantined: int
+    """Items written to the quarantine file."""
+    reasons: dict[str, int]
+    """Quarantined items per reason (an item with two reasons counts under both)."""
+    quarantine_path: str
+    """The JSONL file quarantined items were appended to."""
+
+
+def quarantine_beside(path: str | Path) -> Path:
+    """Where the items kept out of ``path`` go: ``cot_samples.jsonl`` -> ``cot_samples.quarantine.jsonl``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.quarantine.jsonl")
+
+
+def quarantine_failures(
+    kind: str, items: Sequence[Any], rows: Sequence[dict], *, quarantine_path: str | Path
+) -> SuiteReport:
+    """Run the ``kind`` suite once over ``rows`` (``rows[i]`` is ``items[i]`` in that suite's columns); the items
+    that fail are appended to ``quarantine_path`` with every reason (a ``kind`` line: id, source, row), the
+    rest are returned. A repeated id keeps its first item and quarantines the others as ``duplicate id``, as
+    ``validate_records`` does (the suite's own uniqueness check would drop every copy).
+
+    The id of a row is its ``id`` column (``shard`` for a manifest row), its source its ``source`` (``mix``).
+    """
+    assert len(items) == len(rows), (kind, len(items), len(rows))
+    id_column, source_column = ("shard", "mix") if kind == "manifest" else ("id", "source")
+    problems: list[list[Problem]] = [[] for _ in rows]
+    seen: set[str] = set()
+    for row, found in zip(rows, problems):
+        if row.get(id_column) in seen:
+            found.append(Problem(check="unique", reason="duplicate id", detail=f"{kind} {row.get(id_column)}"))
+        seen.add(row.get(id_column))
+    unique = [i for i, found in enumerate(problems) if not found]
+    for i, reasons in zip(unique, run_suite(kind, [rows[i] for i in unique])):
+        detail = f"{kind} {rows[i].get(id_column)}"
+        problems[i].extend(Problem(check="expectations", reason=r, detail=detail) for r in reasons)
+    counts: Counter[str] = Counter()
+    lines, passed = [], []
+    for item, row, found in zip(items, rows, problems):
+        if not found:
+            passed.append(item)
+            continue
+        item_id, source = str(row.get(id_column)), str(row.get(source_column))
+        lines.append(_quarantine_line(item_id=item_id, source=source, problems=found, record=row, raw="", kind=kind))
+        counts.update({p.reason for p in found})
+        log.warning("quarantined %s %s (%s): %s", kind, item_id, source, "; ".join(p.reason for p in found))
+    path = Path(quarantine_path)
+    if lines:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+    log.info("%s suite: %d of %d passed, %d quarantined to %s", kind, len(passed), len(rows), len(lines), path)
+    return SuiteReport(
+        passed=passed, num_quarantined=len(lines), reasons=dict(sorted(counts.items())), quarantine_path=str(path)
     )
 
 

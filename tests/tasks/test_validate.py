@@ -172,3 +172,16 @@ def test_rejected_inputs_are_counted_under_their_kind(tmp_path):
     lines = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert [line["id"] for line in lines] == ["/d/chat.jsonl:2", "/d/x.jpg"]
     assert lines[0]["problems"][0]["detail"] == "/d/chat.jsonl:2: Unusable: byte 3 is not UTF-8"
+
+
+def test_a_suite_batch_keeps_the_first_of_a_repeated_id_and_quarantines_the_rest(tmp_path, gx):
+    from data_specs.expectations import pair_row
+    from tasks.validate import quarantine_failures
+    from tests.data_specs.test_expectations import make_pair
+
+    pairs = [make_pair(id="p1"), make_pair(id="p2"), make_pair(id="p1", chosen="<think>c</think>1")]
+    quarantine = tmp_path / "pairs.quarantine.jsonl"
+    report = quarantine_failures("pair", pairs, [pair_row(p) for p in pairs], quarantine_path=quarantine)
+    assert report.passed == pairs[:2] and report.reasons == {"duplicate id": 1}  # GX alone would drop both p1
+    (line,) = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert line["id"] == "p1" and line["kind"] == "pair" and line["record"]["chosen"] == "<think>c</think>1"
