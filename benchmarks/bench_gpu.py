@@ -26,6 +26,7 @@ def config_05b():
         num_key_value_heads=8,
         head_dim=64,
         intermediate_size=3072,
+        mrope_section=(8, 12, 12),  # 32 rotary frequencies at head_dim 64, split as 8B's [16, 24, 24]
     )
     assert isinstance(text, TextConfig)
     return dataclasses.replace(base, text=text)

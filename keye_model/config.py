@@ -128,6 +128,9 @@ class TextConfig:
     """Epsilon of every RMSNorm (incl. q/k norm)."""
     rope_theta: float = 1_000_000.0
     """RoPE base; stage 3 resets it to 8,000,000 for 131,072-token context."""
+    mrope_section: tuple[int, ...] = ()
+    """Multimodal RoPE: how many of the head_dim/2 rotary frequencies follow the t, h and w position
+    (keye_model.mrope; [16, 24, 24] at 8B). Empty: plain 1D RoPE (what configs saved before M-RoPE mean)."""
     max_position_embeddings: int = 40_960
     """Longest sequence the rotary cache is sized for (informational for default RoPE)."""
     tie_word_embeddings: bool = False
@@ -145,6 +148,15 @@ class TextConfig:
             )
         if self.rope_theta <= 0:
             raise ValueError(f"TextConfig: rope_theta must be positive, got {self.rope_theta}")
+        # JSON gives a list; a tuple keeps the frozen config hashable and equal to the preset it came from.
+        object.__setattr__(self, "mrope_section", tuple(self.mrope_section))
+        if self.mrope_section and (
+            len(self.mrope_section) != 3 or min(self.mrope_section) < 1 or sum(self.mrope_section) != self.head_dim // 2
+        ):
+            raise ValueError(
+                f"TextConfig: mrope_section {list(self.mrope_section)} must be three positive counts (t, h, w) "
+                f"summing to head_dim / 2 = {self.head_dim // 2}"
+            )
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -252,13 +264,14 @@ def tiny() -> KeyeConfig:
             head_dim=32,
             intermediate_size=384,
             max_position_embeddings=4096,
+            mrope_section=(4, 6, 6),  # 16 rotary frequencies, split as 8B's [16, 24, 24] of 64
         ),
     )
 
 
 def keye_8b() -> KeyeConfig:
     """SigLIP-so400m-patch14-384 + Qwen3-8B, as in Keye-VL-1.5-8B (SPEC section 1)."""
-    return KeyeConfig(vision=VisionConfig(), projector=ProjectorConfig(), text=TextConfig())
+    return KeyeConfig(vision=VisionConfig(), projector=ProjectorConfig(), text=TextConfig(mrope_section=(16, 24, 24)))
 
 
 PRESETS: dict[str, Callable[[], KeyeConfig]] = {"tiny": tiny, "keye-8b": keye_8b}

@@ -1,6 +1,9 @@
 """The language model: a transformers Qwen3ForCausalLM built from a ``TextConfig`` or a local directory.
 
-Positions are plain 1D RoPE for now (M-RoPE is a later goal). The RoPE base lives in
+Positions: 1D RoPE as built; ``use_mrope`` swaps in the multimodal rotary module (keye_model.mrope), which
+takes (3, B, L) t/h/w position ids and treats (B, L) ids as text. It has no weights and is not recorded in
+the Qwen3 config, so the decoder still saves as a plain Qwen3 checkpoint: loaded with 1D RoPE there, it
+computes exactly what it does here on text (t = h = w). The RoPE base lives in
 ``config.rope_parameters["rope_theta"]`` (transformers v5) and in the rotary module's ``inv_freq``
 buffer, computed once at construction; ``set_rope_theta`` rewrites both, which is what stage 3's
 reset to 8,000,000 needs.
@@ -14,6 +17,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from keye_model.config import TextConfig
+from keye_model.mrope import MultimodalRotaryEmbedding
 
 #: TextConfig fields that fix parameter shapes; a loaded checkpoint must agree on all of them.
 SHAPE_FIELDS = (
@@ -98,6 +102,15 @@ def check_decoder_matches(model: Qwen3ForCausalLM, text: TextConfig, source: str
     }
     if diffs:
         raise ValueError(f"Qwen3 checkpoint {source} does not fit TextConfig: (ckpt, config) {diffs}")
+
+
+def use_mrope(model: Qwen3ForCausalLM, mrope_section: tuple[int, ...]) -> None:
+    """Replace the decoder's rotary module by the M-RoPE one (same base, frequencies kept in float32)."""
+    rotary = model.model.rotary_emb
+    if rotary.rope_type != "default":
+        raise ValueError(f"M-RoPE needs default RoPE, the decoder uses {rotary.rope_type!r}")
+    mrope = MultimodalRotaryEmbedding(model.config, mrope_section)
+    model.model.rotary_emb = mrope.to(rotary.inv_freq.device)
 
 
 def set_rope_theta(model: Qwen3ForCausalLM, theta: float) -> None:

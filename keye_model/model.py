@@ -5,7 +5,11 @@ Inputs (from the processor):
 - ``pixel_values`` (N, C*p*p), ``grid_hw`` (I, 2): see ``vision_encoder.py``; images/frames in the order
   of their placeholders in ``input_ids`` read row-major over the batch;
 - ``labels`` (B, L), aligned with ``input_ids`` (NOT shifted) and -100 where no loss is taken; the model
-  shifts them (the logits at position t predict labels[t + 1]).
+  shifts them (the logits at position t predict labels[t + 1]);
+- ``position_ids`` (B, L), optional: 1D positions (packed rows restart them per sample; arange when None).
+  With M-RoPE (``config.text.mrope_section``) the model derives the t/h/w positions from them, ``input_ids``
+  and ``grid_hw`` (keye_model.mrope), and builds the attention mask from the 1D ones, so callers never
+  handle 3D positions.
 
 Worked example: one image with grid_hw (4, 6) -> 24 patches -> 24/4 = 6 visual tokens, so ``input_ids``
 must hold exactly 6 placeholders; the 6 projected features replace them in order (masked_scatter).
@@ -26,11 +30,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from keye_model.config import KeyeConfig
-from keye_model.decoder import build_decoder, check_decoder_matches, load_decoder, rope_theta, set_rope_theta
+from keye_model.decoder import (
+    build_decoder,
+    check_decoder_matches,
+    load_decoder,
+    rope_theta,
+    set_rope_theta,
+    use_mrope,
+)
 from keye_model.losses import IGNORE_INDEX
+from keye_model.mrope import mrope_position_ids, text_position_ids
 from keye_model.parts import check_parts
 from keye_model.projector import Projector
 from keye_model.vision_encoder import VisionEncoder
@@ -80,6 +93,8 @@ class KeyeForConditionalGeneration(nn.Module):
         self.projector = Projector(config.projector, config.vision.hidden_size, config.text.hidden_size)
         built_here = language_model is None
         self.language_model = build_decoder(config.text) if built_here else language_model
+        if config.text.mrope_section:
+            use_mrope(self.language_model, config.text.mrope_section)
         if init:
             init_weights(self.vision, config.vision.initializer_range)
             init_weights(self.projector, config.vision.initializer_range)
@@ -239,6 +254,30 @@ class KeyeForConditionalGeneration(nn.Module):
         mask_BLE = mask_BL[..., None].expand_as(embeds_BLE)
         return embeds_BLE.masked_scatter(mask_BLE, features_ME.to(embeds_BLE.dtype))
 
+    def rope_position_ids(
+        self, input_ids: torch.Tensor, grid_hw: torch.Tensor | None, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(3, B, L) M-RoPE t/h/w positions of a batch, from its 1D ``position_ids`` (arange when None)."""
+        return mrope_position_ids(
+            input_ids,
+            grid_hw,
+            placeholder_ids=self.config.placeholder_token_ids,
+            merge_size=self.config.projector.merge_size,
+            position_ids_BL=position_ids,
+        )
+
+    def _causal_masks(
+        self, embeds_BLE: torch.Tensor, attention_mask: torch.Tensor | None, position_ids_BL: torch.Tensor
+    ) -> dict:
+        """The decoder's masks from the 1D positions (packed rows: block-causal), as Qwen3Model builds them."""
+        config = self.language_model.config
+        kwargs = dict(config=config, inputs_embeds=embeds_BLE, attention_mask=attention_mask, cache=None)
+        kwargs["position_ids"] = position_ids_BL
+        masks = {"full_attention": create_causal_mask(**kwargs)}
+        if "sliding_attention" in config.layer_types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+        return masks
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -250,6 +289,12 @@ class KeyeForConditionalGeneration(nn.Module):
         use_cache: bool = False,
     ) -> CausalLMOutputWithPast:
         embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw)
+        if self.config.text.mrope_section:
+            if position_ids is None:
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            # The mask needs the 1D positions (sample boundaries), the rotary module the t/h/w ones.
+            attention_mask = self._causal_masks(embeds_BLE, attention_mask, position_ids)
+            position_ids = self.rope_position_ids(input_ids, grid_hw, position_ids)
         out = self.language_model(
             inputs_embeds=embeds_BLE, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
         )
@@ -276,6 +321,12 @@ class KeyeForConditionalGeneration(nn.Module):
         # Ranks stop generating at different lengths; under ZeRO-3 each decoding step gathers parameters
         # collectively, so every rank keeps stepping until all are done.
         generate_kwargs.setdefault("synced_gpus", _several_ranks())
+        if self.config.text.mrope_section:
+            # The prompt's t/h/w positions; generate extends each axis by the last token's + 1 per new token,
+            # which is max + 1 (Qwen2-VL's rule) since a prompt ends with text, where t = h = w = max.
+            generate_kwargs["position_ids"] = self.rope_position_ids(
+                input_ids, grid_hw, text_position_ids(attention_mask)
+            )
         return self.language_model.generate(
             input_ids=input_ids,
             inputs_embeds=embeds_BLE,

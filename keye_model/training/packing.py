@@ -2,7 +2,8 @@
 
 Samples are placed in rows of at most ``seq_len`` tokens, first fit in arrival order. Position ids
 restart at 0 for every sample; transformers (attention_mask=None, position_ids given) then builds a
-block-causal mask from them, so a token attends only to earlier tokens of its own sample. The label of
+block-causal mask from them, so a token attends only to earlier tokens of its own sample; with M-RoPE the
+model derives each sample's t/h/w positions from these restarts (keye_model.mrope). The label of
 each sample's first token is masked because the causal loss would otherwise make the previous sample's
 last token predict it.
 
