@@ -4,7 +4,9 @@ Each suite is declared as data (a tuple of ``Check``: the GX expectation class n
 the human reason a failing row is quarantined with) so that it can be read, diffed and tested without
 importing Great Expectations, which costs seconds; ``build_suite`` turns a declaration into a
 ``gx.ExpectationSuite`` and is the only place GX is imported. Running a suite is the job of
-``tasks/validate.py``.
+``tasks/validate.py``; the pipeline runs every suite on what it makes (records when curating and on each
+generated set, ``cot`` on the scored LongCoT samples, ``pair`` on the preference pairs, ``manifest`` on each
+mix's shards before its manifest is written) and quarantines the items that fail.
 
 The kinds and their columns (one row per item; text columns are strings, ``meta`` is JSON text):
 
