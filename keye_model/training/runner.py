@@ -56,8 +56,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _CpuAcceleratorNotice(logging.Filter):
+    """DeepSpeed warns "Setting accelerator to CPU" once per process; on CPU that is the expected case."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
 def init_distributed() -> tuple[int, int]:
     """(rank, world size); a process not started by deepspeed/torchrun becomes a world of one."""
+    ds_logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _CpuAcceleratorNotice) for f in ds_logger.filters):
+        ds_logger.addFilter(_CpuAcceleratorNotice())
     import deepspeed
 
     if "RANK" not in os.environ:
