@@ -133,12 +133,26 @@ def curate(
 
 def curate_on(task_runner: str = "thread"):
     """The curate flow on a task runner: ``thread`` (this process) or ``dask`` (a Dask cluster at
-    ``PREFECT_DASK_ADDRESS``, or a local one when unset)."""
+    ``PREFECT_DASK_ADDRESS``, or a local one when unset).
+
+    Dask needs a running Prefect server named by ``PREFECT_API_URL`` in the environment or the profile:
+    without one each Dask worker process would start a temporary server of its own (port races, task
+    runs the flow's server never sees), so that case is refused.
+    """
     if task_runner not in TASK_RUNNERS:
         raise ValueError(f"task runner {task_runner!r} not in {TASK_RUNNERS}")
     if task_runner == "thread":
         return curate
     import os
+
+    from prefect.context import get_settings_context
+
+    profile = {getattr(k, "name", str(k)): v for k, v in get_settings_context().profile.settings.items()}
+    if not (os.environ.get("PREFECT_API_URL") or profile.get("PREFECT_API_URL")):
+        raise ValueError(
+            "the dask task runner needs a running Prefect server: start one (prefect server start) and set "
+            "PREFECT_API_URL (prefect config set PREFECT_API_URL=http://HOST:4200/api); see docs/deploy.md"
+        )
 
     from prefect_dask import DaskTaskRunner
 
