@@ -44,6 +44,7 @@ from keye_model.decoder import (
 )
 from keye_model.losses import IGNORE_INDEX
 from keye_model.mrope import mrope_position_ids, text_position_ids
+from keye_model.packed_attention import ATTENTION, packed_sequence_lengths, use_packed_attention
 from keye_model.parts import check_parts
 from keye_model.projector import Projector
 from keye_model.vision_encoder import VisionEncoder
@@ -95,6 +96,7 @@ class KeyeForConditionalGeneration(nn.Module):
         self.language_model = build_decoder(config.text) if built_here else language_model
         if config.text.mrope_section:
             use_mrope(self.language_model, config.text.mrope_section)
+            use_packed_attention(self.language_model)
         if init:
             init_weights(self.vision, config.vision.initializer_range)
             init_weights(self.projector, config.vision.initializer_range)
@@ -289,14 +291,27 @@ class KeyeForConditionalGeneration(nn.Module):
         use_cache: bool = False,
     ) -> CausalLMOutputWithPast:
         embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw)
+        packed = {}
         if self.config.text.mrope_section:
             if position_ids is None:
                 position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
             # The mask needs the 1D positions (sample boundaries), the rotary module the t/h/w ones.
-            attention_mask = self._causal_masks(embeds_BLE, attention_mask, position_ids)
+            lengths = None
+            if attention_mask is None and self.language_model.config._attn_implementation == ATTENTION:
+                lengths = packed_sequence_lengths(position_ids.expand_as(input_ids))
+            if lengths is not None:  # packed rows: sample boundaries instead of an L x L mask
+                cu, longest = lengths
+                packed = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+                attention_mask = dict.fromkeys(self.language_model.config.layer_types)
+            else:
+                attention_mask = self._causal_masks(embeds_BLE, attention_mask, position_ids)
             position_ids = self.rope_position_ids(input_ids, grid_hw, position_ids)
         out = self.language_model(
-            inputs_embeds=embeds_BLE, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+            inputs_embeds=embeds_BLE,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **packed,
         )
         loss = causal_lm_loss(out.logits, labels) if labels is not None else None
         return CausalLMOutputWithPast(loss=loss, logits=out.logits, past_key_values=out.past_key_values)
