@@ -161,6 +161,7 @@ def test_evaluate_checkpoint_runs_the_configured_set(checkpoint_dir, temporal_sa
         "probe/num_classes",
         "probe/num_shots",
         "probe/num_test",
+        "probe/random_init_accuracy",
     }
 
 
