@@ -314,7 +314,7 @@ class KeyeForConditionalGeneration(nn.Module):
             **packed,
         )
         loss = causal_lm_loss(out.logits, labels) if labels is not None else None
-        return CausalLMOutputWithPast(loss=loss, logits=out.logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=out.cache)
 
     @torch.no_grad()
     def generate(
