@@ -27,7 +27,7 @@ def evaluate(
     vqa_samples: int | None = None,
     videomme_json: str | None = None,
     videomme_video_dir: str | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | None = None,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each finished stage (or of ``stages_to_eval``), in pipeline order; ``vqa_samples``
@@ -44,7 +44,8 @@ def evaluate(
         temporal_jsonl=temporal,
         videomme_json=videomme_json,
         videomme_video_dir=videomme_video_dir,
-        max_new_tokens=max_new_tokens,
+        # Room for a reasoning block: after LongCoT cold-start the model thinks before it answers.
+        max_new_tokens=max_new_tokens or preset.max_new_tokens,
         tokenizer_dir=layout.tokenizer_dir,
         video_preset=preset.slow_fast,
     )

@@ -161,6 +161,7 @@ TABLE_COLUMNS = (
     ("vqa/majority_baseline", "majority"),
     ("temporal/mean_iou", "temporal IoU"),
     ("probe/accuracy", "ViT probe"),
+    ("probe/random_init_accuracy", "random ViT"),
 )
 
 
