@@ -36,6 +36,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"{final.stage}: model.safetensors is bit-identical to the recorded checkpoint ({final.recorded_sha256})")
         return 0
     print(f"{final.stage}: model.safetensors differs: sha256 {final.replayed_sha256}, recorded {final.recorded_sha256}")
+    # the usual cause: the code changed since (a replay re-runs today's code on the recorded inputs)
+    from tasks.lineage.prefect_tasks import code_version
+
+    with LineageStore(args.db, read_only=True) as store:
+        row = store.con.execute(
+            "SELECT r.code_version FROM artifacts a JOIN runs r ON r.run_id = a.created_by_run WHERE a.artifact_id = ?",
+            [target],
+        ).fetchone()
+    print(f"code version that trained it: {row[0] if row else 'not recorded'}; replayed with: {code_version()}")
     return 1
 
 

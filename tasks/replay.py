@@ -10,7 +10,8 @@ training), trains each stage with its recorded config re-rooted there (same stag
 order), and compares the new weights' sha256 (``model.safetensors``) with the recorded one.
 
 Generated post-training data (LongCoT, pairs) is not generated again: it is read from the shards recorded.
-Stages run in this process (one rank); on a CPU the replay is bit-identical.
+Stages run in this process (one rank); on a CPU the replay is bit-identical with the same code (a change
+to the model or runner since, even one that only reorders floating-point sums, changes the weights).
 """
 
 from __future__ import annotations
