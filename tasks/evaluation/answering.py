@@ -131,7 +131,10 @@ def answer_batch(
             pixel_values=pixel_values,
             grid_hw=grid_hw,
         ).logits
-        chosen = logits[torch.arange(len(prompts)), torch.tensor(ends) - 1].argmax(-1).tolist()
+        next_logits = logits[torch.arange(len(prompts)), torch.tensor(ends) - 1]
+        # As ``KeyeForConditionalGeneration.generate`` does: never emit a visual placeholder.
+        next_logits[:, list(evaluator.model.config.placeholder_token_ids)] = float("-inf")
+        chosen = next_logits.argmax(-1).tolist()
         for row, token in enumerate(chosen):
             if done[row]:
                 continue
