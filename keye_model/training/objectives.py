@@ -15,6 +15,7 @@ specs without importing torch; a test checks both agree) and its test.
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -48,11 +49,11 @@ class MicroStep:
     tokens: int
 
 
-class Objective:
+class Objective(abc.ABC):
     """One optimizer step of a stage's objective (backward and engine steps included).
 
-    Subclasses give ``micro_step`` (one micro batch's loss); the default ``train_step`` accumulates
-    ``grad_accum_steps`` of them. State that must survive a resume goes in ``state_dict``.
+    State that must survive a resume goes in ``state_dict``. Most objectives are
+    ``AccumulatedObjective``s, which only say what one micro batch's loss is.
     """
 
     name: ClassVar[str]
@@ -67,10 +68,20 @@ class Objective:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what ``state_dict`` saved: nothing, unless a subclass keeps state."""
+        del state
 
+    @abc.abstractmethod
+    def train_step(self, step: int) -> StepOutput:
+        """One optimizer step."""
+
+
+class AccumulatedObjective(Objective):
+    """``train_step`` accumulates ``grad_accum_steps`` micro batches, each given by ``micro_step``."""
+
+    @abc.abstractmethod
     def micro_step(self) -> MicroStep:
-        raise NotImplementedError
+        """One micro batch's loss and what to log about it."""
 
     def train_step(self, step: int) -> StepOutput:
         outs = []
@@ -107,7 +118,7 @@ def get_objective(name: str) -> type[Objective]:
 
 
 @register
-class LM(Objective):
+class LM(AccumulatedObjective):
     """Next-token loss on the assistant turns of curated samples, packed."""
 
     name = "lm"
@@ -158,7 +169,7 @@ class Reward(LM):
 
 
 @register
-class MPO(Objective):
+class MPO(AccumulatedObjective):
     """MPO against a frozen copy of the starting policy; rows are chosen then rejected, padded."""
 
     name = "mpo"

@@ -20,19 +20,7 @@ pytestmark = pytest.mark.slow
 #: The bad-input folder: test_bad_inputs' module-scoped fixture, under this name here.
 bad_input_folder = test_bad_inputs.folder
 
-BAD = {
-    "videos/corrupt.mp4": ["video does not decode"],
-    "videos/empty.mp4": ["video does not decode"],
-    "videos/truncated.mp4": ["video does not decode"],
-    "not an image.jpg": ["image does not decode"],
-    "huge.png": ["image too large"],
-    "link out.jpg": ["media outside the folder"],
-    "chat.jsonl:3": ["line is not JSON"],
-    "chat.jsonl:4": ["line is not UTF-8"],
-    "chat.jsonl:5": ["unknown JSONL keys"],
-    "chat.jsonl:6": ["media file missing"],
-    "chat.jsonl:7": ["media outside the folder"],
-}
+BAD = test_bad_inputs.EXPECTED_QUARANTINE
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,22 @@ def caption(media: Path, text: str) -> None:
     media.with_suffix(".txt").write_text(text)
 
 
+#: Every bad item of the folder and the reasons it is quarantined with.
+EXPECTED_QUARANTINE = {
+    "videos/corrupt.mp4": ["video does not decode"],
+    "videos/empty.mp4": ["video does not decode"],
+    "videos/truncated.mp4": ["video does not decode"],
+    "not an image.jpg": ["image does not decode"],
+    "huge.png": ["image too large"],
+    "link out.jpg": ["media outside the folder"],
+    "chat.jsonl:3": ["line is not JSON"],
+    "chat.jsonl:4": ["line is not UTF-8"],
+    "chat.jsonl:5": ["unknown JSONL keys"],
+    "chat.jsonl:6": ["media file missing"],
+    "chat.jsonl:7": ["media outside the folder"],
+}
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """The bad-input folder, and the items that must pass (by file, or ``file:line`` for JSONL)."""
@@ -111,17 +127,5 @@ def test_every_bad_item_is_quarantined_with_a_reason_naming_it(folder, validated
         media = line["record"] and line["record"]["media_path"]
         name = Path(media).name if media else item  # the file the problem is about, or the JSONL line
         assert any(name in problem["detail"] for problem in line["problems"]), line
-    assert found == {
-        "videos/corrupt.mp4": ["video does not decode"],
-        "videos/empty.mp4": ["video does not decode"],
-        "videos/truncated.mp4": ["video does not decode"],
-        "not an image.jpg": ["image does not decode"],
-        "huge.png": ["image too large"],
-        "link out.jpg": ["media outside the folder"],
-        "chat.jsonl:3": ["line is not JSON"],
-        "chat.jsonl:4": ["line is not UTF-8"],
-        "chat.jsonl:5": ["unknown JSONL keys"],
-        "chat.jsonl:6": ["media file missing"],
-        "chat.jsonl:7": ["media outside the folder"],
-    }
+    assert found == EXPECTED_QUARANTINE
     assert report.num_checked == len(report.passed) + report.num_quarantined  # nothing lost, nothing twice
