@@ -9,7 +9,7 @@ shape ``keye_model/training/examples.py`` reads from a shard's ``json``:
 * MPO / reward-model pairs (``pair_records``): question = the prompt, answer = chosen, ``meta`` with
   ``chosen``, ``rejected``, ``reason`` and both ranking scores.
 * RL prompts (``rl_prompt_records``): records with a checkable reference answer, ``meta["hints"]`` the
-  progressive hints L1..L5 (``rule_hints`` below unless the caller brings its own).
+  progressive hints L1..L5 (``tasks.hints.rule_hints`` unless the caller brings its own).
 
 ``write_generated_shards`` validates a set with the record GX suite (bad records are quarantined, not
 lost), then shards it under a mix whose planned token shares ARE the set's own shares by modality
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,9 +36,9 @@ from data_specs.longcot import CoTSample, PreferencePair, QualityTier, fit_id, r
 from data_specs.mixes import DataMix
 from data_specs.schemas import MODALITIES, Record
 from data_specs.stages import NUM_HINT_LEVELS
-from keye_model.answers import parse_number
 from keye_model.special_tokens import THINK_END, THINK_START
 from tasks.caching import FILE_TASK_OPTIONS
+from tasks.hints import leaking_levels, rule_hints
 from tasks.shards import ShardConfig, StageShards, Tokenizer, estimate_samples, shard_stage
 from tasks.sources.local_folder import modality_of
 from tasks.validate import validate_records
@@ -127,103 +126,15 @@ def pair_records(pairs: Sequence[PreferencePair]) -> list[Record]:
 
 
 # ---- RL prompts and progressive hints -----------------------------------------------------------------
-#: Hints L1..L4 per question kind: L1 a concept or what to observe (no method), L2 a strategy, L3 a tool
-#: or rule, L4 the first concrete step. L5, the complete solution, is the reference answer itself.
-#: None of L1..L4 depends on the answer, so a lower level never gives it away.
-HINTS: dict[str, tuple[str, str, str, str]] = {
-    "shape": (
-        "Look at the shape's outline: are its sides straight or curved, and does it have corners?",
-        "Compare the outline with each candidate shape in turn and rule out those that do not fit.",
-        "A circle has no corners, a triangle has three, a rectangle has four right angles.",
-        "First find the shape the question asks about, then count its corners.",
-    ),
-    "color": (
-        "Look at the colour the shape is filled with, not at the background.",
-        "Compare the fill with the basic colour names and keep the closest one.",
-        "Judge the hue first (red, yellow, green, blue, brown), then how light or dark it is (black, gray).",
-        "First find the shape, then look at the middle of its fill, away from its edges.",
-    ),
-    "presence": (
-        "The answer turns on whether an object in the image has every property the question names.",
-        "Discuss by cases: list what the image shows, then check each item against the description.",
-        "A negated question ('is there not ...', 'is no ... present') is yes exactly when nothing matches.",
-        "First list every object in the image with its colour and its shape.",
-    ),
-    "counting": (
-        "Every object of the kind asked about counts once, whatever its size or position.",
-        "Scan the image in a fixed order, left to right and top to bottom, so nothing is missed or doubled.",
-        "Keep a running tally and mark each object as soon as it is counted.",
-        "First find the top-left matching object and start the tally at one.",
-    ),
-    "temporal": (
-        "The question is about when something happens: watch how the video changes over time.",
-        "Find the frames where the scene or event in question starts and where it ends.",
-        "Each frame carries a timestamp; the answer is given in seconds.",
-        "First go through the frames in order and note the timestamp of every scene change.",
-    ),
-    "ocr": (
-        "The answer is written in the image.",
-        "Locate the text region the question refers to before reading anything.",
-        "Read character by character and watch for look-alikes such as 0 and O, 1 and l.",
-        "First find the line of text the question refers to.",
-    ),
-    "grounding": (
-        "The question refers to one particular object; where it is matters as much as what it is.",
-        "Find every candidate object, then keep the one that matches every word of the description.",
-        "Give positions relative to the whole image, from its top-left corner.",
-        "First list the objects that could match the description.",
-    ),
-    "math": (
-        "Identify the quantities the problem gives and the one it asks for.",
-        "Break the problem into smaller steps and solve them one at a time.",
-        "Write the relations between the quantities as equations before computing.",
-        "First write down the known values and name the unknown.",
-    ),
-    "general": (
-        "Look closely at the part of the image the question is about.",
-        "Rule out the answers that contradict what the image shows.",
-        "Check your answer against every detail the question mentions.",
-        "First restate in your own words what the question asks for.",
-    ),
-}
-_YES_NO_START = re.compile(r"^(is|are|does|do|did|can|was|were|has|have)\b", re.IGNORECASE)
-
-
-def hint_kind(record: Record) -> str:
-    """Which ``HINTS`` entry fits a record: by task, then by the question's form.
-
-    ``what is the blue shape?`` -> shape, ``what color is the circle?`` -> color, ``is there not a red
-    circle?`` -> presence, ``how many ...`` -> counting; reasoning with a numeric answer -> math.
-    """
-    question = record.question.strip().lower()
-    if record.task == "counting" or question.startswith("how many"):
-        return "counting"
-    if record.task == "temporal_localization":
-        return "temporal"
-    if record.task in ("ocr", "grounding"):
-        return record.task
-    if record.task == "reasoning":
-        return "math" if parse_number(record.answer) is not None else "general"
-    if _YES_NO_START.match(question):
-        return "presence"
-    if "color" in question or "colour" in question:
-        return "color"
-    if "shape" in question:
-        return "shape"
-    return "general"
-
-
-def rule_hints(record: Record) -> tuple[str, ...]:
-    """L1..L5 for a record: the four ``HINTS`` of its kind, then the complete solution (the reference)."""
-    return (*HINTS[hint_kind(record)], f"The complete solution: the answer is {record.answer.strip()}")
-
-
-def _checked_hints(record_id: str, hints: Sequence[str]) -> list[str]:
+def _checked_hints(record_id: str, hints: Sequence[str], answer: str) -> list[str]:
     well_formed = not isinstance(hints, str) and all(isinstance(h, str) and h.strip() for h in hints)
     if not well_formed or len(hints) > NUM_HINT_LEVELS:
         raise ValueError(
             f"record {record_id}: hints must be at most {NUM_HINT_LEVELS} non-blank strings, got {hints!r}"
         )
+    leaks = leaking_levels(list(hints), answer)
+    if leaks:
+        raise ValueError(f"record {record_id}: hint levels {leaks} state the answer {answer!r} (only L5 may)")
     return list(hints)
 
 
@@ -232,14 +143,16 @@ def rl_prompt_records(
 ) -> list[Record]:
     """RL prompts: records of an ``RL_TASKS`` task with a question and a reference answer, each with
     ``meta["hints"]`` = ``hints_by_id[record.id]`` when given (an empty list means no hints), else
-    ``rule_hints(record)``. Other records are skipped (logged)."""
+    ``rule_hints(record)`` (from the image's facts where the data set knows them, ``tasks.hints``).
+    ValueError when a given hint below L5 states the record's answer. Other records are skipped (logged)."""
     hints_by_id = dict(hints_by_id or {})
     out = []
     for record in records:
         if record.task not in RL_TASKS or not record.question.strip() or not record.answer.strip():
             continue
         hints = hints_by_id.pop(record.id) if record.id in hints_by_id else rule_hints(record)
-        out.append(dataclasses.replace(record, meta={**record.meta, "hints": _checked_hints(record.id, hints)}))
+        checked = _checked_hints(record.id, hints, record.answer)
+        out.append(dataclasses.replace(record, meta={**record.meta, "hints": checked}))
     if hints_by_id:
         log.warning("hints given for %d records that are not RL prompts: %s", len(hints_by_id), sorted(hints_by_id)[:5])
     log.info("%d RL prompts from %d records", len(out), len(records))

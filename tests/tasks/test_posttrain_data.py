@@ -23,18 +23,16 @@ from keye_model.training.examples import (
     to_example,
 )
 from tasks.generation import Generation, RuleJudge
+from tasks.hints import hint_kind, rule_hints
 from tasks.longcot import assess_quality, paths_from_generations, score_samples
 from tasks.posttrain_data import (
-    HINTS,
     cot_records,
     cot_records_task,
     generated_mix,
-    hint_kind,
     pair_records,
     pair_records_task,
     rl_prompt_records,
     rl_prompt_records_task,
-    rule_hints,
     write_generated_shards,
     write_generated_shards_task,
 )
@@ -160,7 +158,7 @@ def test_rl_prompt_shards_carry_hints_and_reference(shards, collected, tmp_path)
         prompt = rl_prompt(to_example(sample, tmp_path))
         source = next(r for r in collected if r.id == prompt.id)
         assert prompt.reference == source.answer and len(prompt.hints) == 5
-        assert prompt.hints[4].endswith(source.answer) and prompt.hints[:4] == HINTS[hint_kind(source)]
+        assert prompt.hints == rule_hints(source) and prompt.hints[4].rstrip(".").endswith(source.answer)
 
 
 def test_rule_hints_by_question_kind_and_never_leak_below_l5(collected):
@@ -177,12 +175,12 @@ def test_rule_hints_by_question_kind_and_never_leak_below_l5(collected):
         == "temporal"
     )
     assert hint_kind(record("What is 2 + 3?", "5", task="reasoning")) == "math"
-    # same kind, different answers: L1..L4 identical (they cannot give the answer away), L5 differs
+    # same kind, different answers: L1..L3 identical, L4 (the first step, from the image's facts) and L5 differ
     circle, square = (
         rule_hints(record("what shape is present?", "circle")),
         rule_hints(record("what shape is present?", "rectangle")),
     )
-    assert circle[:4] == square[:4] and circle[4] != square[4] and square[4].endswith("rectangle")
+    assert circle[:3] == square[:3] and circle[3:] != square[3:] and square[4].endswith("rectangle.")
     # captions are not RL prompts; explicit hints win and are checked
     caption = Record(
         id="cap",
