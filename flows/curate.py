@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from data_specs.mixes import PRESETS, get_mix
 from data_specs.presets import Preset, as_preset
+from tasks.alignment_prompts import mix_records
 from tasks.caching import mark_run_folder
 from tasks.curation import mix_table, record_curation_lineage, source_table, write_records_jsonl
 from tasks.layout import RunLayout
@@ -95,7 +96,7 @@ def curate(
     slow_fast = preset.slow_fast
     futures = [
         write_stage_shards.submit(
-            report.passed,
+            mix_records(name, report.passed, seed),
             get_mix(name),
             ShardConfig(
                 mix=name,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data_specs.longcot import REWARD_MODEL_DIMENSIONS
+from keye_model.rewards import Constraint
 from keye_model.slow_fast import VideoPlan
 from keye_model.training.loader import media_of, open_image, sample_name, sample_record
 from keye_model.training.rl import RLPrompt
@@ -138,10 +139,17 @@ def judge_conversations(example: Example) -> list[Conversation]:
 
 
 def rl_prompt(example: Example) -> RLPrompt:
-    """An RL prompt from a record: its question (with media) and reference answer; hints from meta."""
+    """An RL prompt from a record: its question (with media) and reference answer; hints from meta.
+
+    Alignment prompts (``tasks/alignment_prompts.py``) carry ``meta["constraints"]`` ([{kind, params}])
+    and ``meta["rl_reference"]``: the reference to score against, null for free-form answers.
+    """
+    meta = example.meta
+    reference = meta["rl_reference"] if "rl_reference" in meta else example.record.get("answer")
     return RLPrompt(
         id=example.sample_id,
         conversation=[{"role": "user", "content": example.user_parts}],
-        reference=example.record.get("answer") or None,
-        hints=tuple(example.meta.get("hints", ()))[:5],
+        reference=reference or None,
+        hints=tuple(meta.get("hints", ()))[:5],
+        constraints=tuple(Constraint(**c) for c in meta.get("constraints", ())),
     )

@@ -286,19 +286,23 @@ class Fusion(Objective):
 
 
 def build_reward_fn(config: RunConfig, processor: KeyeProcessor, device: torch.device):
-    """The stage's RewardFunction: rule rewards, plus judge / reward-model scores from a trained judge."""
+    """The stage's RewardFunction: rule rewards; the judge reward (``reference_judge``: a configured
+    OpenAI-compatible server, else the rule judge); the reward-model reward from the trained pairwise judge.
+    """
+    from keye_model.reference_judge import judge_from_env
     from keye_model.rewards import RewardFunction, versus_reference
     from keye_model.training.judge import PairwiseJudge
 
     weights = config.stage.rl.reward_weights
-    needs_judge = any(name in ("judge", "reward_model") for name, _ in weights)
-    if not needs_judge:
-        return RewardFunction(weights=weights)
-    if not config.reward_model_checkpoint:
-        raise ValueError(
-            f"stage {config.stage.name} weighs judge/reward-model rewards but has no "
-            "reward_model_checkpoint (set StageSpec.reward_model)"
-        )
-    judge_model = KeyeForConditionalGeneration.from_pretrained(config.reward_model_checkpoint).to(device)
-    score = versus_reference(PairwiseJudge(judge_model, processor))
-    return RewardFunction(weights=weights, judge=score, reward_model=score)
+    names = {name for name, _ in weights}
+    judge = judge_from_env() if "judge" in names else None
+    reward_model = None
+    if "reward_model" in names:
+        if not config.reward_model_checkpoint:
+            raise ValueError(
+                f"stage {config.stage.name} weighs reward-model rewards but has no "
+                "reward_model_checkpoint (set StageSpec.reward_model)"
+            )
+        judge_model = KeyeForConditionalGeneration.from_pretrained(config.reward_model_checkpoint).to(device)
+        reward_model = versus_reference(PairwiseJudge(judge_model, processor))
+    return RewardFunction(weights=weights, judge=judge, reward_model=reward_model)
