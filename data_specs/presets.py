@@ -43,6 +43,8 @@ class Preset:
     """Per-source overrides of ``records_per_source``, e.g. ``(("easy-vqa", 40_000),)``."""
     max_side_px: int = 256
     """Longest side of the images and video frames sources render themselves."""
+    image_min_tokens: int = 4
+    """Fewest LLM tokens an image becomes (SPEC: 4); a small model reads small images better upscaled."""
     mix_tokens_per_sample: int | None = None
     """Size each curated mix to what its stages consume: steps x samples per step x this many tokens.
     None: a mix holds every record of its modalities at least once (however many steps read it)."""

@@ -102,6 +102,7 @@ def curate(
                 mix=name,
                 out_dir=layout.shards_dir,
                 slow_fast=slow_fast,
+                image_min_tokens=preset.image_min_tokens,
                 target_tokens=preset.mix_target_tokens(name),
                 seed=seed,
             ),

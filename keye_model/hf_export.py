@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 MODEL_TYPE = "keye_vl"
 #: Sub-folder holding the language model as a plain Qwen3 checkpoint.
 LANGUAGE_MODEL_DIR = "language_model"
-#: The processor's settings beside the weights (AutoProcessor reads its auto_map too).
-PROCESSOR_FILE = "processor_config.json"
 #: Where the remote code comes from: the keye_model package itself.
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -140,14 +138,9 @@ class KeyeVLForConditionalGeneration(PreTrainedModel):
 '''
 
 _PROCESSING = '''
-import dataclasses
-import json
-from pathlib import Path
-
 from transformers import AutoTokenizer
 
 from .processor import KeyeProcessor, ProcessorConfig
-from .slow_fast import SlowFastConfig
 
 
 class KeyeVLProcessor(KeyeProcessor):
@@ -159,14 +152,9 @@ class KeyeVLProcessor(KeyeProcessor):
 
     @classmethod
     def from_pretrained(cls, directory, **kwargs):
-        path = Path(directory)
-        data = json.loads((path / "processor_config.json").read_text(encoding="utf-8"))["keye"]
-        fields = {f.name for f in dataclasses.fields(ProcessorConfig)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
-        values["video"] = SlowFastConfig(**data["video"])
         # config.json names remote code, so the tokenizer lookup asks too: pass the caller's answer on.
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=kwargs.get("trust_remote_code"))
-        return cls(tokenizer, ProcessorConfig(**values))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=kwargs.get("trust_remote_code"))
+        return cls(tokenizer, ProcessorConfig.load(directory))
 '''
 
 
@@ -206,7 +194,7 @@ def write_hf_files(
     model: KeyeForConditionalGeneration, directory: str | Path, processor_config: ProcessorConfig | None = None
 ) -> None:
     """Add config.json, processor_config.json, the remote code and language_model/ to a saved model folder."""
-    from keye_model.processor import ProcessorConfig
+    from keye_model.processor import PROCESSOR_FILE, ProcessorConfig
 
     path = Path(directory)
     (path / "config.json").write_text(json.dumps(hf_config_dict(model), indent=2) + "\n", encoding="ascii")

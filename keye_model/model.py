@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,9 @@ from keye_model.packed_attention import ATTENTION, packed_sequence_lengths, use_
 from keye_model.parts import check_parts
 from keye_model.projector import Projector
 from keye_model.vision_encoder import VisionEncoder
+
+if TYPE_CHECKING:
+    from keye_model.processor import ProcessorConfig
 
 #: The parameter groups, in model order.
 GROUPS = ("vision", "projector", "llm")
@@ -130,11 +134,14 @@ class KeyeForConditionalGeneration(nn.Module):
             model.vision.load_siglip(vision_dir)
         return model._cast(dtype)
 
-    def save_pretrained(self, directory: str | Path, *, hf_files: bool = True) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, *, hf_files: bool = True, processor_config: ProcessorConfig | None = None
+    ) -> Path:
         """Write ``keye_config.json`` and ``model.safetensors`` into ``directory``; returns it.
 
         With ``hf_files`` (the default) also the Hugging Face layout (keye_model.hf_export): config.json
-        with model_type "keye_vl", remote code for AutoConfig / AutoModel / AutoProcessor with
+        with model_type "keye_vl", processor_config.json (``processor_config``, the one the model was
+        trained with; None: the defaults), remote code for AutoConfig / AutoModel / AutoProcessor with
         trust_remote_code, and ``language_model/``, the LLM as a plain Qwen3 checkpoint.
         """
         path = Path(directory)
@@ -143,7 +150,7 @@ class KeyeForConditionalGeneration(nn.Module):
         if hf_files:
             from keye_model.hf_export import write_hf_files
 
-            write_hf_files(self, path)
+            write_hf_files(self, path, processor_config)
         return path
 
     @classmethod

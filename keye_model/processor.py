@@ -37,8 +37,9 @@ so expanding ids gives the same ids as tokenizing the expanded text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ from keye_model.chat import CHAT_TEMPLATE, stop_token_ids, token_id
 from keye_model.geometry import fit_size, num_tokens
 from keye_model.losses import IGNORE_INDEX
 from keye_model.slow_fast import SlowFastConfig, VideoPlan, load_planned_frames, plan_and_load_video
+
+#: The processor settings inside a saved model folder (written by ``keye_model.hf_export``; AutoProcessor
+#: reads its auto_map too).
+PROCESSOR_FILE = "processor_config.json"
 
 _ROLES = ("system", "user", "assistant")
 _RESAMPLE = {
@@ -101,6 +106,22 @@ class ProcessorConfig:
     def token_side_px(self) -> int:
         """Pixels per side of one LLM token (28)."""
         return self.patch_size * self.merge_size
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProcessorConfig:
+        """The inverse of ``dataclasses.asdict`` (JSON lists back to tuples, the video config rebuilt)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names and k != "video"}
+        return cls(**values, video=SlowFastConfig(**data["video"]) if "video" in data else SlowFastConfig())
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ProcessorConfig:
+        """The config a checkpoint was trained with (its ``processor_config.json``); the defaults for a
+        folder without one (checkpoints written before the file carried it)."""
+        path = Path(model_dir) / PROCESSOR_FILE
+        if not path.is_file():
+            return cls()
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8"))["keye"])
 
 
 def patchify(pixels_HWC: np.ndarray, patch_size: int) -> np.ndarray:

@@ -257,11 +257,11 @@ class TransformersGenerator:
         self.is_keye = (self.model_dir / KEYE_CONFIG_FILE).is_file()
         if self.is_keye:
             from keye_model.model import KeyeForConditionalGeneration
-            from keye_model.processor import KeyeProcessor
+            from keye_model.processor import KeyeProcessor, ProcessorConfig
             from keye_model.tokenizer import load_tokenizer
 
             self.tokenizer = load_tokenizer(self.model_dir)
-            self.processor = KeyeProcessor(self.tokenizer)
+            self.processor = KeyeProcessor(self.tokenizer, ProcessorConfig.load(self.model_dir))
             self.model = KeyeForConditionalGeneration.from_pretrained(self.model_dir).to(self.device).eval()
             self.eos_ids = sorted({self.tokenizer.convert_tokens_to_ids(t) for t in (IM_END, END_OF_TEXT)})
         else:

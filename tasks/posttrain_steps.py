@@ -117,7 +117,7 @@ def filter_rl_prompts_task(
     """
     from data_specs.stages import RLSpec
     from keye_model.model import KeyeForConditionalGeneration
-    from keye_model.processor import KeyeProcessor
+    from keye_model.processor import KeyeProcessor, ProcessorConfig
     from keye_model.rewards import RewardFunction
     from keye_model.tokenizer import load_tokenizer
     from keye_model.training.rl import RLPrompt
@@ -125,7 +125,7 @@ def filter_rl_prompts_task(
 
     records = read_jsonl(records_path, Record)[:max_prompts]
     model = KeyeForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
-    processor = KeyeProcessor(load_tokenizer(checkpoint_dir))
+    processor = KeyeProcessor(load_tokenizer(checkpoint_dir), ProcessorConfig.load(checkpoint_dir))
     prompts = [
         RLPrompt(
             id=r.id,

@@ -191,6 +191,7 @@ def stage_run_config(
         model_preset=preset.model,
         vision_init=None if inputs else preset.vision_init,
         llm_init=None if inputs else preset.llm_init,
+        image_min_tokens=preset.image_min_tokens,
         seed=seed,
         shard_sha256s=data.sha256s if data else (),
         shard_num_bytes=data.num_bytes if data else (),

@@ -43,6 +43,9 @@ class RunConfig:
     """Fusion: the expert checkpoints merged into ``init_checkpoint``."""
     reward_model_checkpoint: str | None = None
     """The checkpoint of the stage's ``reward_model`` stage (a trained pairwise judge), if it names one."""
+    image_min_tokens: int = 4
+    """Fewest LLM tokens an image is resized to (``ProcessorConfig.image_min_tokens``); saved with the
+    checkpoint, so whatever loads it reads images the same way."""
     seed: int = 0
     """Seeds the model init, the shard order and sampling."""
     stop_after_steps: int | None = None

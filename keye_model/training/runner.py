@@ -36,7 +36,7 @@ from data_specs.stages import StageSpec
 from keye_model.atomic_file import write_text_atomically
 from keye_model.config import KeyeConfig
 from keye_model.model import KeyeForConditionalGeneration
-from keye_model.processor import KeyeProcessor
+from keye_model.processor import KeyeProcessor, ProcessorConfig
 from keye_model.tokenizer import load_tokenizer
 from keye_model.training import checkpoint_manifest
 from keye_model.training.batches import Batches
@@ -177,7 +177,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config.stage)
     )
-    processor = KeyeProcessor(tokenizer)
+    processor = KeyeProcessor(tokenizer, processor_config(config))
     batches = Batches(config, processor, rank, world_size)
     objective = objective_cls(config, engine, batches)
 
@@ -231,7 +231,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
             )
 
     checkpoint_dir = out / "checkpoint"
-    _save_final(engine, model, tokenizer, checkpoint_dir, config.stage.zero_stage, rank)
+    _save_final(engine, model, tokenizer, processor.config, checkpoint_dir, config.stage.zero_stage, rank)
     result = StageResult(
         config.stage.name,
         str(checkpoint_dir),
@@ -276,8 +276,19 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
+def processor_config(config: RunConfig) -> ProcessorConfig:
+    """How the stage reads its samples' images; saved beside the weights (``ProcessorConfig.load``)."""
+    return ProcessorConfig(image_min_tokens=config.image_min_tokens)
+
+
 def _save_final(
-    engine, model: KeyeForConditionalGeneration, tokenizer, directory: Path, zero_stage: int, rank: int
+    engine,
+    model: KeyeForConditionalGeneration,
+    tokenizer,
+    processor: ProcessorConfig,
+    directory: Path,
+    zero_stage: int,
+    rank: int,
 ) -> None:
     """HF-format checkpoint on rank 0, through a fresh model: ZeRO leaves parameters as views into flat
     buffers (stage 1-2) or partitioned (stage 3, gathered here), which safetensors will not write."""
@@ -288,7 +299,7 @@ def _save_final(
     if rank == 0:
         full = KeyeForConditionalGeneration(model.config, init=False)
         full.load_state_dict({k: v.detach().float() for k, v in state.items()})
-        full.save_pretrained(directory)
+        full.save_pretrained(directory, processor_config=processor)
         tokenizer.save_pretrained(directory)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -298,7 +309,7 @@ def _run_merge(config: RunConfig, objective_cls, tokenizer, started: float) -> S
     """A stage that makes its checkpoint without training (fusion): save it and its result."""
     model = objective_cls.merged_model(config)
     directory = Path(config.output_dir) / "checkpoint"
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, processor_config=processor_config(config))
     tokenizer.save_pretrained(directory)
     result = StageResult(config.stage.name, str(directory), 1, 0, 0, None, time.monotonic() - started)
     write_text_atomically(

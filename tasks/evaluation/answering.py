@@ -7,6 +7,7 @@ Generation is greedy (``do_sample=False``) so a checkpoint's scores are reproduc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,10 @@ class EvalModel:
             raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
         model = KeyeForConditionalGeneration.from_pretrained(directory).to(device).eval()
         tokenizer = load_tokenizer(tokenizer_dir if tokenizer_dir is not None else directory)
-        processor = KeyeProcessor(tokenizer, ProcessorConfig(video=SlowFastConfig.preset(video_preset)))
+        processor_config = dataclasses.replace(
+            ProcessorConfig.load(directory), video=SlowFastConfig.preset(video_preset)
+        )
+        processor = KeyeProcessor(tokenizer, processor_config)
         log.info("loaded %s for evaluation (%d parameters)", directory, model.num_parameters())
         return cls(model=model, processor=processor, checkpoint_dir=str(directory))
 

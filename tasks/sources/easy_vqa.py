@@ -8,6 +8,12 @@ teaches the model the format the LongCoT chain later samples from it. Worked exa
 "what color is the shape?" (red) and "what shape is this?" (triangle); for "is there a blue shape?" the
 reasoning record answers "<think>\nThe image shows a red triangle.\nThe question: is there a blue
 shape?\nSo the answer is no.\n</think>\n\nno".
+
+Every image a picked question shows also gets ``CAPTIONS_PER_IMAGE`` ``caption`` records, e.g.
+"Describe the image." -> "a red triangle". Every word of a caption needs the image, where a question's
+wording alone answers most questions well (yes/no: 85% from the prior); without captions a small model
+trained from scratch learns the priors and is slow to start reading the image (a plain loop, 600 steps:
+71% with them mixed in at 30% of a batch vs 79%, open questions 38% vs 61%).
 """
 
 from __future__ import annotations
@@ -24,48 +30,59 @@ NAME = "easy-vqa"
 SHAPES = ("circle", "rectangle", "triangle")
 #: One in this many picked questions also gets a reasoning record.
 REASONING_EVERY = 4
+#: Caption records per image a picked question shows, each with another of ``CAPTION_PROMPTS``.
+CAPTIONS_PER_IMAGE = 2
+#: Ways of asking for a caption (the answer is always "a <colour> <shape>").
+CAPTION_PROMPTS = (
+    "Describe the image.",
+    "What is in the picture?",
+    "Describe the shape in the image.",
+    "Write a short caption for this image.",
+)
 
 
 def collect(spec: SourceSpec, work_dir: Path) -> Collected:
-    """Training questions picked by ``spec.seed`` (in question order), then the reasoning records of one
-    in ``REASONING_EVERY`` of them; ``spec.limit`` records in all at most."""
+    """Training questions picked by ``spec.seed`` (in question order), the reasoning records of one in
+    ``REASONING_EVERY`` of them, then captions of their images; ``spec.limit`` records in all at most."""
     import easy_vqa
 
     texts, answers, image_ids = easy_vqa.get_train_questions()
     image_paths = easy_vqa.get_train_image_paths()
     answer_set = easy_vqa.get_answers()
-    # Room for the reasoning records inside the limit: 4 questions + 1 reasoning record per 5 records.
-    num_questions = max(1, spec.limit * REASONING_EVERY // (REASONING_EVERY + 1))
-    picked = sorted(random.Random(spec.seed).sample(range(len(texts)), min(num_questions, len(texts))))
+    rng = random.Random(spec.seed)
+    # Room for reasoning and captions inside the limit: per question 1/REASONING_EVERY reasoning records,
+    # and about CAPTIONS_PER_IMAGE captions per 10 questions (easy-vqa asks ~9.6 questions an image).
+    per_question = 1 + 1 / REASONING_EVERY + CAPTIONS_PER_IMAGE / 10
+    num_questions = max(1, min(len(texts), int(spec.limit / per_question)))
+    picked = sorted(rng.sample(range(len(texts)), num_questions))
     facts = image_facts(answers, image_ids)
-    records = [
-        Record(
-            id=f"{NAME}-train-{index}",
+
+    def record(record_id: str, task: str, question: str, answer: str, image_id: int) -> Record:
+        return Record(
+            id=f"{NAME}-train-{record_id}",
             source=NAME,
             modality="image",
-            task="counting" if texts[index].startswith("how many") else "vqa",
-            question=texts[index],
-            answer=answers[index],
-            media_path=image_paths[image_ids[index]],
-            meta={"split": "train", "image_id": image_ids[index], "answer_set": answer_set},
+            task=task,
+            question=question,
+            answer=answer,
+            media_path=image_paths[image_id],
+            meta={"split": "train", "image_id": image_id, "answer_set": answer_set},
         )
-        for index in picked
+
+    records = [
+        record(str(i), "counting" if texts[i].startswith("how many") else "vqa", texts[i], answers[i], image_ids[i])
+        for i in picked
     ]
-    for index in picked[::REASONING_EVERY]:
-        reasoning = reasoning_answer(texts[index], answers[index], facts.get(image_ids[index], {}))
+    for i in picked[::REASONING_EVERY]:
+        reasoning = reasoning_answer(texts[i], answers[i], facts.get(image_ids[i], {}))
         if reasoning is not None:
-            records.append(
-                Record(
-                    id=f"{NAME}-train-{index}-cot",
-                    source=NAME,
-                    modality="image",
-                    task="reasoning",
-                    question=f"{texts[index]}\n{COT_INSTRUCTION}",
-                    answer=reasoning,
-                    media_path=image_paths[image_ids[index]],
-                    meta={"split": "train", "image_id": image_ids[index], "answer_set": answer_set},
-                )
-            )
+            records.append(record(f"{i}-cot", "reasoning", f"{texts[i]}\n{COT_INSTRUCTION}", reasoning, image_ids[i]))
+    for image_id in sorted({image_ids[i] for i in picked}):
+        caption = image_caption(facts.get(image_id, {}))
+        if caption is None:
+            continue
+        for n, prompt in enumerate(rng.sample(CAPTION_PROMPTS, CAPTIONS_PER_IMAGE)):
+            records.append(record(f"image{image_id}-caption{n}", "caption", prompt, caption, image_id))
     return Collected(records=records[: spec.limit])
 
 
@@ -79,12 +96,20 @@ def image_facts(answers: list[str], image_ids: list[int]) -> dict[int, dict[str,
     return facts
 
 
-def reasoning_answer(question: str, answer: str, facts: dict[str, str]) -> str | None:
-    """A three-step chain from the image's facts to ``answer`` in the think format; None without both facts."""
+def image_caption(facts: dict[str, str]) -> str | None:
+    """ "a red triangle" from an image's facts; None without both its colour and its shape."""
     if "shape" not in facts or "color" not in facts:
         return None
+    return f"a {facts['color']} {facts['shape']}"
+
+
+def reasoning_answer(question: str, answer: str, facts: dict[str, str]) -> str | None:
+    """A three-step chain from the image's facts to ``answer`` in the think format; None without both facts."""
+    caption = image_caption(facts)
+    if caption is None:
+        return None
     steps = (
-        f"The image shows a {facts['color']} {facts['shape']}.",
+        f"The image shows {caption}.",
         f"The question: {question}",
         f"So the answer is {answer}.",
     )

@@ -71,9 +71,14 @@ print("RESULT " + json.dumps(info))
 """
 
 
+#: Not the defaults: whatever loads the checkpoint must read images as the model was trained to.
+TRAINED_WITH = ProcessorConfig(image_min_tokens=16)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A tiny model saved the way the runner saves it (model, then tokenizer), and a multimodal input."""
+    """A tiny model saved the way the runner saves it (model with the processor settings it was trained
+    with, then tokenizer), and a multimodal input."""
     tok = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
     ids = {
         name: tok.convert_tokens_to_ids(token)
@@ -82,7 +87,7 @@ def saved(tmp_path_factory):
     torch.manual_seed(0)
     model = KeyeForConditionalGeneration(dataclasses.replace(KeyeConfig.preset("tiny"), **ids)).eval()
     folder = tmp_path_factory.mktemp("ckpt") / "keye-tiny"
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, processor_config=TRAINED_WITH)
     tok.save_pretrained(folder)
     conversation = [
         {
@@ -99,7 +104,7 @@ def saved(tmp_path_factory):
 
 def test_clean_process_loads_the_checkpoint_with_plain_transformers(saved, tmp_path):
     model, tok, folder, conversation = saved
-    batch = KeyeProcessor(tok, ProcessorConfig())([conversation])
+    batch = KeyeProcessor(tok, TRAINED_WITH)([conversation])
     text_ids = tok(["a photo of an astronaut, and some more words"], return_tensors="pt")["input_ids"]
     model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "grid_hw")}
     io_file = tmp_path / "io"
@@ -132,6 +137,12 @@ def test_clean_process_loads_the_checkpoint_with_plain_transformers(saved, tmp_p
         torch.testing.assert_close(out["logits"], model(**model_inputs).logits, rtol=0, atol=0)
     for key, value in batch.items():
         assert torch.equal(out["processed_" + key], value), key
+
+
+def test_the_processor_settings_travel_with_the_checkpoint(saved, tmp_path):
+    _, _, folder, _ = saved
+    assert ProcessorConfig.load(folder) == TRAINED_WITH
+    assert ProcessorConfig.load(tmp_path) == ProcessorConfig()  # a folder without the file: the defaults
 
 
 def test_folder_layout_and_both_layouts_load_in_our_class(saved, tmp_path):

@@ -38,7 +38,7 @@ def test_easy_vqa_uses_packaged_images_and_questions(tmp_path):
     assert_valid(records, "easy-vqa", "image")
     assert len(records) <= 6
     texts, answers, image_ids = easy_vqa.get_train_questions()
-    for record in [r for r in records if r.task != "reasoning"]:
+    for record in [r for r in records if r.task not in ("reasoning", "caption")]:
         index = int(record.id.rsplit("-", 1)[1])
         assert (record.question, record.answer) == (texts[index], answers[index])
         assert record.answer in easy_vqa.get_answers()
@@ -64,6 +64,34 @@ def test_easy_vqa_reasoning_records_chain_the_images_facts_to_the_answer(tmp_pat
         colour, shape = thinking.splitlines()[0].removeprefix("The image shows a ").rstrip(".").split()
         own = {a for a, i in zip(answers, image_ids) if i == image_ids[index]}
         assert {colour, shape} <= own  # the facts come from the image's own questions
+
+
+def test_easy_vqa_captions_name_the_images_own_colour_and_shape(tmp_path):
+    import easy_vqa
+
+    from tasks.sources.easy_vqa import CAPTION_PROMPTS, CAPTIONS_PER_IMAGE
+
+    records = collect_records(SourceSpec(name="easy-vqa", limit=300, seed=2), tmp_path).records
+    captions = [r for r in records if r.task == "caption"]
+    questions = [r for r in records if r.task in ("vqa", "counting")]
+    assert captions and len(records) <= 300
+    _, answers, image_ids = easy_vqa.get_train_questions()
+    for record in captions:
+        image_id = record.meta["image_id"]
+        colour, shape = record.answer.removeprefix("a ").split()
+        own = {a for a, i in zip(answers, image_ids) if i == image_id}
+        assert {colour, shape} <= own and record.question in CAPTION_PROMPTS
+        assert record.media_path == easy_vqa.get_train_image_paths()[image_id]
+    # captions only of images the picked questions show, at most CAPTIONS_PER_IMAGE each, prompts differing
+    shown = {r.meta["image_id"] for r in questions}
+    per_image: dict[int, set[str]] = {}
+    for record in captions:
+        per_image.setdefault(record.meta["image_id"], set()).add(record.question)
+    assert set(per_image) <= shown
+    assert all(
+        len(prompts) == sum(r.meta["image_id"] == i for r in captions) <= CAPTIONS_PER_IMAGE
+        for i, prompts in per_image.items()
+    )
 
 
 def test_skimage_photos_are_real_photographs_with_docstring_captions(tmp_path):
