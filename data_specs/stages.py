@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 MODULE_GROUPS = ("vision", "projector", "llm")
 #: Names of the objectives in the registry (``keye_model.training.objectives``; a test checks they agree).
-OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "fusion")
+OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "reward_gspo", "fusion")
+#: The objectives that sample rollouts and so take ``RLSpec`` settings.
+RL_OBJECTIVES = ("gspo", "reward_gspo")
 PHASES = ("pretrain", "posttrain")
 FUSION_METHODS = ("average", "task_arithmetic", "ties")
 #: Progressive hint levels L1..L5 (SPEC.md section 4): concept, strategy, tool/formula, first step, solution.
@@ -149,8 +151,8 @@ class StageSpec:
             raise ValueError(f"stage {self.name}: a training stage needs at least one trainable group")
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"stage {self.name}: zero_stage must be 1, 2 or 3")
-        if (self.objective == "gspo") != (self.rl is not None):
-            raise ValueError(f"stage {self.name}: rl settings go with the gspo objective only")
+        if (self.objective in RL_OBJECTIVES) != (self.rl is not None):
+            raise ValueError(f"stage {self.name}: rl settings go with the {'/'.join(RL_OBJECTIVES)} objectives only")
         if (self.objective == "fusion") != (self.fusion is not None):
             raise ValueError(f"stage {self.name}: fusion settings go with the fusion objective only")
         if self.fusion is not None and len(self.inputs) < 2:
@@ -287,6 +289,35 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             grad_accum_steps=8,
             optimizer=opt(lr=2e-6, warmup_steps=50),
         ),
+        # Keye-Reward after its SFT: RL on judging prompts from the same pairs, rewarded for a well-formed
+        # verdict (think: assessment then letter; no_think: the letter alone) that names the better response.
+        # No hints: a judging prompt has none; ``reward_weights`` is unused (the objective brings its reward).
+        StageSpec(
+            name="reward_rl",
+            phase="posttrain",
+            objective="reward_gspo",
+            trainable=("projector", "llm"),
+            seq_len=8192,
+            data_mix="preference",
+            inputs=("reward",),
+            num_steps=200,
+            optimizer=opt(lr=1e-6, min_lr_ratio=1.0),
+            rl=RLSpec(max_new_tokens=512, max_hint_level=0),
+        ),
+        # The annealing pass, last: the pairs again plus pairs whose better answer is the shorter one
+        # (``tasks.preference.length_bias_pairs``), at a low learning rate, against a bias toward length.
+        StageSpec(
+            name="reward_anneal",
+            phase="posttrain",
+            objective="reward",
+            trainable=("projector", "llm"),
+            seq_len=8192,
+            data_mix="reward_anneal",
+            inputs=("reward_rl",),
+            num_steps=200,
+            grad_accum_steps=8,
+            optimizer=opt(lr=5e-7, warmup_steps=10),
+        ),
         StageSpec(
             name="coldstart",
             phase="posttrain",
@@ -324,6 +355,6 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             zero_stage=3,
             optimizer=opt(lr=5e-7, min_lr_ratio=1.0),
             rl=RLSpec(reward_weights=(("rule", 0.5), ("judge", 0.25), ("reward_model", 0.25)), max_hint_level=0),
-            reward_model="reward",
+            reward_model="reward_anneal",
         ),
     )

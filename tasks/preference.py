@@ -15,14 +15,20 @@ come from multi-path sampling; it never replaces them: a problem with a usable r
 The built pairs pass the ``pair`` GX suite before they are written (``validated_pairs``): a pair with a blank
 or oversized side, a score-gap pair whose chosen does not outscore its rejected, or a repeated id is
 quarantined with its reasons beside the pairs file.
+
+The reward model's annealing set (``reward_anneal_pairs``) is the pairs again plus ``length_bias_pairs``,
+whose better response is the shorter one (reasons ``LENGTH_BIAS_REASONS``), so the judge's last pass
+teaches that length is not quality.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -236,3 +242,81 @@ def build_preference_pairs_task(samples_paths: list[str], out_path: str, config:
     quarantine.unlink(missing_ok=True)
     pairs = validated_pairs(build_preference_pairs(group_by_problem(samples), config), quarantine)
     return str(write_jsonl(pairs, out_path))
+
+
+# ---- the reward model's length-bias annealing set -----------------------------------------------------
+#: Reasons of the pairs whose better answer is the shorter one (SPEC.md, Keye-Reward's annealing pass):
+#: ``padded-right``, a right response over the same response padded with filler (both right: length alone
+#: must not win); ``padded-wrong``, a right response over a wrong one padded to be longer.
+LENGTH_BIAS_REASONS = ("padded-right", "padded-wrong")
+#: Sentences that lengthen a response and add nothing. Held-out evaluation pads with sentences of its own
+#: (``tasks/evaluation/reward_eval.py``), so the judge is scored on length, not on these words.
+FILLER = (
+    "I looked at the whole image carefully before answering.",
+    "This is my final answer to the question.",
+    "Every part of the picture was taken into account here.",
+    "The answer above follows from what the image shows.",
+    "I went over the question twice to be sure of it.",
+    "No other detail of the scene changes this answer.",
+)
+
+
+def padded(response: str, rng: random.Random, filler: Sequence[str] = FILLER, num_sentences: int = 3) -> str:
+    """``response`` followed by ``num_sentences`` distinct filler sentences (after its answer).
+
+    ``padded("yes", rng, num_sentences=1)`` -> ``"yes. This is my final answer to the question."``
+    """
+    base = response.rstrip()
+    base = base if base.endswith((".", "!", "?")) else f"{base}."
+    return " ".join([base, *rng.sample(list(filler), num_sentences)])
+
+
+def length_bias_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[PreferencePair]:
+    """Per pair, ``padded-right`` (chosen over chosen padded) and, when the rejected side is wrong
+    (``correct-vs-wrong``, ``reference-vs-wrong``), ``padded-wrong`` (chosen over rejected padded).
+
+    Every pair made here has its better response strictly shorter than its worse one. Ids are the source
+    pair's id with ``-pr`` / ``-pw``; the padded side scores one below the side it pads.
+    """
+    rng = random.Random(seed)
+    out = []
+    for p in pairs:
+        sides = [("padded-right", p.chosen, p.chosen_score, "pr")]
+        if p.reason in ("correct-vs-wrong", "reference-vs-wrong"):
+            sides.append(("padded-wrong", p.rejected, p.rejected_score, "pw"))
+        for reason, worse, score, suffix in sides:
+            rejected = padded(worse, rng)
+            if len(rejected) <= len(p.chosen):
+                continue  # a long wrong path padded may still not be the longer side: not a length-bias pair
+            out.append(
+                dataclasses.replace(
+                    p,
+                    id=fit_id(f"{p.id}-{suffix}"),
+                    rejected=rejected,
+                    rejected_score=score - 1.0,
+                    reason=reason,
+                )
+            )
+    return out
+
+
+def reward_anneal_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[PreferencePair]:
+    """The annealing set: every pair again (so the judge does not learn "shorter wins") and, after them,
+    ``length_bias_pairs``; logs how many of each reason."""
+    anneal = [*pairs, *length_bias_pairs(pairs, seed)]
+    counts = Counter(p.reason for p in anneal)
+    log.info(
+        "reward annealing set: %d pairs, %d where the better answer is the shorter one (%s)",
+        len(anneal),
+        sum(counts[r] for r in LENGTH_BIAS_REASONS),
+        dict(sorted(counts.items())),
+    )
+    return anneal
+
+
+@task(name="build-reward-anneal-pairs", persist_result=True)
+def build_reward_anneal_pairs_task(pairs_path: str, out_path: str, seed: int = 0) -> str:
+    """Preference pair JSONL -> the reward model's annealing set (``reward_anneal_pairs``) as pair JSONL."""
+    from data_specs.longcot import read_jsonl, write_jsonl
+
+    return str(write_jsonl(reward_anneal_pairs(read_jsonl(pairs_path, PreferencePair), seed), out_path))

@@ -9,6 +9,7 @@ because ffmpeg reads files.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,11 @@ def preference_conversations(example: Example) -> tuple[Conversation, Conversati
         raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
 
 
+#: The task a judge prompt names for preference pairs: ``tasks/posttrain_data.py`` writes pairs as
+#: ``reasoning`` records (they come from LongCoT problems), so every reader of the judge uses the same word.
+PAIR_TASK = "reasoning"
+
+
 def judge_prompt(task: str, question: str, first: str, second: str, think: bool = False) -> str:
     """The pairwise judging prompt; ``no_think``: answer "A" or "B"; ``think``: assess, then answer."""
     mode = "Assess both responses, then answer A or B. /think" if think else "Answer A or B. /no_think"
@@ -91,27 +97,37 @@ def judge_prompt(task: str, question: str, first: str, second: str, think: bool 
 def judge_assessment(meta: dict[str, Any], better: str) -> str:
     """The reasoning a ``think`` judgment is trained on, from what curation recorded about the pair.
 
-    Our choice (the report trains it by SFT then RL): a per-dimension assessment built from the pair's
-    recorded scores and reason, e.g. for a ``correct-vs-wrong`` pair: correctness favours the chosen
-    response because its answer matches the reference and the other's does not.
+    Our choice (the report trains it by SFT then RL): a short assessment that names the deciding
+    dimension for the pair's ``reason`` and says the others do not change the outcome, e.g. for a
+    ``correct-vs-wrong`` pair with A better: "Correctness: Response A's answer is right and Response B's is
+    wrong. Credibility, relevance, redundancy, completeness, clarity, instruction following, visual
+    grounding and safety do not change that." Short on purpose: a judge's RL rollouts must reach the verdict.
     """
     worse = "B" if better == "A" else "A"
     reason = meta.get("reason", "preference")
-    why = {
-        "correct-vs-wrong": f"Response {better}'s answer is correct and Response {worse}'s is not",
-        "reference-vs-wrong": f"Response {better} gives the reference answer and Response {worse} does not",
-        "score-gap": f"both answers agree, but Response {better}'s reasoning scored higher",
-    }.get(reason, f"Response {better} was preferred")
-    scores = ""
-    if "chosen_score" in meta and "rejected_score" in meta:
-        scores = (
-            f" Quality: Response {better} {float(meta['chosen_score']):.1f}, "
-            f"Response {worse} {float(meta['rejected_score']):.1f} of 5."
-        )
-    return (
-        f"Correctness: {why}. Credibility and relevance follow correctness here; redundancy and clarity "
-        f"do not change the outcome.{scores}"
-    )
+    deciding = {
+        "correct-vs-wrong": f"Correctness: Response {better}'s answer is right and Response {worse}'s is wrong",
+        "reference-vs-wrong": f"Correctness: Response {better}'s answer is right and Response {worse}'s is wrong",
+        "score-gap": f"Credibility: both answers agree, but Response {better}'s reasoning is sounder",
+        "padded-right": f"Redundancy: both are right; Response {better} is concise, Response {worse} adds filler",
+        "padded-wrong": f"Correctness: Response {better} is right; Response {worse} is longer, and wrong",
+    }.get(reason, f"Overall: Response {better} is better")
+    others = [d for d in REWARD_MODEL_DIMENSIONS if not deciding.lower().startswith(d)]
+    return f"{deciding}. {', '.join(others[:-1]).capitalize()} and {others[-1]} do not change that."
+
+
+def _pair_sides(example: Example) -> tuple[str, str]:
+    try:
+        return example.meta["chosen"], example.meta["rejected"]
+    except KeyError as exc:
+        raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
+
+
+def judge_turn(example: Example, first: str, second: str, think: bool) -> dict[str, Any]:
+    """The user turn asking the judge about (first, second) for a pair sample: its media, then the prompt."""
+    media = [p for p in example.user_parts if p["type"] != "text"]
+    text = judge_prompt(example.record.get("task", PAIR_TASK), example.record.get("question", ""), first, second, think)
+    return {"role": "user", "content": [*media, {"type": "text", "text": text}]}
 
 
 def judge_conversations(example: Example) -> list[Conversation]:
@@ -120,22 +136,34 @@ def judge_conversations(example: Example) -> list[Conversation]:
     ``no_think``: the answer is the letter of the better (chosen) response. ``think``: a reasoning block
     assessing the two along the judging dimensions, then the letter.
     """
-    question = example.record.get("question", "")
-    try:
-        chosen, rejected = example.meta["chosen"], example.meta["rejected"]
-    except KeyError as exc:
-        raise ValueError(f"sample {example.sample_id} is not a preference pair (no {exc})") from exc
-    media = [p for p in example.user_parts if p["type"] != "text"]
-    task = example.record.get("task", "vqa")
+    chosen, rejected = _pair_sides(example)
     out = []
     for think in (False, True):
         for a, b, verdict in ((chosen, rejected, "A"), (rejected, chosen, "B")):
             answer: dict[str, Any] = {"role": "assistant", "content": verdict}
             if think:
                 answer["reasoning_content"] = judge_assessment(example.meta, verdict)
-            text = judge_prompt(task, question, a, b, think=think)
-            out.append([{"role": "user", "content": [*media, {"type": "text", "text": text}]}, answer])
+            out.append([judge_turn(example, a, b, think), answer])
     return out
+
+
+def judge_rl_prompt(example: Example) -> RLPrompt:
+    """A judging prompt for the reward model's RL stage: one pair, one order, one mode; the reference is
+    the better response's letter (scored by ``keye_model.training.judge.verdict_reward``).
+
+    Order and mode come from a hash of the sample id (bit 0: chosen second, bit 1: ``think``), so a pair is
+    asked the same way on every pass and the set covers both orders and both modes about equally.
+    """
+    chosen, rejected = _pair_sides(example)
+    bits = zlib.crc32(example.sample_id.encode())
+    swapped, think = bool(bits & 1), bool(bits & 2)
+    first, second = (rejected, chosen) if swapped else (chosen, rejected)
+    return RLPrompt(
+        id=example.sample_id,
+        conversation=[judge_turn(example, first, second, think)],
+        reference="B" if swapped else "A",
+        thinking=think,
+    )
 
 
 def rl_prompt(example: Example) -> RLPrompt:

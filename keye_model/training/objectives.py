@@ -10,6 +10,7 @@ specs without importing torch; a test checks both agree) and its test.
     reward       the pairwise judge (Keye-Reward) trained through lm on judging conversations
     mpo          preference + quality + generation loss against a frozen reference (InternVL2.5-MPO)
     gspo         rollouts with progressive hints, then sequence-level clipped updates
+    reward_gspo  the same for the pairwise judge: judging prompts from pairs, format + outcome reward
     fusion       no training: merges its input checkpoints (``trains = False``)
 """
 
@@ -231,13 +232,21 @@ class GSPO(Objective):
         super().__init__(config, engine, batches)
         if self.stage.grad_accum_steps != 1:
             raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
-        self.reward_fn = build_reward_fn(config, batches.processor, engine.device)
+        self.reward_fn = self.reward_function(config, batches.processor, engine.device)
+
+    def reward_function(self, config: RunConfig, processor: KeyeProcessor, device: torch.device):
+        """What scores a rollout: the stage's weighted reward sources (``build_reward_fn``)."""
+        return build_reward_fn(config, processor, device)
+
+    def rl_prompt(self, example: examples.Example):
+        """The RL prompt a sample becomes: its question and reference answer."""
+        return examples.rl_prompt(example)
 
     def train_step(self, step: int) -> StepOutput:
         from keye_model.training.rl import gspo_update, progressive_hint_rollout
 
         spec = self.stage.rl
-        prompts = [examples.rl_prompt(ex) for ex in self.batches.my_examples()]
+        prompts = [self.rl_prompt(ex) for ex in self.batches.my_examples()]
         model = self.engine.module
         groups = [
             progressive_hint_rollout(
@@ -259,6 +268,22 @@ class GSPO(Objective):
         }
         tokens = sum(int(g.response_mask.sum()) for g in groups)
         return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)
+
+
+@register
+class RewardGSPO(GSPO):
+    """RL for the pairwise judge (Keye-Reward, after its SFT): GSPO on judging prompts made from preference
+    pairs, rewarded for format + outcome (``keye_model.training.judge.verdict_reward``)."""
+
+    name = "reward_gspo"
+
+    def reward_function(self, config: RunConfig, processor: KeyeProcessor, device: torch.device):
+        from keye_model.training.judge import verdict_reward
+
+        return verdict_reward
+
+    def rl_prompt(self, example: examples.Example):
+        return examples.judge_rl_prompt(example)
 
 
 @register

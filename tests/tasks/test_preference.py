@@ -19,12 +19,17 @@ from data_specs.longcot import (
 from tasks.generation import Generation, RuleJudge
 from tasks.longcot import assess_quality, paths_from_generations
 from tasks.preference import (
+    FILLER,
+    LENGTH_BIAS_REASONS,
     build_preference_pairs,
     build_preference_pairs_task,
+    build_reward_anneal_pairs_task,
     group_by_problem,
+    length_bias_pairs,
     no_think_response,
     pairs_for_problem,
     reference_pairs,
+    reward_anneal_pairs,
 )
 
 GOOD = "<think>I look at the {noun} in the image.\nI check it against the question.\nIt is {ref}.</think>{ref}"
@@ -184,3 +189,24 @@ def test_reference_pairs_appear_exactly_when_no_right_path_exists():
     assert reference_pairs(unreferenced, PreferenceConfig()) == []
     assert reference_pairs(strong_samples, PreferenceConfig())[0].rejected == strong_samples[-1].path.text
     assert not [p for p in build_preference_pairs(group_by_problem(strong_samples)) if p.reason == "reference-vs-wrong"]
+
+
+def test_the_annealing_set_adds_pairs_whose_better_answer_is_shorter(tmp_path):
+    """Length-bias pairs (SPEC.md, Keye-Reward): marked by reason, better side strictly shorter, after the pairs."""
+    strong, weak = _problem("train", 4), _problem("train", 3)
+    samples = _samples(strong, [GOOD, WRONG]) + _samples(weak, [WRONG, OTHER_WRONG])
+    pairs = build_preference_pairs(group_by_problem(samples), PreferenceConfig(source_balance_ratio=100))
+    extra = length_bias_pairs(pairs)
+    assert {p.reason for p in extra} == set(LENGTH_BIAS_REASONS)
+    assert all(len(p.chosen) < len(p.rejected) for p in extra)
+    by_reason = {r: [p for p in extra if p.reason == r] for r in LENGTH_BIAS_REASONS}
+    assert len(by_reason["padded-right"]) == len(pairs)  # every pair's chosen against itself padded
+    for p in by_reason["padded-right"]:
+        assert p.rejected.startswith(p.chosen.rstrip()) and any(f in p.rejected for f in FILLER)
+    source = {p.id: p for p in pairs}
+    for p in by_reason["padded-wrong"]:
+        assert p.rejected.startswith(source[p.id.rsplit("-", 1)[0]].rejected.rstrip())
+    path = write_jsonl(pairs, tmp_path / "pairs.jsonl")
+    anneal = read_jsonl(build_reward_anneal_pairs_task.fn(str(path), str(tmp_path / "anneal.jsonl")), PreferencePair)
+    assert anneal == reward_anneal_pairs(pairs) == [*pairs, *extra]
+    assert len({p.id for p in anneal}) == len(anneal)
