@@ -224,7 +224,12 @@ class MPO(AccumulatedObjective):
 @register
 class GSPO(Objective):
     """GSPO: a group of rollouts per prompt (progressive hints when all are wrong), then one update per
-    mini-batch of the rollout batch; the optimizer steps inside ``gspo_update``."""
+    mini-batch of the rollout batch; the optimizer steps inside ``gspo_update``.
+
+    Besides each step's own numbers, every step logs the stage's hint table so far (``gspo/all_wrong_*``,
+    over every group since the stage began, ``rl.all_wrong_table``; ``gspo/groups`` counts them): the
+    last step's values are the stage's table. The counts survive a resume (``state_dict``).
+    """
 
     name = "gspo"
 
@@ -233,6 +238,13 @@ class GSPO(Objective):
         if self.stage.grad_accum_steps != 1:
             raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
         self.reward_fn = self.reward_function(config, batches.processor, engine.device)
+        self.hint_counts: dict[str, int] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hint_counts": dict(self.hint_counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.hint_counts = dict(state.get("hint_counts", {}))  # checkpoints from before the table: none
 
     def reward_function(self, config: RunConfig, processor: KeyeProcessor, device: torch.device):
         """What scores a rollout: the stage's weighted reward sources (``build_reward_fn``)."""
@@ -243,7 +255,7 @@ class GSPO(Objective):
         return examples.rl_prompt(example)
 
     def train_step(self, step: int) -> StepOutput:
-        from keye_model.training.rl import gspo_update, progressive_hint_rollout
+        from keye_model.training.rl import all_wrong_table, gspo_update, progressive_hint_rollout
 
         spec = self.stage.rl
         prompts = [self.rl_prompt(ex) for ex in self.batches.my_examples()]
@@ -260,11 +272,15 @@ class GSPO(Objective):
             for j, prompt in enumerate(prompts)
         ]
         m = gspo_update(self.engine, model, self.batches.processor, groups, spec)
+        for key, count in m.hint_levels.items():
+            self.hint_counts[key] = self.hint_counts.get(key, 0) + count
         metrics = {
             "mean_reward": m.mean_reward,
             "ratio_mean": m.ratio_mean,
             "clipped_fraction": m.clipped_fraction,
             **{f"hint_level_{k}": float(v) for k, v in m.hint_levels.items()},
+            "gspo/groups": float(sum(self.hint_counts.values())),
+            **{f"gspo/{k}": v for k, v in all_wrong_table(self.hint_counts).items()},
         }
         tokens = sum(int(g.response_mask.sum()) for g in groups)
         return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,6 +384,27 @@ def hint_histogram(groups: Sequence[RolloutGroup]) -> dict[str, int]:
     """Groups per hint level used: {"L0": .., ..., "L5": .., "unsolved": ..}."""
     counts = Counter("unsolved" if not g.solved else f"L{g.hint_level}" for g in groups)
     return {key: counts.get(key, 0) for key in [f"L{k}" for k in range(NUM_HINT_LEVELS + 1)] + ["unsolved"]}
+
+
+#: Names of the hint table's rows: all-wrong with no hint, then after hints up to L1 .. L5.
+ALL_WRONG_KEYS = ("all_wrong_no_hint", *(f"all_wrong_L{k}" for k in range(1, NUM_HINT_LEVELS + 1)))
+
+
+def all_wrong_table(hint_levels: Mapping[str, int]) -> dict[str, float]:
+    """The report's hint table from ``hint_histogram`` counts: the fraction of groups with no correct
+    rollout without a hint, and still none after trying hints up to L1, L2, ... L5 (cumulative).
+
+    Example: 10 groups, {"L0": 6, "L1": 2, "L5": 1, "unsolved": 1} -> no hint 0.4, L1..L4 0.2, L5 0.1
+    (a group solved first at level k counts as all-wrong at every level below k).
+    """
+    total = sum(hint_levels.values())
+    if total == 0:
+        raise ValueError("all_wrong_table: no groups counted")
+    solved, table = 0, {}
+    for level, key in enumerate(ALL_WRONG_KEYS):
+        solved += hint_levels.get(f"L{level}", 0)
+        table[key] = (total - solved) / total
+    return table
 
 
 def gspo_update(
