@@ -87,18 +87,31 @@ def _train_pairs_shard(path: Path, num: int) -> str:
 
 
 @pytest.mark.slow
-def test_a_tiny_trained_judge_is_scored_in_both_modes(tmp_path):
+def test_a_tiny_judge_trained_by_sft_then_rl_is_scored_in_both_modes(tmp_path):
     tokenizer_dir = str(tmp_path / "tokenizer")
     tiny_tokenizer(tokenizer_dir)
-    stage = dataclasses.replace(
-        get_preset("tiny").stage("reward"),
+    tiny = get_preset("tiny")
+    shard = _train_pairs_shard(tmp_path / "pairs-000000.tar", 4)
+    sft = dataclasses.replace(
+        tiny.stage("reward"),
         num_steps=25,
         checkpoint_every=1000,
         optimizer=OptimizerSpec(lr=3e-3, warmup_steps=0, min_lr_ratio=1.0),
     )
-    shard = _train_pairs_shard(tmp_path / "pairs-000000.tar", 4)
-    config = RunConfig(stage=stage, output_dir=str(tmp_path / "reward"), tokenizer_dir=tokenizer_dir, shards=(shard,))
-    judge = EvalModel.load(run_stage(config).checkpoint_dir, tokenizer_dir=tokenizer_dir, video_preset="tiny")
+    config = RunConfig(stage=sft, output_dir=str(tmp_path / "reward"), tokenizer_dir=tokenizer_dir, shards=(shard,))
+    sft_checkpoint = run_stage(config).checkpoint_dir
+    # RL from the SFT judge: the verdict reward fires (no_think prompts answered with a letter earn >= 0.5)
+    rl = RunConfig(
+        stage=dataclasses.replace(tiny.stage("reward_rl"), num_steps=2, checkpoint_every=1000),
+        output_dir=str(tmp_path / "reward_rl"),
+        tokenizer_dir=tokenizer_dir,
+        shards=(shard,),
+        init_checkpoint=sft_checkpoint,
+    )
+    rl_checkpoint = run_stage(rl).checkpoint_dir
+    steps = [json.loads(line) for line in (Path(rl.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and max(step["mean_reward"] for step in steps) > 0
+    judge = EvalModel.load(rl_checkpoint, tokenizer_dir=tokenizer_dir, video_preset="tiny")
     metrics = evaluate_reward_pairs(judge, num_pairs=4, seed=0, max_new_tokens=48)
     assert metrics["reward/pairs"] == 4.0
     for mode in ("no_think", "think"):
