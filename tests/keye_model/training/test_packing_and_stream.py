@@ -78,7 +78,7 @@ def test_judge_data_has_both_orders_in_both_modes(tokenizer_dir):
     convs = judge_conversations(example)
     assert [c[1]["content"] for c in convs] == ["A", "B", "A", "B"]
     assert "reasoning_content" not in convs[0][1] and "/no_think" in convs[0][0]["content"][-1]["text"]
-    assert "Response B's answer is correct" in convs[3][1]["reasoning_content"]
+    assert "Response B's answer is right" in convs[3][1]["reasoning_content"]
     processor = KeyeProcessor(load_tokenizer(tokenizer_dir))
     rendered = processor.tokenizer.decode(processor([convs[3]])["input_ids"][0])
     assert "<think>" in rendered and rendered.rstrip().endswith("B<|im_end|>")
