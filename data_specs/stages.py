@@ -19,6 +19,8 @@ MODULE_GROUPS = ("vision", "projector", "llm")
 OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "reward_gspo", "fusion")
 #: The objectives that sample rollouts and so take ``RLSpec`` settings.
 RL_OBJECTIVES = ("gspo", "reward_gspo")
+#: The objectives that train the pairwise judge (Keye-Reward): its SFT (and annealing) and its RL.
+JUDGE_OBJECTIVES = ("reward", "reward_gspo")
 PHASES = ("pretrain", "posttrain")
 FUSION_METHODS = ("average", "task_arithmetic", "ties")
 #: Progressive hint levels L1..L5 (SPEC.md section 4): concept, strategy, tool/formula, first step, solution.
