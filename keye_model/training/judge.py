@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from data_specs.longcot import REWARD_MODEL_DIMENSIONS
 from keye_model.answers import split_thinking
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor
@@ -43,9 +44,13 @@ def parse_verdict(response: str) -> str | None:
 
 
 def verdict_format(response: str, *, thinking: bool) -> bool:
-    """``think``: one non-empty think block (the assessment), then a parseable verdict; ``no_think``: the
-    response is the verdict alone (no think tags, nothing else)."""
-    return think_format(response, thinking=thinking).score == 1.0 and parse_verdict(response) is not None
+    """``think``: one think block holding an assessment (it names at least one of the judging dimensions,
+    ``REWARD_MODEL_DIMENSIONS``), then a parseable verdict; ``no_think``: the verdict alone (no think tags,
+    nothing else)."""
+    if think_format(response, thinking=thinking).score != 1.0 or parse_verdict(response) is None:
+        return False
+    reasoning, _ = split_thinking(response)
+    return not thinking or any(d in (reasoning or "").lower() for d in REWARD_MODEL_DIMENSIONS)
 
 
 def verdict_reward(sample: RewardSample) -> Reward:

@@ -42,6 +42,7 @@ def _sample(response: str, reference: str, thinking: bool) -> RewardSample:
         ("<think>\nCorrectness: A.\n</think>\n\nA", True, 1.0),  # think: assessment then verdict, right
         ("<think>\nCorrectness: A.\n</think>\n\nA", False, 0.5),  # right, but think tags in a no_think answer
         ("A", True, 0.5),  # right, but no assessment in think mode
+        ("<think>\nI like it.\n</think>\n\nA", True, 0.5),  # right, but the "assessment" weighs no dimension
         ("<think>\nCorrectness: A.\n</think>\n\nB", True, 0.5),
         ("<think>\nCorrectness: A.", True, 0.0),  # cut off before the verdict
     ],
