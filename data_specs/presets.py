@@ -58,6 +58,12 @@ class Preset:
     """easy-vqa test questions per evaluated checkpoint."""
     eval_temporal_videos: int = 4
     """Held-out scene videos (rendered with a seed no training run uses) for temporal localization."""
+    eval_caption_images: int = 8
+    """Held-out easy-vqa test images whose caption loss each checkpoint gets."""
+    eval_alignment_prompts: int = 8
+    """Held-out alignment prompts (instructions to follow) each checkpoint answers."""
+    eval_reward_pairs: int = 4
+    """Held-out answer pairs each reward-model checkpoint judges (both orders, both modes)."""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -151,15 +157,15 @@ def keye_8b() -> Preset:
 #: Optimizer steps of each stage in the demo (our choice): most of the budget goes to the stages that
 #: teach the task (multi-task pre-training and SFT); the rest move the model a little each.
 DEMO_STEPS = {
-    "stage1": 40,
-    "stage2": 250,
-    "stage3": 40,
+    "stage1": 30,
+    "stage2": 450,
+    "stage3": 60,
     "expert": 40,
     "stage4": 1,
-    "sft": 350,
-    "mpo": 40,
+    "sft": 300,
+    "mpo": 30,
     "reward": 40,
-    "coldstart": 40,
+    "coldstart": 30,
     "gspo": 8,
     "alignment": 4,
 }
@@ -170,9 +176,10 @@ DEMO_STEPS = {
 DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 8}
 
 #: The demo keeps the report recipe's learning-rate ratios between stages, scaled up for a small model
-#: trained from scratch, and capped where the tiny model stays stable.
+#: trained from scratch, and capped where the tiny model learns fastest (a plain loop on easy-vqa:
+#: 1e-3 learns colour in 250 steps, 2e-3 not in 300).
 DEMO_LR_SCALE = 200.0
-DEMO_MAX_LR = 2e-3
+DEMO_MAX_LR = 1e-3
 
 
 def _demo_stage(stage: StageSpec) -> StageSpec:
@@ -202,11 +209,17 @@ def demo() -> Preset:
         records_per_source=32,
         source_limits=(("easy-vqa", 100_000),),
         max_side_px=256,
-        mix_tokens_per_sample=40,
+        # easy-vqa's 64x64 images at 16 tokens (4 would be native): the small model reads the shape far
+        # better (a plain loop on colour questions: loss 0.50 after 100 steps vs 0.82 at 4 tokens)
+        image_min_tokens=16,
+        mix_tokens_per_sample=56,
         longcot_paths=4,
         longcot_problems=96,
         max_new_tokens=48,
         eval_vqa_samples=1000,
+        eval_caption_images=200,
+        eval_alignment_prompts=64,
+        eval_reward_pairs=64,
     )
 
 

@@ -1,6 +1,8 @@
-"""The evaluate flow: every finished stage's checkpoint on VQA (easy-vqa test split), temporal
-localization (the curated scene videos' known events), the ViT probe and, when given local data in its
-format, Video-MME; metrics to lineage and one UI table comparing the stages."""
+"""The evaluate flow: every finished stage's checkpoint on held-out data only: VQA (easy-vqa test split),
+caption loss (easy-vqa test images), instruction compliance (held-out alignment prompts), temporal
+localization (scene videos rendered with a held-out seed), the ViT probe, pairwise judging accuracy for
+reward-model checkpoints and, when given local data in its format, Video-MME; metrics to lineage and
+one UI table comparing the stages."""
 
 from __future__ import annotations
 
@@ -48,7 +50,11 @@ def evaluate(
         max_new_tokens=max_new_tokens or preset.max_new_tokens,
         tokenizer_dir=layout.tokenizer_dir,
         video_preset=preset.slow_fast,
+        caption_images=preset.eval_caption_images,
+        alignment_prompts=preset.eval_alignment_prompts,
     )
+    # checkpoints trained as, or used as, a pairwise judge also get the held-out judging accuracy
+    reward_models = {s.reward_model for s in preset.stages if s.reward_model}
     results: dict[str, dict[str, float]] = {}
     for spec in preset.stages:
         if stages_to_eval and spec.name not in stages_to_eval:
@@ -56,8 +62,9 @@ def evaluate(
         done = finished_result(layout.stage_dir(spec.name))
         if done is None:
             continue
+        judge = spec.objective == "reward" or spec.name in reward_models
         metrics = evaluate_checkpoint_task.with_options(task_run_name=f"evaluate-{spec.name}")(
-            done.checkpoint_dir, dataclasses.replace(config)
+            done.checkpoint_dir, dataclasses.replace(config, reward_pairs=preset.eval_reward_pairs if judge else 0)
         )
         record_eval_metrics_task(layout.lineage_db, str(flow_run.id), spec.name, done.checkpoint_dir, metrics)
         results[spec.name] = metrics

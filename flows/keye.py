@@ -12,6 +12,7 @@ from flows.curate import curate_on, run_dir_or_default
 from flows.evaluate import evaluate
 from flows.posttrain import posttrain
 from flows.pretrain import pretrain
+from tasks.chain_report import chain_metrics
 from tasks.evaluation.report import publish_run_summary_task
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
@@ -83,7 +84,8 @@ def keye(
         )
     metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages, seed=seed)
     checkpoint_dirs = {k: v.checkpoint_dir for k, v in checkpoints.items()}
-    publish_run_summary_task(str(layout.root), metrics, checkpoint_dirs)  # this run's own artifact in the UI
+    chain = chain_metrics(layout.posttrain_dir) if post else {}
+    publish_run_summary_task(str(layout.root), metrics, checkpoint_dirs, chain)  # this run's own artifact in the UI
     record_run_end(layout.lineage_db)
     return {
         "run_dir": str(layout.root),
@@ -91,4 +93,5 @@ def keye(
         "manifests": curated,
         "checkpoints": checkpoint_dirs,
         "evaluation": metrics,
+        "chain": chain,
     }

@@ -151,6 +151,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print()
     for line in stage_table(result["evaluation"]):
         print(line)
+    for line in chain_lines(result.get("chain") or {}, hint_table(result["lineage_db"])):
+        print(line)
     print(f"\nfallbacks taken: {fallbacks_taken(result['lineage_db'])} (a healthy run takes none)")
     return 0
 
@@ -159,6 +161,12 @@ def run_pipeline(args: argparse.Namespace) -> int:
 TABLE_COLUMNS = (
     ("vqa/accuracy", "easy-vqa acc"),
     ("vqa/majority_baseline", "majority"),
+    ("vqa/accuracy/open", "open qs"),
+    ("caption/loss", "caption loss"),
+    ("caption/loss_without_image", "  w/o image"),
+    ("alignment/compliance", "instr. follow"),
+    ("reward/accuracy_no_think", "RM no_think"),
+    ("reward/accuracy_think", "RM think"),
     ("temporal/mean_iou", "temporal IoU"),
     ("probe/accuracy", "ViT probe"),
     ("probe/random_init_accuracy", "random ViT"),
@@ -182,6 +190,37 @@ def stage_table(evaluation: dict[str, dict[str, float]]) -> list[str]:
         rest = "".join(f"{metrics[k]:>14.3f}" if k in metrics else f"{'-':>14}" for k, _ in TABLE_COLUMNS[1:])
         lines.append(f"{stage:<11} {cell:<28}{rest}")
     return lines
+
+
+def chain_lines(chain: dict[str, float], hints: dict[str, float]) -> list[str]:
+    """The post-training chain in a few lines: LongCoT tiers, pair kinds, RL prompts, the hint table."""
+    if not chain:
+        return []
+    c = {k: int(v) if k.split("/")[-1] not in ("pass_share", "model_vs_model_share") else v for k, v in chain.items()}
+    lines = [
+        "",
+        f"LongCoT paths {c['longcot/paths']}: tier A {c['longcot/tier_A']}, B {c['longcot/tier_B']}, "
+        f"C {c['longcot/tier_C']} ({c['longcot/pass_share']:.0%} pass); human review saw {c['longcot/reviewed']}, "
+        f"{c['longcot/kept']} samples kept",
+        f"MPO pairs {c['pairs/total']}: model-vs-model {c['pairs/model_vs_model']} "
+        f"({c['pairs/model_vs_model_share']:.0%}); RL prompts kept by pass rate: {c['rl_prompts/kept']}",
+    ]
+    if hints:
+        lines.append("GSPO all-wrong groups: " + ", ".join(f"{k} {v:.1%}" for k, v in hints.items()))
+    return lines
+
+
+def hint_table(lineage_db: str) -> dict[str, float]:
+    """The newest GSPO run's all-wrong fraction with no hint and after each hint level, in level order."""
+    from tasks.lineage import LineageStore
+
+    with LineageStore(lineage_db, read_only=True) as store:
+        rows = store.con.execute(
+            "select m.name, m.value from metrics m join runs r using (run_id) "
+            "where m.name like 'gspo/all_wrong%' order by r.started_at, m.step"
+        ).fetchall()
+    latest = dict(rows)  # later runs and steps overwrite earlier ones
+    return {name.removeprefix("gspo/all_wrong").strip("_/") or "none": v for name, v in latest.items()}
 
 
 def fallbacks_taken(lineage_db: str) -> int:

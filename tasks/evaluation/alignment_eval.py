@@ -28,7 +28,7 @@ from data_specs.schemas import Record
 from keye_model.rewards import Constraint
 from tasks.alignment_prompts import alignment_records, constraints_of
 from tasks.evaluation.answering import EvalModel, answer_all, as_eval_model
-from tasks.evaluation.run import wilson_interval
+from tasks.evaluation.metrics import wilson_interval
 from tasks.sources import text_instructions
 
 #: Standard-library modules whose functions make the held-out text prompts (disjoint from

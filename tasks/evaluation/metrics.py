@@ -143,3 +143,16 @@ def multiple_choice_accuracy(predicted: Sequence[str | None], truth: Sequence[st
     if not truth:
         return 0.0
     return sum(p is not None and p.upper() == t.strip().upper() for p, t in zip(predicted, truth)) / len(truth)
+
+
+def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion measured on ``n`` samples.
+
+    Example: 0.9 on 1,000 questions -> (0.880, 0.917); two stages whose intervals overlap this much
+    have not been shown to differ.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -160,10 +160,14 @@ INTERVAL = ("vqa/ci95_low", "vqa/ci95_high")
 
 
 def run_summary_markdown(
-    run_dir: str, evaluation: Mapping[str, Mapping[str, float]], checkpoints: Mapping[str, str]
+    run_dir: str,
+    evaluation: Mapping[str, Mapping[str, float]],
+    checkpoints: Mapping[str, str],
+    chain: Mapping[str, float] | None = None,
 ) -> str:
     """Markdown: one row per stage (``checkpoints``' order, then stages only evaluated), its evaluation
-    metrics (accuracy with its 95% interval), its checkpoint and a link to its loss-curve artifact.
+    metrics (accuracy with its 95% interval), its checkpoint and a link to its loss-curve artifact; then
+    the post-training chain's numbers (``tasks.chain_report``), when given.
 
     Example row: ``| sft | 0.812 [0.787, 0.835] | 0.671 | `/runs/x/stages/sft/checkpoint` | [loss](...) |``.
     """
@@ -188,15 +192,23 @@ def run_summary_markdown(
         link = f"/artifacts/key/{artifact_key(f'stage-{stage}', run_dir)}"  # the UI's page of that key
         report = f"[loss curve]({link})" if stage in checkpoints else "-"
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {checkpoint} | {report} |")
+    if chain:
+        lines += ["", "#### Post-training chain", "", "| number | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:g} |" for name, value in chain.items()]
     return "\n".join(lines) + "\n"
 
 
 @task(name="publish-run-summary")
-def publish_run_summary_task(run_dir: str, evaluation: dict[str, dict[str, float]], checkpoints: dict[str, str]) -> str:
+def publish_run_summary_task(
+    run_dir: str,
+    evaluation: dict[str, dict[str, float]],
+    checkpoints: dict[str, str],
+    chain: dict[str, float] | None = None,
+) -> str:
     """The summary as a markdown artifact of the calling flow run (key ``summary-<run slug>``), returned."""
     from prefect.artifacts import create_markdown_artifact
 
-    markdown = run_summary_markdown(run_dir, evaluation, checkpoints)
+    markdown = run_summary_markdown(run_dir, evaluation, checkpoints, chain)
     create_markdown_artifact(
         markdown=markdown, key=artifact_key("summary", run_dir), description=f"Keye run {run_dir}: stages"
     )

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: easy-vqa answers, temporal localization, Video-MME, and the vision probe.
+"""Evaluate a checkpoint: easy-vqa answers, temporal localization, Video-MME, the vision probe, and (from
+their own modules) held-out caption loss, instruction compliance and pairwise judging.
 
 Each ``evaluate_*`` takes a checkpoint directory (or an already loaded ``EvalModel``, so
 ``evaluate_checkpoint`` loads once) and returns a flat ``{metric name: value}`` dict; names are
@@ -11,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import random
 import re
 from collections import Counter
@@ -21,9 +21,12 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.evaluation.alignment_eval import evaluate_alignment
 from tasks.evaluation.answering import EvalModel, answer_all, as_eval_model
-from tasks.evaluation.metrics import parse_span, temporal_scores, vqa_accuracy
+from tasks.evaluation.captions import evaluate_captions
+from tasks.evaluation.metrics import parse_span, temporal_scores, vqa_accuracy, wilson_interval
 from tasks.evaluation.probes import probe_set_named, random_init_vision, run_probe, vit_features
+from tasks.evaluation.reward_eval import evaluate_reward_pairs
 from tasks.evaluation.videomme import load_videomme, score_videomme, videomme_prompt
 
 log = logging.getLogger(__name__)
@@ -78,19 +81,6 @@ def evaluate_vqa(
         if chosen:
             metrics[f"vqa/accuracy/{kind}"] = vqa_accuracy([r for r, _ in chosen], [a for _, a in chosen])
     return metrics
-
-
-def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion measured on ``n`` samples.
-
-    Example: 0.9 on 1,000 questions -> (0.880, 0.917); two stages whose intervals overlap this much
-    have not been shown to differ.
-    """
-    if n == 0:
-        return 0.0, 1.0
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def question_type(question: str) -> str:
@@ -274,6 +264,12 @@ class EvalConfig:
     """Shot images per class for the probe prototypes."""
     probe_test: int = 4
     """Held-out images per class for the probe."""
+    caption_images: int = 0
+    """Held-out easy-vqa test images whose caption loss is measured (0: skip)."""
+    alignment_prompts: int = 0
+    """Held-out alignment prompts whose instructions the answers must follow (0: skip)."""
+    reward_pairs: int = 0
+    """Held-out answer pairs to judge, for a checkpoint that is a pairwise reward model (0: skip)."""
     max_new_tokens: int = 16
     """Generation cap for every generative evaluation."""
     video_preset: str = "default"
@@ -284,8 +280,9 @@ class EvalConfig:
     """Picks the easy-vqa questions and the probe views."""
 
     def __post_init__(self) -> None:
-        if self.vqa_samples < 0:
-            raise ValueError(f"EvalConfig: vqa_samples must be >= 0, got {self.vqa_samples}")
+        sizes = {k: getattr(self, k) for k in ("vqa_samples", "caption_images", "alignment_prompts", "reward_pairs")}
+        if min(sizes.values()) < 0:
+            raise ValueError(f"EvalConfig: sizes must be >= 0, got {sizes}")
         if (self.videomme_json is None) != (self.videomme_video_dir is None):
             raise ValueError(
                 "EvalConfig: videomme_json and videomme_video_dir go together "
@@ -317,6 +314,14 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, config: EvalConfig = EvalCon
         metrics |= evaluate_probe(
             evaluator, config.probe_set, num_shots=config.probe_shots, num_test=config.probe_test, seed=config.seed
         )
+    if config.caption_images:
+        metrics |= evaluate_captions(evaluator, config.caption_images, seed=config.seed)
+    if config.alignment_prompts:
+        metrics |= evaluate_alignment(
+            evaluator, config.alignment_prompts, seed=config.seed, max_new_tokens=config.max_new_tokens
+        )
+    if config.reward_pairs:
+        metrics |= evaluate_reward_pairs(evaluator, config.reward_pairs, seed=config.seed)
     log.info("evaluated %s: %s", checkpoint_dir, ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
 
