@@ -165,6 +165,8 @@ DEMO_STEPS = {
     "sft": 300,
     "mpo": 30,
     "reward": 40,
+    "reward_rl": 6,
+    "reward_anneal": 10,
     "coldstart": 30,
     "gspo": 8,
     "alignment": 4,
@@ -173,7 +175,7 @@ DEMO_STEPS = {
 
 #: Samples per step where 32 is too many: RL steps take 2 prompts, each with a group of rollouts; the reward
 #: model judges each of 8 pairs in both orders and both modes (32 conversations).
-DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 8}
+DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 8, "reward_rl": 2, "reward_anneal": 8}
 
 #: The demo keeps the report recipe's learning-rate ratios between stages, scaled up for a small model
 #: trained from scratch, and capped where the tiny model learns fastest (a plain loop on easy-vqa:

@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from data_specs.presets import Preset, as_preset
+from data_specs.stages import JUDGE_OBJECTIVES
 from tasks.evaluation.heldout import held_out_scene_videos_task
 from tasks.evaluation.report import publish_comparison_task, record_eval_metrics_task
 from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
@@ -62,7 +63,7 @@ def evaluate(
         done = finished_result(layout.stage_dir(spec.name))
         if done is None:
             continue
-        judge = spec.objective == "reward" or spec.name in reward_models
+        judge = spec.objective in JUDGE_OBJECTIVES or spec.name in reward_models
         metrics = evaluate_checkpoint_task.with_options(task_run_name=f"evaluate-{spec.name}")(
             done.checkpoint_dir, dataclasses.replace(config, reward_pairs=preset.eval_reward_pairs if judge else 0)
         )

@@ -36,9 +36,15 @@ def run_slug(run_dir: str | Path) -> str:
     return f"{name}-{digest}" if name else digest
 
 
+def key_safe(kind: str) -> str:
+    """``kind`` as Prefect accepts in an artifact key: lower case, other characters as ``-``
+    (``progress-reward_rl`` -> ``progress-reward-rl``)."""
+    return re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")
+
+
 def artifact_key(kind: str, run_dir: str | Path) -> str:
     """``<kind>-<run slug>``: ``kind`` (e.g. ``mix-annealing``, ``stage-sft``) made key-safe, then the slug."""
-    key = re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-") + "-" + run_slug(run_dir)
+    key = key_safe(kind) + "-" + run_slug(run_dir)
     assert KEY_PATTERN.fullmatch(key), key
     return key
 

@@ -41,6 +41,7 @@ from keye_model.training.runner import RunConfig, StageResult
 from tasks.layout import MixShards, RunLayout
 from tasks.lineage import Artifact, Edge, LineageStore, Metric
 from tasks.lineage.store import write_retrying
+from tasks.reports import key_safe
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,9 @@ def train_stage_task(config: RunConfig, launch: LaunchConfig, lineage_db: str, i
     """Train (or skip a finished) stage and record its checkpoint, edges and metrics; UI progress per step."""
     stage = config.stage
     progress_id = create_progress_artifact(
-        0.0, key=f"progress-{stage.name}", description=f"stage {stage.name}: share of {stage.num_steps} steps done"
+        0.0,
+        key=key_safe(f"progress-{stage.name}"),
+        description=f"stage {stage.name}: share of {stage.num_steps} steps done",
     )
 
     def on_step(record: dict[str, Any]) -> None:
