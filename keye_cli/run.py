@@ -95,6 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             action="store_true",
             help="check the input directories and print each stage's plan (data, steps, ZeRO, memory, launch)",
         )
+        p.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="seeds data picks, shard order, model init and sampling (default 0); the easy-vqa test questions "
+            "evaluated stay the same",
+        )
         p.add_argument("--json", action="store_true", help="print the flow's result as JSON")
         p.set_defaults(func=run_pipeline)
 
@@ -134,6 +141,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         vision_init=args.vision_init,
         llm_init=args.llm_init,
+        seed=args.seed,
     )
     wall_s = time.monotonic() - started
     train_s = sum(json.loads(p.read_text())["wall_s"] for p in Path(result["run_dir"], "stages").glob("*/result.json"))
