@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import random
 import statistics
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ from data_specs.longcot import (
 )
 from data_specs.schemas import Record
 from keye_model.answers import answers_match, normalize_answer, parse_number
+from keye_model.reference_judge import API_KEY_ENV_ENV, MODEL_ENV, URL_ENV
 from keye_model.special_tokens import THINK_END, THINK_START
 from tasks.answers import (  # noqa: F401  (split_response re-exported: review reads edited responses with it)
     path_confidence,
@@ -491,6 +493,17 @@ def generate_paths_task(problems_path: str, out_path: str, generator: GeneratorC
     return str(write_jsonl(generate_paths(problems, build_generator(generator), config), out_path))
 
 
+def judge_config_from_env() -> GeneratorConfig | None:
+    """The OpenAI-compatible judge server the environment names (the same variables as the RL stages'
+    reference judge, ``keye_model.reference_judge``), or None."""
+    url = os.environ.get(URL_ENV)
+    if not url:
+        return None
+    return GeneratorConfig(
+        kind="openai", base_url=url, model=os.environ.get(MODEL_ENV, ""), api_key_env=os.environ.get(API_KEY_ENV_ENV)
+    )
+
+
 @task(name="assess-quality", **_TASK_OPTIONS)
 def assess_quality_task(
     problems_path: str,
@@ -500,7 +513,16 @@ def assess_quality_task(
     config: LongCoTConfig,
     judge: GeneratorConfig | None = None,
 ) -> tuple[str, str]:
-    """``judge=None`` uses the deterministic RuleJudge (unattended tiny runs); else an LLMJudge over it."""
+    """``judge=None``: the model judge the environment configures (``judge_config_from_env``), else the
+    deterministic RuleJudge, which is not a model and says so in the log; a given ``judge``: an LLMJudge over it."""
+    judge = judge or judge_config_from_env()
+    if judge is None:
+        log.warning(
+            "LongCoT level-2 judge: the RULE judge (no model judge is configured; set %s and %s to an "
+            "OpenAI-compatible server to have a model judge the reasoning)",
+            URL_ENV,
+            MODEL_ENV,
+        )
     chosen_judge = RuleJudge() if judge is None else LLMJudge(build_generator(judge))
     kept, rejected = assess_quality(
         read_jsonl(problems_path, CoTProblem), read_jsonl(paths_path, CoTPath), chosen_judge, config

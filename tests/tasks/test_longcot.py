@@ -246,3 +246,21 @@ def test_tasks_round_trip_jsonl(records, tmp_path):
     (tmp_path / "bad.jsonl").write_text(kept[0].to_json() + '\n{"id": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not a CoTSample"):
         read_jsonl(tmp_path / "bad.jsonl", CoTSample)
+
+
+def test_the_level2_judge_is_the_configured_server_else_the_rule_judge(monkeypatch):
+    from keye_model.reference_judge import API_KEY_ENV_ENV, MODEL_ENV, URL_ENV
+    from tasks.longcot import judge_config_from_env
+
+    monkeypatch.delenv(URL_ENV, raising=False)
+    assert judge_config_from_env() is None
+    monkeypatch.setenv(URL_ENV, "http://127.0.0.1:9")
+    monkeypatch.setenv(MODEL_ENV, "judge-7b")
+    monkeypatch.setenv(API_KEY_ENV_ENV, "MY_KEY")
+    config = judge_config_from_env()
+    assert (config.kind, config.base_url, config.model, config.api_key_env) == (
+        "openai",
+        "http://127.0.0.1:9",
+        "judge-7b",
+        "MY_KEY",
+    )
