@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data_specs.stages import RLSpec, StageSpec, keye_8b_stages
+from data_specs.stages import JUDGE_OBJECTIVES, RLSpec, StageSpec, keye_8b_stages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,11 +184,22 @@ DEMO_LR_SCALE = 200.0
 DEMO_MAX_LR = 1e-3
 
 
+#: Rollout length of the demo's RL stages: room for a reasoning block before the answer (the tiny
+#: tokenizer spends ~40 tokens on the easy-vqa chain), and for the judge's think-mode assessment (~80).
+DEMO_RL_NEW_TOKENS = 64
+DEMO_JUDGE_RL_NEW_TOKENS = 96
+
+
 def _demo_stage(stage: StageSpec) -> StageSpec:
     """The tiny stage with real batches and enough steps to learn: 32 samples a step (RL: 2 prompts)."""
     tiny_stage = _tiny_stage(stage)
+    rl = tiny_stage.rl and dataclasses.replace(
+        tiny_stage.rl,
+        max_new_tokens=DEMO_JUDGE_RL_NEW_TOKENS if stage.objective in JUDGE_OBJECTIVES else DEMO_RL_NEW_TOKENS,
+    )
     return dataclasses.replace(
         tiny_stage,
+        rl=rl,
         num_steps=DEMO_STEPS[stage.name],
         micro_batch_size=DEMO_MICRO_BATCH.get(stage.name, 32),
         seq_len=max(tiny_stage.seq_len, 1024),
@@ -217,7 +228,7 @@ def demo() -> Preset:
         mix_tokens_per_sample=56,
         longcot_paths=4,
         longcot_problems=96,
-        max_new_tokens=48,
+        max_new_tokens=64,  # a reasoning block is ~40 tokens of the tiny tokenizer, then the answer
         eval_vqa_samples=1000,
         eval_caption_images=200,
         eval_alignment_prompts=64,
