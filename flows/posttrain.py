@@ -1,6 +1,11 @@
 """The posttrain flow: SFT -> LongCoT data (five steps, from the SFT model) -> MPO -> reward model ->
 LongCoT cold-start -> GSPO (progressive hints; prompts filtered by pass rate) -> alignment RL.
 
+A GSPO stage with ``RLSpec.num_iterations`` = N > 1 runs as N rounds (``run_rl_rounds``): GSPO
+(``gspo-r1``), rejection sampling of the cold-start set by the RL model judged by the reward model,
+cold-start again (``coldstart-r2``), prompts refiltered by that model, GSPO again; the last round
+trains under the stage's own name, so ``gspo`` means the last round's model to every later reader.
+
 The data the chain trains on after SFT is made inside it, from its own latest checkpoint, each step a
 visible task with lineage edges back to that checkpoint. Human review pauses the run (``review_mode``
 ``ui``) until a person answers the form in the UI or ``keye review answer``; ``auto`` applies the
@@ -18,9 +23,10 @@ from prefect.runtime import flow_run
 from data_specs.longcot import LongCoTConfig, PreferenceConfig
 from data_specs.mixes import GENERATED
 from data_specs.presets import Preset, as_preset
+from data_specs.stages import StageSpec
 from flows.pretrain import run_training_stage, selected
 from tasks.generation import GeneratorConfig
-from tasks.layout import RunLayout, read_mix_shards
+from tasks.layout import MixShards, RunLayout, read_mix_shards
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.longcot import assess_quality_task, collect_problems_task, generate_paths_task, score_samples_task
 from tasks.posttrain_data import (
@@ -41,6 +47,15 @@ from tasks.posttrain_steps import (
 from tasks.preference import build_preference_pairs_task, build_reward_anneal_pairs_task
 from tasks.reports import artifact_key
 from tasks.review import request_review
+from tasks.rl_rounds import (
+    count_lines,
+    hint_table,
+    record_round_task,
+    rejection_sample_task,
+    reward_stage_of,
+    round_name,
+    round_stage,
+)
 from tasks.train import CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer
 
 
@@ -105,6 +120,90 @@ def make_generated_data(
     return data
 
 
+def run_rl_rounds(
+    spec: StageSpec,
+    layout: RunLayout,
+    preset: Preset,
+    launch: LaunchConfig,
+    seed: int,
+    checkpoints: dict[str, CheckpointRef],
+    data: MixShards,
+    extra: tuple[str, ...],
+    fallbacks: list[str],
+) -> CheckpointRef:
+    """GSPO stage ``spec`` as ``spec.rl.num_iterations`` rounds of general RL (``tasks.rl_rounds``); returns
+    the last round's checkpoint, trained under the stage's own name. Round 1 trains on ``data``; between
+    rounds: (2) ``rejection_sample_task`` on the cold-start records, the reward model judging; (3) the
+    cold-start stage (``spec.inputs[0]``) trains again on them; (4) that model refilters the RL prompt
+    candidates by pass rate. Intermediate stages are not added to ``checkpoints``.
+    """
+    log = get_run_logger()
+    out, run_id, num_rounds = Path(layout.posttrain_dir), str(flow_run.id), spec.rl.num_iterations
+    shards_dir = str(out / "shards")
+    cold, judge = preset.stage(spec.inputs[0]), reward_stage_of(spec, preset.stages)
+    if judge.name not in checkpoints:
+        raise ValueError(
+            f"stage {spec.name}: RL round 2 needs the reward model of stage {judge.name}, which has not "
+            f"finished in {layout.root} (run it first: --stages {judge.name} {spec.name})"
+        )
+    rounds = dict(checkpoints)
+    cot_path, candidates = str(out / "longcot_records.jsonl"), str(out / "rl_candidates.jsonl")
+    first = round_stage(spec, round_name(spec.name, 1), spec.inputs)
+    latest = run_training_stage(first, layout, preset, launch, seed, rounds, data, extra)
+    counts = {"prompts": count_lines(candidates), "prompts_kept": count_lines(str(out / "rl_prompts.jsonl"))}
+    record_round_task(layout.lineage_db, run_id, spec.name, 1, counts)
+    log.info("RL round 1 of %d: %s; hint table %s", num_rounds, counts, hint_table(layout.stage_dir(first.name)))
+    for r in range(2, num_rounds + 1):
+        counts = {"resampled": 0, "replaced": 0}
+        cold_r = round_stage(cold, round_name(cold.name, r), cold.inputs)
+        if nonempty(cot_path):
+            cot_path, counts["replaced"], counts["resampled"] = rejection_sample_task(
+                latest.checkpoint_dir,
+                rounds[judge.name].checkpoint_dir,
+                cot_path,
+                str(out / f"longcot_records-r{r}.jsonl"),
+                r,
+                max_new_tokens=preset.max_new_tokens,
+                seed=seed,
+            )
+            mix = round_name(cold.data_mix, r)
+            write_generated_shards_task(cot_path, mix, shards_dir, preset.slow_fast)
+            parents = [latest.artifact_id, rounds[judge.name].artifact_id]
+            made = record_generated_lineage_task(layout.lineage_db, run_id, parents, cot_path, shards_dir, mix)
+            rounds[cold_r.name] = run_training_stage(
+                cold_r, layout, preset, launch, seed, rounds, read_mix_shards(shards_dir, mix), tuple(made["dataset"])
+            )
+        else:
+            note = f"RL round {r}: no cold-start set to resample; {cold.name} is not retrained"
+            log.warning(note)
+            fallbacks.append(note)
+            rounds[cold_r.name] = rounds[cold.name]
+        kept, fell_back = filter_rl_prompts_task(
+            rounds[cold_r.name].checkpoint_dir,
+            candidates,
+            str(out / f"rl_prompts-r{r}.jsonl"),
+            max_new_tokens=preset.max_new_tokens,
+            seed=seed + r,
+        )
+        if fell_back:
+            fallbacks.append(f"RL round {r}: no prompt had a pass rate strictly between 0 and 1; all were kept")
+        mix = round_name(spec.data_mix, r)
+        write_generated_shards_task(kept, mix, shards_dir, preset.slow_fast)
+        made = record_generated_lineage_task(
+            layout.lineage_db, run_id, [rounds[cold_r.name].artifact_id], kept, shards_dir, mix
+        )
+        name = spec.name if r == num_rounds else round_name(spec.name, r)
+        rl_r = round_stage(spec, name, (cold_r.name, *spec.inputs[1:]))
+        latest = run_training_stage(
+            rl_r, layout, preset, launch, seed, rounds, read_mix_shards(shards_dir, mix), tuple(made["dataset"])
+        )
+        rounds[rl_r.name] = latest
+        counts.update(prompts=count_lines(candidates), prompts_kept=count_lines(kept))
+        record_round_task(layout.lineage_db, run_id, spec.name, r, counts)
+        log.info("RL round %d of %d: %s; hint table %s", r, num_rounds, counts, hint_table(layout.stage_dir(name)))
+    return latest
+
+
 @flow(name="posttrain")
 def posttrain(
     run_dir: str,
@@ -156,7 +255,14 @@ def posttrain(
                 data = read_mix_shards(layout.shards_dir, "sft")
         else:
             data = read_mix_shards(layout.shards_dir, spec.data_mix)
+        if spec.rl is not None and spec.rl.num_iterations > 1:
+            checkpoints[spec.name] = run_rl_rounds(
+                spec, layout, preset, launch, seed, checkpoints, data, extra, fallbacks
+            )
+            continue
         checkpoints[spec.name] = run_training_stage(spec, layout, preset, launch, seed, checkpoints, data, extra)
+        if spec.rl is not None:
+            log.info("stage %s hint table: %s", spec.name, hint_table(layout.stage_dir(spec.name)))
     record_fallbacks_task(layout.lineage_db, str(flow_run.id), fallbacks)
     record_run_end(layout.lineage_db)
     return checkpoints
