@@ -134,6 +134,13 @@ def test_full_pipeline_deployment_runs_on_a_process_worker(tmp_path):
             library_loggers = logger_names(api_url)
     # PREFECT_LOGGING_EXTRA_LOGGERS from the deployment's job variables: our library logs reach the UI
     assert "tasks.validate" in library_loggers, library_loggers
+    # The worker's console (the flow run's output included) shows progress, not library chatter: no line
+    # per Prefect API call (httpx at INFO) and no Great Expectations import chatter.
+    worker_text = worker_log.read_text(errors="replace")
+    chatter = [line for line in worker_text.splitlines() if "HTTP Request:" in line or "Skipping registering" in line]
+    assert not chatter, f"{len(chatter)} library lines in the worker log, e.g.:\n" + "\n".join(chatter[:5])
+    # ...while our loggers' INFO (KEYE_LOG_LEVEL in the job variables) still reaches it: the trainer's steps
+    assert "keye_model.training.runner - stage stage1 step" in worker_text, tail(worker_log)
     (step,) = deployments["full-pipeline"].pull_steps
     # recorded at deploy time: the checkout `prefect deploy` ran in
     assert Path(step["prefect.deployments.steps.set_working_directory"]["directory"]).resolve() == ROOT, step
