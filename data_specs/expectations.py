@@ -193,9 +193,11 @@ RECORD_CHECKS = (
         **_when("modality", "==", "video"),
         reason="video record whose file is not a video",
     ),
+    # ``meta`` is ``json.dumps`` text, an object exactly when it is braced. (GX's JSON-schema expectation
+    # said the same at 4 ms a row: jsonschema re-checks the schema for every value, 200 s for the demo.)
     Check(
-        expectation="ExpectColumnValuesToMatchJsonSchema",
-        kwargs={"column": "meta", "json_schema": {"type": "object"}},
+        expectation="ExpectColumnValuesToMatchRegex",
+        kwargs={"column": "meta", "regex": r"^\{[\s\S]*\}$"},
         reason="meta is not a JSON object",
     ),
 )
