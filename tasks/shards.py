@@ -221,14 +221,18 @@ def image_tokens(path: str, config: ShardConfig) -> int:
 
 
 def estimate_samples(records: Sequence[Record], config: ShardConfig, tokenizer: Tokenizer | None = None):
-    """``{record id: Sample}`` (repeat 0) with token estimates; videos are planned here, once each."""
+    """``{record id: Sample}`` (repeat 0) with token estimates; videos are planned here, once each, and
+    each image's header read once however many questions show it (easy-vqa: ~12 records an image)."""
     slow_fast = None
     samples = {}
+    image_cache: dict[str, int] = {}
     for record in records:
         tokens = count_text_tokens(record.question + "\n" + record.answer, tokenizer)
         plan_json = None
         if record.modality == "image":
-            tokens += image_tokens(record.media_path, config)
+            if record.media_path not in image_cache:
+                image_cache[record.media_path] = image_tokens(record.media_path, config)
+            tokens += image_cache[record.media_path]
         elif record.modality == "video":
             from keye_model.slow_fast import SlowFastConfig, plan_video
 
