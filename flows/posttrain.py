@@ -25,6 +25,7 @@ from data_specs.mixes import GENERATED
 from data_specs.presets import Preset, as_preset
 from data_specs.stages import StageSpec
 from flows.pretrain import run_training_stage, selected
+from tasks.chain_report import record_chain_metrics_task
 from tasks.generation import GeneratorConfig
 from tasks.layout import MixShards, RunLayout, read_mix_shards
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
@@ -264,5 +265,7 @@ def posttrain(
         if spec.rl is not None:
             log.info("stage %s hint table: %s", spec.name, hint_table(layout.stage_dir(spec.name)))
     record_fallbacks_task(layout.lineage_db, str(flow_run.id), fallbacks)
+    if generated is not None:
+        record_chain_metrics_task(layout.lineage_db, str(flow_run.id), layout.posttrain_dir)
     record_run_end(layout.lineage_db)
     return checkpoints
