@@ -159,7 +159,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print()
     for line in stage_table(result["evaluation"]):
         print(line)
-    for line in chain_lines(result.get("chain") or {}, hint_table(result["lineage_db"])):
+    for line in chain_lines(result.get("chain") or {}, hint_tables(args.preset, result["run_dir"])):
         print(line)
     print(f"\nfallbacks taken: {fallbacks_taken(result['lineage_db'])} (a healthy run takes none)")
     return 0
@@ -200,8 +200,8 @@ def stage_table(evaluation: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def chain_lines(chain: dict[str, float], hints: dict[str, float]) -> list[str]:
-    """The post-training chain in a few lines: LongCoT tiers, pair kinds, RL prompts, the hint table."""
+def chain_lines(chain: dict[str, float], hints: dict[str, dict[str, float]]) -> list[str]:
+    """The post-training chain in a few lines: LongCoT tiers, pair kinds, RL prompts, the hint tables."""
     if not chain:
         return []
     c = {k: int(v) if k.split("/")[-1] not in ("pass_share", "model_vs_model_share") else v for k, v in chain.items()}
@@ -213,22 +213,24 @@ def chain_lines(chain: dict[str, float], hints: dict[str, float]) -> list[str]:
         f"MPO pairs {c['pairs/total']}: model-vs-model {c['pairs/model_vs_model']} "
         f"({c['pairs/model_vs_model_share']:.0%}); RL prompts kept by pass rate: {c['rl_prompts/kept']}",
     ]
-    if hints:
-        lines.append("GSPO all-wrong groups: " + ", ".join(f"{k} {v:.1%}" for k, v in hints.items()))
+    for stage, table in hints.items():
+        groups = int(table.get("gspo/groups", 0))
+        cells = [f"{k.removeprefix('gspo/all_wrong_')} {v:.1%}" for k, v in table.items() if "all_wrong" in k]
+        lines.append(f"{stage} all-wrong rollout groups (of {groups}): " + " -> ".join(cells))
     return lines
 
 
-def hint_table(lineage_db: str) -> dict[str, float]:
-    """The newest GSPO run's all-wrong fraction with no hint and after each hint level, in level order."""
-    from tasks.lineage import LineageStore
+def hint_tables(preset: str, run_dir: str) -> dict[str, dict[str, float]]:
+    """Each hinting RL stage's table: the all-wrong share of its rollout groups with no hint, then after
+    hints up to L1..L5 (SPEC: 25.6% -> 13.4% -> ... -> 0.2%), from the stage's own metrics."""
+    from data_specs.presets import get_preset
+    from tasks.layout import RunLayout
+    from tasks.rl_rounds import hint_table
 
-    with LineageStore(lineage_db, read_only=True) as store:
-        rows = store.con.execute(
-            "select m.name, m.value from metrics m join runs r using (run_id) "
-            "where m.name like 'gspo/all_wrong%' order by r.started_at, m.step"
-        ).fetchall()
-    latest = dict(rows)  # later runs and steps overwrite earlier ones
-    return {name.removeprefix("gspo/all_wrong").strip("_/") or "none": v for name, v in latest.items()}
+    layout = RunLayout(run_dir)
+    hinting = [s.name for s in get_preset(preset).stages if s.rl is not None and s.rl.max_hint_level > 0]
+    tables = {name: hint_table(layout.stage_dir(name)) for name in hinting}
+    return {name: table for name, table in tables.items() if table}
 
 
 def fallbacks_taken(lineage_db: str) -> int:
