@@ -191,9 +191,12 @@ def test_a_round_resamples_the_cold_start_set_and_trains_it_again(pipeline, tmp_
     data = read_mix_shards(str(Path(source.posttrain_dir) / "shards"), "rl_prompts")
     fallbacks: list[str] = []
 
+    gspo = preset.stage("gspo")
+    two_rounds = dataclasses.replace(gspo, rl=dataclasses.replace(gspo.rl, num_iterations=2))
+
     @flow(name="rl-rounds-test")
     def rounds():
-        return run_rl_rounds(preset.stage("gspo"), layout, preset, LaunchConfig(), 0, checkpoints, data, (), fallbacks)
+        return run_rl_rounds(two_rounds, layout, preset, LaunchConfig(), 0, checkpoints, data, (), fallbacks)
 
     last = rounds()
     retrained = finished_result(layout.stage_dir("coldstart-r2"))
@@ -215,5 +218,5 @@ def test_a_round_resamples_the_cold_start_set_and_trains_it_again(pipeline, tmp_
         ).fetchone()[0]
     assert counts["rounds/resampled"] == 4 and counts["rounds/replaced"] == replaced
     # the last round descends from round 1's RL model and from the judge, through the resampled set
-    judge = reward_stage_of(preset.stage("gspo"), preset.stages).name
+    judge = reward_stage_of(gspo, preset.stages).name
     assert {first, checkpoints[judge].artifact_id} <= ancestry
