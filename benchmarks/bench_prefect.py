@@ -1,10 +1,18 @@
-"""Prefect's share: the curate flow vs the same plain functions called directly, in one run.
+"""Prefect's share: the curate flow vs the same plain functions called directly, in one run; with
+``--pipeline``, the share of a whole ``keye`` run (tiny preset) spent outside its task runs.
 
-Both do the real work (collect the packaged sources, validate with GX, shard every data mix, write
-lineage) into separate run folders. Prefect's local server is started by a warm-up flow first, since
-its one-off start is not per-run overhead. Last line: ``ratio: X`` (flow / direct).
+Curate: both sides do the real work (collect the packaged sources, validate with GX, shard every data
+mix, write lineage) into separate run folders. Prefect's local server is started by a warm-up flow
+first, since its one-off start is not per-run overhead. Last line: ``ratio: X`` (flow / direct).
+
+Pipeline: no plain-function twin of the whole chain exists, so the run's own records answer: every
+task run's RUNNING..final interval (from the server) is work inside a task; the rest of the wall time is
+Prefect (flow and task run creation, state changes, artifacts, logs to the API) plus the flows' own glue
+code between tasks. Intervals of concurrent tasks are merged, so the share is not understated by overlap.
+Last line: ``outside tasks: X%``.
 
     python benchmarks/bench_prefect.py [--records-per-source 16]
+    python benchmarks/bench_prefect.py --pipeline [--preset tiny]   # a few minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -50,9 +58,67 @@ def direct(run_dir: str, records_per_source: int) -> None:
             shard_lineage("direct", s, report.passed).write(store)
 
 
+def run_tree(client, top_id) -> tuple[list, list]:
+    """The flow runs under ``top_id`` (itself included) and their task runs, less subflows' parent tasks."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    flow_runs, frontier = [client.read_flow_run(top_id)], [top_id]
+    while frontier:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier))
+        )
+        flow_runs += children
+        frontier = [c.id for c in children]
+    subflow_tasks = {f.parent_task_run_id for f in flow_runs}
+    task_runs, offset = [], 0
+    while True:
+        page = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[f.id for f in flow_runs])), limit=200, offset=offset
+        )
+        task_runs += [t for t in page if t.id not in subflow_tasks]
+        if len(page) < 200:
+            return flow_runs, task_runs
+        offset += 200
+
+
+def merged_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``intervals`` (concurrent task runs counted once)."""
+    total, end = 0.0, float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi > end:
+            total += hi - max(lo, end)
+            end = hi
+    return total
+
+
+def pipeline(preset: str) -> None:
+    """One whole ``keye`` run; its wall time split into task runs' work and the rest."""
+    from prefect.client.orchestration import get_client
+
+    from flows.keye import keye
+
+    start = time.perf_counter()
+    state = keye(run_dir=tempfile.mkdtemp(), preset=preset, return_state=True)
+    wall_s = time.perf_counter() - start
+    if not state.is_completed():
+        raise RuntimeError(f"bench_prefect: the keye flow ended {state.type.value}: {state.message}")
+    with get_client(sync_client=True) as client:
+        flow_runs, task_runs = run_tree(client, state.state_details.flow_run_id)
+    spans = [(t.start_time.timestamp(), t.end_time.timestamp()) for t in task_runs if t.start_time and t.end_time]
+    in_tasks_s = merged_seconds(spans)
+    longest = sorted(task_runs, key=lambda t: -(t.total_run_time.total_seconds()))[:5]
+    print(f"keye --preset {preset}: {wall_s:.1f} s wall, {len(flow_runs)} flow runs, {len(task_runs)} task runs")
+    print("longest tasks: " + ", ".join(f"{t.name} {t.total_run_time.total_seconds():.1f} s" for t in longest))
+    print(f"inside task runs (merged RUNNING..final intervals): {in_tasks_s:.1f} s")
+    print(f"outside: {wall_s - in_tasks_s:.1f} s, {(wall_s - in_tasks_s) / max(len(task_runs), 1):.2f} s per task run")
+    print(f"outside tasks: {100 * (wall_s - in_tasks_s) / wall_s:.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records-per-source", type=int, default=16)
+    parser.add_argument("--pipeline", action="store_true", help="measure a whole keye run instead of curate")
+    parser.add_argument("--preset", default="tiny", help="the pipeline's preset (with --pipeline)")
     args = parser.parse_args()
     from prefect import flow
 
@@ -63,6 +129,9 @@ def main() -> None:
         pass
 
     warm_up()
+    if args.pipeline:
+        pipeline(args.preset)
+        return
     direct(tempfile.mkdtemp(), args.records_per_source)  # warm caches (imports, GX) for both sides
     start = time.perf_counter()
     direct(tempfile.mkdtemp(), args.records_per_source)
