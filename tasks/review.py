@@ -16,7 +16,9 @@ What the UI can show: the form's description and each field's description are ma
 ``<think>`` is dropped, so it goes in code spans), a string field is a one-row text box in a 32rem modal
 and the schema sets neither its size nor the modal's. So the sample itself is in the description: its
 image inlined as a small PNG data URI (the browser cannot load a path on the flow's machine) and its
-response as wrapped text; the pre-filled ``edited_response`` boxes are for editing only.
+response as wrapped text; the pre-filled ``edited_response`` boxes are for editing only. The dialog
+squeezes that description to nothing once the rows are taller than it (two samples are), so the same
+markdown is also a markdown artifact of the paused run (its Artifacts tab).
 """
 
 from __future__ import annotations
@@ -176,14 +178,19 @@ def auto_decisions(
     return decisions
 
 
-def build_form(items: Sequence[ReviewItem]) -> type[ReviewForm]:
-    """The form class with the samples as markdown in its description and one pre-filled row each."""
+def review_markdown(items: Sequence[ReviewItem]) -> str:
+    """The samples to review, each with its image inlined, under a header saying what to do."""
     header = (
         f"## LongCoT review: {len(items)} sample(s)\n\nFor each row choose approve, edit (put the "
         "corrected full response in edited_response) or reject.\n\n"
     )
+    return header + "\n---\n".join(i.to_markdown() for i in items)
+
+
+def build_form(items: Sequence[ReviewItem]) -> type[ReviewForm]:
+    """The form class with the samples as markdown in its description and one pre-filled row each."""
     return ReviewForm.with_initial_data(  # no initial reviewer: the form requires one
-        description=header + "\n---\n".join(i.to_markdown() for i in items),
+        description=review_markdown(items),
         reviews=[SampleReview(sample_id=i.sample_id, edited_response=i.response) for i in items],
     )
 
@@ -229,10 +236,14 @@ def request_review(
         return []
     if mode == "auto":
         return auto_decisions(items, policy, samples)
+    from prefect.artifacts import create_markdown_artifact
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
     form = build_form(items)
+    # The UI's Resume dialog squeezes a long description to nothing once the form's rows fill it: the
+    # samples are also on the paused run's Artifacts tab, full size.
+    create_markdown_artifact(markdown=review_markdown(items), description="LongCoT samples waiting for review")
     log.info("waiting up to %d s for a person to review %d sample(s)", timeout_s, len(items))
     try:
         if mode == "ui":

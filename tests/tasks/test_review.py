@@ -174,7 +174,13 @@ def prefect_harness():
 def _resume_as_a_person(found: dict, decisions: dict[str, str], fixed: str) -> None:
     """Find the paused run through the API, read its form, resume it with the person's answers."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import resume_flow_run
 
@@ -190,6 +196,12 @@ def _resume_as_a_person(found: dict, decisions: dict[str, str], fixed: str) -> N
                 run = paused[0]
                 keyset = run.state.state_details.run_input_keyset
                 found["description"] = client.read_flow_run_input(run.id, keyset["description"])
+                found["artifacts"] = [
+                    a.data
+                    for a in client.read_artifacts(
+                        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+                    )
+                ]
                 break
             time.sleep(0.5)
         else:
@@ -233,6 +245,8 @@ def test_ui_review_pauses_and_returns_the_persons_decisions(samples, prefect_har
     person.join(timeout=30)
     assert "error" not in found, found["error"]
     assert "easy-vqa-0-p0" in found["description"] and ".png" in found["description"]  # what the person saw
+    # ... and, full size, on the paused run's Artifacts tab (the dialog squeezes a long description)
+    assert any("easy-vqa-0-p0" in str(data) and "data:image/png;base64," in str(data) for data in found["artifacts"])
     assert "refused" in found
     assert {d.sample_id: d.decision for d in result} == wanted
     assert all(d.reviewer == "ana" for d in result)
