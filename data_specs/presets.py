@@ -55,6 +55,8 @@ class Preset:
     """Most LongCoT problems made from the curated records (None: every one that qualifies)."""
     max_new_tokens: int = 48
     """Generation cap for LongCoT paths, RL prompt filtering and evaluation answers."""
+    rl_candidates: int = 64
+    """RL prompt candidates drawn from the curated records; the pass-rate filter samples each a few times."""
     eval_vqa_samples: int = 8
     """easy-vqa test questions per evaluated checkpoint."""
     eval_temporal_videos: int = 4

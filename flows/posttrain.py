@@ -99,11 +99,14 @@ def make_generated_data(
     anneal = build_reward_anneal_pairs_task(pairs, str(out / "reward_anneal_pairs.jsonl"), seed)
     parents = [sft.artifact_id]
     data: dict[str, dict] = {}
-    rl_candidates = rl_prompt_records_task(layout.records_path, str(out / "rl_candidates.jsonl"))
+    rl_candidates = rl_prompt_records_task(
+        layout.records_path, str(out / "rl_candidates.jsonl"), limit=preset.rl_candidates, seed=seed
+    )
     rl_kept, rl_fallback = filter_rl_prompts_task(
         sft.checkpoint_dir,
         rl_candidates,
         str(out / "rl_prompts.jsonl"),
+        max_prompts=preset.rl_candidates,
         max_new_tokens=preset.max_new_tokens,
         seed=seed,
     )
@@ -183,6 +186,7 @@ def run_rl_rounds(
             rounds[cold_r.name].checkpoint_dir,
             candidates,
             str(out / f"rl_prompts-r{r}.jsonl"),
+            max_prompts=preset.rl_candidates,
             max_new_tokens=preset.max_new_tokens,
             seed=seed + r,
         )

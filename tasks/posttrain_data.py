@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -139,17 +140,24 @@ def _checked_hints(record_id: str, hints: Sequence[str], answer: str) -> list[st
 
 
 def rl_prompt_records(
-    records: Sequence[Record], hints_by_id: Mapping[str, Sequence[str]] | None = None
+    records: Sequence[Record],
+    hints_by_id: Mapping[str, Sequence[str]] | None = None,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
 ) -> list[Record]:
     """RL prompts: records of an ``RL_TASKS`` task with a question and a reference answer, each with
     ``meta["hints"]`` = ``hints_by_id[record.id]`` when given (an empty list means no hints), else
     ``rule_hints(record)`` (from the image's facts where the data set knows them, ``tasks.hints``).
+    ``limit``: at most that many, drawn by ``seed`` (in input order) before any hint is made -- checking
+    hints costs milliseconds a prompt, and the pass-rate filter reads a few dozen of 40k candidates.
     ValueError when a given hint below L5 states the record's answer. Other records are skipped (logged)."""
     hints_by_id = dict(hints_by_id or {})
+    eligible = [r for r in records if r.task in RL_TASKS and r.question.strip() and r.answer.strip()]
+    if limit is not None and limit < len(eligible):
+        eligible = [eligible[i] for i in sorted(random.Random(seed).sample(range(len(eligible)), limit))]
     out = []
-    for record in records:
-        if record.task not in RL_TASKS or not record.question.strip() or not record.answer.strip():
-            continue
+    for record in eligible:
         hints = hints_by_id.pop(record.id) if record.id in hints_by_id else rule_hints(record)
         checked = _checked_hints(record.id, hints, record.answer)
         out.append(dataclasses.replace(record, meta={**record.meta, "hints": checked}))
@@ -216,10 +224,14 @@ def pair_records_task(pairs_path: str, out_path: str) -> str:
 
 
 @task(name="rl-prompt-records", **_TASK_OPTIONS)
-def rl_prompt_records_task(records_path: str, out_path: str, hints_path: str | None = None) -> str:
-    """Record JSONL -> RL prompt Record JSONL; ``hints_path``: optional JSON ``{record id: [L1, ...]}``."""
+def rl_prompt_records_task(
+    records_path: str, out_path: str, hints_path: str | None = None, limit: int | None = None, seed: int = 0
+) -> str:
+    """Record JSONL -> RL prompt Record JSONL (``limit`` of them, drawn by ``seed``); ``hints_path``:
+    optional JSON ``{record id: [L1, ...]}``."""
     hints = json.loads(Path(hints_path).read_text()) if hints_path else None
-    return str(write_jsonl(rl_prompt_records(read_jsonl(records_path, Record), hints), out_path))
+    records = rl_prompt_records(read_jsonl(records_path, Record), hints, limit=limit, seed=seed)
+    return str(write_jsonl(records, out_path))
 
 
 @task(name="write-generated-shards", task_run_name="shard-{name}", **_TASK_OPTIONS)

@@ -200,6 +200,16 @@ def test_rule_hints_by_question_kind_and_never_leak_below_l5(collected):
         rl_prompt_records([collected[0]], {collected[0].id: ["h"] * 6})
 
 
+def test_rl_candidates_are_a_seeded_draw_made_before_any_hint(collected):
+    eligible = rl_prompt_records(collected)
+    drawn = rl_prompt_records(collected, limit=3, seed=5)
+    assert len(eligible) > 3 and len(drawn) == 3
+    assert drawn == rl_prompt_records(collected, limit=3, seed=5)  # the same draw for the same seed
+    assert [r.id for r in drawn] == [r.id for r in eligible if r.id in {d.id for d in drawn}]  # input order
+    assert {d.id for d in drawn} != {d.id for d in rl_prompt_records(collected, limit=3, seed=6)}
+    assert rl_prompt_records(collected, limit=10_000) == eligible
+
+
 def test_generated_mix_is_the_sets_own_token_shares(collected):
     text = Record(id="t", source="text-instructions", modality="text", task="instruction", question="q", answer="a")
     mix = generated_mix("preference", [*collected[:3], text, text], lambda r: 5 if r.modality == "text" else 30)
