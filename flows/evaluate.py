@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from data_specs.presets import Preset, as_preset
-from data_specs.stages import JUDGE_OBJECTIVES
+from data_specs.stages import JUDGE_OBJECTIVES, StageSpec
 from tasks.evaluation.heldout import held_out_scene_videos_task
 from tasks.evaluation.report import publish_comparison_task, record_eval_metrics_task
 from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
@@ -20,6 +20,29 @@ from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.reports import artifact_key
 from tasks.train import finished_result
+
+
+def stage_eval_config(spec: StageSpec, preset: Preset, config: EvalConfig) -> EvalConfig:
+    """What one stage's checkpoint is asked, from its spec: a pairwise judge (a judge objective) only
+    judges the held-out pairs (it is not a policy: asked a question it writes a verdict); a policy is
+    asked everything, instruction following from post-training on (pre-trained models are not taught
+    to follow instructions), and judges pairs too when a later stage uses it as its reward model."""
+    used_as_judge = any(s.reward_model == spec.name for s in preset.stages)
+    pairs = preset.eval_reward_pairs if spec.objective in JUDGE_OBJECTIVES or used_as_judge else 0
+    if spec.objective in JUDGE_OBJECTIVES:
+        return dataclasses.replace(
+            config,
+            vqa_samples=0,
+            temporal_jsonl=None,
+            videomme_json=None,
+            videomme_video_dir=None,
+            probe_set=None,
+            caption_images=0,
+            alignment_prompts=0,
+            reward_pairs=pairs,
+        )
+    alignment = config.alignment_prompts if spec.phase == "posttrain" else 0
+    return dataclasses.replace(config, alignment_prompts=alignment, reward_pairs=pairs)
 
 
 @flow(name="evaluate")
@@ -54,8 +77,6 @@ def evaluate(
         caption_images=preset.eval_caption_images,
         alignment_prompts=preset.eval_alignment_prompts,
     )
-    # checkpoints trained as, or used as, a pairwise judge also get the held-out judging accuracy
-    reward_models = {s.reward_model for s in preset.stages if s.reward_model}
     results: dict[str, dict[str, float]] = {}
     for spec in preset.stages:
         if stages_to_eval and spec.name not in stages_to_eval:
@@ -63,10 +84,11 @@ def evaluate(
         done = finished_result(layout.stage_dir(spec.name))
         if done is None:
             continue
-        judge = spec.objective in JUDGE_OBJECTIVES or spec.name in reward_models
         metrics = evaluate_checkpoint_task.with_options(task_run_name=f"evaluate-{spec.name}")(
-            done.checkpoint_dir, dataclasses.replace(config, reward_pairs=preset.eval_reward_pairs if judge else 0)
+            done.checkpoint_dir, stage_eval_config(spec, preset, config)
         )
+        if not metrics:  # e.g. a judge stage in a preset that judges no pairs
+            continue
         record_eval_metrics_task(layout.lineage_db, str(flow_run.id), spec.name, done.checkpoint_dir, metrics)
         results[spec.name] = metrics
     if results:
