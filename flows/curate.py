@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from data_specs.mixes import PRESETS, get_mix
 from data_specs.presets import Preset, as_preset
@@ -90,13 +91,14 @@ def curate(
     }
     records = [r for c in collected.values() for r in c.records]
     rejected = [r for c in collected.values() for r in c.rejected]
-    report = validate_batch(records, layout.quarantine_path, rejected)
+    # quote(): tens of thousands of records per call; Prefect would walk every one looking for futures
+    report = validate_batch(quote(records), layout.quarantine_path, quote(rejected))
     write_records_jsonl(report.passed, layout.records_path)
 
     slow_fast = preset.slow_fast
     futures = [
         write_stage_shards.submit(
-            mix_records(name, report.passed, seed),
+            quote(mix_records(name, report.passed, seed)),
             get_mix(name),
             ShardConfig(
                 mix=name,
@@ -113,9 +115,9 @@ def curate(
     record_curation_lineage(
         layout.lineage_db,
         str(flow_run.id),
-        {k: v.records for k, v in collected.items()},
-        report,
-        shards,
+        quote({k: v.records for k, v in collected.items()}),
+        quote(report),
+        quote(shards),
         {k: v.num_dropped for k, v in collected.items()},
     )
     create_table_artifact(

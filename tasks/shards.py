@@ -30,6 +30,7 @@ exactly 24 / 50 / 26%).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -213,33 +214,45 @@ def count_text_tokens(text: str, tokenizer: Tokenizer | None = None) -> int:
 
 def image_tokens(path: str, config: ShardConfig) -> int:
     """Tokens of the image once resized by ``fit_size`` within the config's limits (reads the header only)."""
+    return _cached_image_tokens(path, _file_version(path), config.image_min_tokens, config.image_max_tokens)
+
+
+def _file_version(path: str) -> tuple[int, int]:
+    """(mtime ns, size): a changed file is a new cache key."""
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=1 << 16)  # bounded: a worker process curates many runs
+def _cached_image_tokens(path: str, version: tuple[int, int], min_tokens: int, max_tokens: int) -> int:
     from PIL import Image
 
     with Image.open(path) as image:
         width, height = image.size
-    return num_tokens(*fit_size(height, width, config.image_min_tokens, config.image_max_tokens))
+    return num_tokens(*fit_size(height, width, min_tokens, max_tokens))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _cached_plan(path: str, version: tuple[int, int], slow_fast: str) -> tuple[int, str]:
+    from keye_model.slow_fast import SlowFastConfig, plan_video
+
+    plan = plan_video(path, SlowFastConfig.preset(slow_fast))
+    return plan.total_tokens, plan.to_json()
 
 
 def estimate_samples(records: Sequence[Record], config: ShardConfig, tokenizer: Tokenizer | None = None):
-    """``{record id: Sample}`` (repeat 0) with token estimates; videos are planned here, once each, and
-    each image's header read once however many questions show it (easy-vqa: ~12 records an image)."""
-    slow_fast = None
+    """``{record id: Sample}`` (repeat 0) with token estimates. Each image's header is read and each video
+    planned (decoded) once per process, however many records and mixes show it (easy-vqa: ~12 records
+    an image; curation estimates every mix from the same records)."""
     samples = {}
-    image_cache: dict[str, int] = {}
     for record in records:
         tokens = count_text_tokens(record.question + "\n" + record.answer, tokenizer)
         plan_json = None
         if record.modality == "image":
-            if record.media_path not in image_cache:
-                image_cache[record.media_path] = image_tokens(record.media_path, config)
-            tokens += image_cache[record.media_path]
+            tokens += image_tokens(record.media_path, config)
         elif record.modality == "video":
-            from keye_model.slow_fast import SlowFastConfig, plan_video
-
-            slow_fast = slow_fast or SlowFastConfig.preset(config.slow_fast)
-            plan = plan_video(record.media_path, slow_fast)
-            tokens += plan.total_tokens
-            plan_json = plan.to_json()
+            plan_tokens, plan_json = _cached_plan(record.media_path, _file_version(record.media_path), config.slow_fast)
+            tokens += plan_tokens
         samples[record.id] = Sample(key=record.id, record=record, tokens=max(1, tokens), plan_json=plan_json)
     return samples
 
