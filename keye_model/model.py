@@ -230,9 +230,16 @@ class KeyeForConditionalGeneration(nn.Module):
         return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
 
     def embed_inputs(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, grid_hw: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        grid_hw: torch.Tensor | None = None,
+        visual_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, L, E) token embeddings with the visual features scattered into the placeholders."""
+        """(B, L, E) token embeddings with the visual features scattered into the placeholders.
+
+        ``visual_features``: ``get_visual_features(pixel_values, grid_hw)`` when the caller has it already
+        (decoding without a cache runs the same prompt every step); None computes it."""
         embeds_BLE = self.language_model.get_input_embeddings()(input_ids)
         mask_BL = self.placeholder_mask(input_ids)
         num_placeholders = int(mask_BL.sum())
@@ -253,7 +260,7 @@ class KeyeForConditionalGeneration(nn.Module):
             raise ValueError("pixel_values were given without grid_hw")
         if not self.config.placeholder_token_ids:
             raise ValueError("pixel_values were given but image_token_id and video_token_id are both unset")
-        features_ME = self.get_visual_features(pixel_values, grid_hw)
+        features_ME = self.get_visual_features(pixel_values, grid_hw) if visual_features is None else visual_features
         if features_ME.shape[0] != num_placeholders:
             raise ValueError(
                 f"input_ids hold {num_placeholders} placeholder tokens (image id {self.config.image_token_id}, "
@@ -296,8 +303,9 @@ class KeyeForConditionalGeneration(nn.Module):
         grid_hw: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
+        visual_features: torch.Tensor | None = None,
     ) -> CausalLMOutputWithPast:
-        embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw)
+        embeds_BLE = self.embed_inputs(input_ids, pixel_values, grid_hw, visual_features)
         packed = {}
         if self.config.text.mrope_section:
             if position_ids is None:

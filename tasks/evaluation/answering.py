@@ -103,10 +103,11 @@ def answer_batch(
     """Greedy answers to several conversations in one batch, the same answers ``EvalModel.answer`` gives.
 
     Prompts are right-padded into one (B, L) batch; each step runs the whole batch (no KV cache: the
-    answers here are a few tokens) and appends every unfinished row's argmax at its own end. Right
-    padding with causal attention means no real token ever attends to padding, and position ids count
-    from 0 in every row, so each row computes exactly what it would alone. Worked example: prompts of 3
-    and 5 tokens, width 5 + max_new_tokens; step 1 reads row 0's logits at position 2 and row 1's at 4.
+    answers here are a few tokens; the images go through the ViT once) and appends every unfinished
+    row's argmax at its own end. Right padding with causal attention means no real token ever attends
+    to padding, and position ids count from 0 in every row, so each row computes exactly what it would
+    alone. Worked example: prompts of 3 and 5 tokens, width 5 + max_new_tokens; step 1 reads row 0's
+    logits at position 2 and row 1's at 4.
     """
     tokenizer = evaluator.processor.tokenizer
     prompts = []
@@ -123,6 +124,8 @@ def answer_batch(
     device = evaluator.model.device
     pixel_values = torch.cat([p["pixel_values"] for p in prompts if p["grid_hw"].numel()]).to(device) if grids else None
     grid_hw = torch.cat(grids).reshape(-1, 2).to(device) if grids else None
+    # the images are the same every step: through the ViT once
+    features = evaluator.model.get_visual_features(pixel_values, grid_hw) if grids else None
     stops = set(stop_token_ids(tokenizer))
     ends = list(lengths)
     done = [False] * len(prompts)
@@ -134,6 +137,7 @@ def answer_batch(
             position_ids=position_ids.to(device),
             pixel_values=pixel_values,
             grid_hw=grid_hw,
+            visual_features=features,
         ).logits
         next_logits = logits[torch.arange(len(prompts)), torch.tensor(ends) - 1]
         # As ``KeyeForConditionalGeneration.generate`` does: never emit a visual placeholder.
