@@ -160,16 +160,16 @@ def keye_8b() -> Preset:
 #: Optimizer steps of each stage in the demo (our choice): most of the budget goes to the stages that
 #: teach the task (multi-task pre-training and SFT); the rest move the model a little each.
 DEMO_STEPS = {
-    "stage1": 30,
-    "stage2": 450,
-    "stage3": 60,
-    "expert": 40,
+    "stage1": 20,
+    "stage2": 300,
+    "stage3": 40,
+    "expert": 20,
     "stage4": 1,
-    "sft": 300,
-    "mpo": 30,
-    "reward": 40,
+    "sft": 250,
+    "mpo": 12,
+    "reward": 30,
     "reward_rl": 6,
-    "reward_anneal": 10,
+    "reward_anneal": 8,
     "coldstart": 12,  # ~90 LongCoT samples: 12 steps of 32 read each about 4 times
     "gspo": 8,
     "alignment": 4,
@@ -183,7 +183,7 @@ DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 8, "reward_rl": 2, "rew
 #: The demo keeps the report recipe's learning-rate ratios between stages, scaled up for a small model
 #: trained from scratch, and capped where the tiny model learns fastest (a plain loop on easy-vqa:
 #: 1e-3 learns colour in 250 steps, 2e-3 not in 300).
-DEMO_LR_SCALE = 200.0
+DEMO_LR_SCALE = 500.0
 DEMO_MAX_LR = 1e-3
 
 
@@ -238,9 +238,9 @@ def demo(name: str = "demo", steps: dict[str, int] = DEMO_STEPS) -> Preset:
         longcot_problems=96,
         max_new_tokens=64,  # a reasoning block is ~40 tokens of the tiny tokenizer, then the answer
         eval_vqa_samples=1000,
-        eval_caption_images=200,
-        eval_alignment_prompts=64,
-        eval_reward_pairs=64,
+        eval_caption_images=100,
+        eval_alignment_prompts=32,
+        eval_reward_pairs=32,
     )
 
 
