@@ -208,8 +208,8 @@ def chain_lines(chain: dict[str, float], hints: dict[str, dict[str, float]]) -> 
     lines = [
         "",
         f"LongCoT paths {c['longcot/paths']}: tier A {c['longcot/tier_A']}, B {c['longcot/tier_B']}, "
-        f"C {c['longcot/tier_C']} ({c['longcot/pass_share']:.0%} pass); human review saw {c['longcot/reviewed']}, "
-        f"{c['longcot/kept']} samples kept",
+        f"C {c['longcot/tier_C']} ({c['longcot/pass_share']:.0%} pass); {c['longcot/to_review']} to human review "
+        f"({c['longcot/review_rejected']} rejected), {c['longcot/kept']} samples kept",
         f"MPO pairs {c['pairs/total']}: model-vs-model {c['pairs/model_vs_model']} "
         f"({c['pairs/model_vs_model_share']:.0%}); RL prompts kept by pass rate: {c['rl_prompts/kept']}",
     ]

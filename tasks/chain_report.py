@@ -1,10 +1,11 @@
 """What the post-training chain made of its data, as numbers a run reports beside its evaluations.
 
 Read from the files the chain writes in ``<run>/posttrain/``: LongCoT paths by quality tier (kept and
-rejected together: ``assessed.jsonl`` + ``assessed_rejects.jsonl``), how many samples human review saw
-and kept, the MPO pairs by kind (``model-vs-model``: both sides sampled from the model, i.e.
-``correct-vs-wrong`` and ``score-gap``; ``reference-vs-wrong`` otherwise), and the RL prompts the pass-rate
-filter kept. Recorded as lineage metrics of the run (stage ``posttrain``) by ``record_chain_metrics_task``.
+rejected together: ``assessed.jsonl`` + ``assessed_rejects.jsonl``), how many samples went to human
+review (every B and borderline A) and how many it rejected, how many were kept, the MPO pairs by kind
+(``model-vs-model``: both sides sampled from the model, i.e. ``correct-vs-wrong`` and ``score-gap``;
+``reference-vs-wrong`` otherwise), and the RL prompts the pass-rate filter kept. Recorded as lineage
+metrics of the run (stage ``posttrain``) by ``record_chain_metrics_task``.
 
 Example: 384 paths, tiers A 155 / B 30 / C 199 -> ``longcot/pass_share`` 0.482; 232 pairs of which 124
 model-vs-model -> ``pairs/model_vs_model_share`` 0.534.
@@ -34,7 +35,8 @@ def _rows(path: Path) -> list[dict]:
 def chain_metrics(posttrain_dir: str | Path) -> dict[str, float]:
     """LongCoT tiers, review, pair kinds and RL prompts of the chain in ``posttrain_dir`` (missing files: 0)."""
     folder = Path(posttrain_dir)
-    assessed = _rows(folder / "assessed.jsonl") + _rows(folder / "assessed_rejects.jsonl")
+    kept = _rows(folder / "assessed.jsonl")  # what step 4 sees; every B and borderline A goes to people
+    assessed = kept + _rows(folder / "assessed_rejects.jsonl")
     tiers = Counter(row["tier"] for row in assessed)
     pairs = Counter(row["reason"] for row in _rows(folder / "pairs.jsonl"))
     paths = len(assessed)
@@ -43,7 +45,8 @@ def chain_metrics(posttrain_dir: str | Path) -> dict[str, float]:
         "longcot/paths": float(paths),
         **{f"longcot/tier_{t}": float(tiers[t]) for t in ("A", "B", "C")},
         "longcot/pass_share": (tiers["A"] + tiers["B"]) / paths if paths else 0.0,
-        "longcot/reviewed": float(len(_rows(folder / "reviewed.jsonl")) + len(_rows(folder / "review_rejects.jsonl"))),
+        "longcot/to_review": float(sum(row["tier"] == "B" or row["borderline"] for row in kept)),
+        "longcot/review_rejected": float(len(_rows(folder / "review_rejects.jsonl"))),
         "longcot/kept": float(len(_rows(folder / "cot_samples.jsonl"))),
         "pairs/total": float(sum(pairs.values())),
         "pairs/model_vs_model": float(model_pairs),

@@ -15,9 +15,9 @@ def write(path, rows):
 
 
 def test_chain_metrics_count_tiers_pairs_and_prompts(tmp_path):
-    write(tmp_path / "assessed.jsonl", [{"tier": "A"}, {"tier": "A"}, {"tier": "B"}])
-    write(tmp_path / "assessed_rejects.jsonl", [{"tier": "C"}, {"tier": "C"}, {"tier": "A"}, {"tier": "C"}])
-    write(tmp_path / "reviewed.jsonl", [{}])
+    kept = [{"tier": "A", "borderline": False}, {"tier": "A", "borderline": True}, {"tier": "B", "borderline": True}]
+    write(tmp_path / "assessed.jsonl", kept)
+    write(tmp_path / "assessed_rejects.jsonl", [{"tier": t, "borderline": False} for t in "CCAC"])
     write(tmp_path / "review_rejects.jsonl", [{}])
     write(tmp_path / "cot_samples.jsonl", [{}, {}])
     reasons = ["correct-vs-wrong", "score-gap", "reference-vs-wrong", "correct-vs-wrong"]
@@ -26,7 +26,8 @@ def test_chain_metrics_count_tiers_pairs_and_prompts(tmp_path):
     metrics = chain_metrics(tmp_path)
     assert metrics["longcot/paths"] == 7 and metrics["longcot/tier_A"] == 3 and metrics["longcot/tier_C"] == 3
     assert metrics["longcot/pass_share"] == pytest.approx(4 / 7)
-    assert metrics["longcot/reviewed"] == 2 and metrics["longcot/kept"] == 2
+    assert metrics["longcot/to_review"] == 2 and metrics["longcot/review_rejected"] == 1
+    assert metrics["longcot/kept"] == 2
     assert metrics["pairs/total"] == 4 and metrics["pairs/model_vs_model"] == 3
     assert metrics["pairs/model_vs_model_share"] == pytest.approx(0.75)
     assert metrics["rl_prompts/kept"] == 5
