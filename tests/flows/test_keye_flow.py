@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_specs.presets import stages
+from data_specs.stages import JUDGE_OBJECTIVES
 from keye_model.model import KeyeForConditionalGeneration
 from tasks.layout import RunLayout, read_mix_shards
 from tasks.lineage import LineageStore
@@ -68,9 +69,14 @@ def test_stage_metrics_and_evaluation_reach_lineage(pipeline):
     with LineageStore(RunLayout(str(run_dir)).lineage_db, read_only=True) as store:
         losses = store.con.execute("select distinct stage from metrics where name = 'loss'").fetchall()
         evals = store.con.execute("select distinct stage from metrics where name = 'eval/vqa/accuracy'").fetchall()
+        judged = store.con.execute(
+            "select distinct stage from metrics where name = 'eval/reward/accuracy_no_think'"
+        ).fetchall()
     rounds = {"gspo-r1", "coldstart-r2"}  # general RL's earlier rounds (tiny's GSPO has num_iterations=2)
     assert {row[0] for row in losses} - rounds == set(TRAINED) - {"stage4"}  # fusion trains nothing
-    assert {row[0] for row in evals} == set(TRAINED)
+    judges = {s.name for s in stages("tiny") if s.objective in JUDGE_OBJECTIVES}  # they judge, not answer
+    assert judges and {row[0] for row in evals} == set(TRAINED) - judges
+    assert {row[0] for row in judged} == judges
 
 
 def test_a_failed_stage_reruns_while_finished_stages_are_skipped(pipeline):
