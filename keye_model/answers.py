@@ -54,6 +54,17 @@ def split_thinking(text: str) -> tuple[str | None, str]:
     return None, stripped
 
 
+def join_thinking(thinking: str | None, answer: str) -> str:
+    """The inverse of ``split_thinking``: a full response in the chat template's reasoning form.
+
+    ``("because", "blue")`` -> ``"<think>\\nbecause\\n</think>\\n\\nblue"``; ``("", "blue")`` gives the empty
+    block the template renders for a ``/no_think`` turn; ``(None, "blue")`` gives the bare answer.
+    """
+    if thinking is None:
+        return answer.strip()
+    return f"{THINK_START}\n{thinking.strip()}\n{THINK_END}\n\n{answer.strip()}"
+
+
 _LEAD_IN = re.compile(
     r"^(?:so,?\s+|therefore,?\s+)?(?:the\s+)?(?:final\s+|correct\s+)?answer\b\s*(?:is\b)?\s*[:\-]?\s*", re.IGNORECASE
 )

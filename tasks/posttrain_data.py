@@ -37,6 +37,7 @@ from data_specs.longcot import CoTSample, PreferencePair, QualityTier, fit_id, r
 from data_specs.mixes import DataMix
 from data_specs.schemas import MODALITIES, Record
 from data_specs.stages import NUM_HINT_LEVELS
+from keye_model.answers import join_thinking
 from keye_model.special_tokens import THINK_END, THINK_START
 from tasks.caching import FILE_TASK_OPTIONS
 from tasks.hints import leaking_levels, rule_hints
@@ -65,7 +66,7 @@ def cot_response(sample: CoTSample) -> str:
     """The sample's full response in the chat template's reasoning form; ValueError when malformed."""
     if sample.path.thinking is None or not (sample.path.answer or "").strip():
         raise ValueError(f"sample {sample.id}: response is not '{THINK_START}...{THINK_END}' then an answer")
-    return f"{THINK_START}\n{sample.path.thinking.strip()}\n{THINK_END}\n\n{sample.path.answer.strip()}"
+    return join_thinking(sample.path.thinking, sample.path.answer)
 
 
 def cot_records(samples: Sequence[CoTSample]) -> list[Record]:

@@ -36,7 +36,7 @@ from prefect import task
 
 from data_specs.expectations import pair_row
 from data_specs.longcot import CoTSample, PreferenceConfig, PreferencePair, QualityTier, fit_id
-from keye_model.special_tokens import THINK_END, THINK_START
+from keye_model.answers import join_thinking
 from tasks.validate import quarantine_beside, quarantine_failures
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def no_think_response(answer: str) -> str:
     ``"rectangle"`` -> ``"<think>\\n\\n</think>\\n\\nrectangle"`` (what ``keye_model/chat.py`` renders for a
     ``/no_think`` turn), so the chosen response has the same shape as the generated paths it is compared to.
     """
-    return f"{THINK_START}\n\n{THINK_END}\n\n{answer.strip()}"
+    return join_thinking("", answer)
 
 
 def reference_pairs(samples: Sequence[CoTSample], config: PreferenceConfig) -> list[PreferencePair]:

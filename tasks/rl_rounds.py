@@ -24,7 +24,7 @@ from prefect import task
 from data_specs.longcot import read_jsonl, write_jsonl
 from data_specs.schemas import Record
 from data_specs.stages import RLSpec, StageSpec
-from keye_model.special_tokens import THINK_END, THINK_START
+from keye_model.answers import join_thinking
 from tasks.lineage import LineageStore, Metric
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ def _conversation(record: Record) -> list[dict[str, Any]]:
 
 def _answer_text(message: dict[str, Any]) -> str:
     """An assistant message back in the record's answer form: the think block, then the answer."""
-    thinking = message.get("reasoning_content")
-    body = str(message["content"]).strip()
-    return body if thinking is None else f"{THINK_START}\n{thinking.strip()}\n{THINK_END}\n\n{body}"
+    return join_thinking(message.get("reasoning_content"), str(message["content"]))
 
 
 @task(name="rejection-sample", task_run_name="rejection-sample-r{round_index}")

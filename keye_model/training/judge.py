@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from data_specs.longcot import REWARD_MODEL_DIMENSIONS
-from keye_model.answers import split_thinking
+from keye_model.answers import join_thinking, split_thinking
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor
 from keye_model.rewards import Reward, RewardSample, think_format
@@ -76,7 +76,7 @@ def as_judged_response(text: str) -> str:
     """A response in the form the judge was trained on: preference pairs hold full responses, a think block
     first (``<think>\\n\\n</think>\\n\\n`` when no reasoning was written); a bare answer gets the empty block."""
     stripped = text.strip()
-    return stripped if THINK_END in stripped else f"{THINK_START}\n\n{THINK_END}\n\n{stripped}"
+    return stripped if THINK_END in stripped else join_thinking("", stripped)
 
 
 class PairwiseJudge:

@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from data_specs.schemas import Record
-from keye_model.special_tokens import THINK_END, THINK_START
+from keye_model.answers import join_thinking
 from tasks.longcot import COT_INSTRUCTION
 from tasks.sources.spec import Collected, SourceSpec
 
@@ -113,4 +113,4 @@ def reasoning_answer(question: str, answer: str, facts: dict[str, str]) -> str |
         f"The question: {question}",
         f"So the answer is {answer}.",
     )
-    return f"{THINK_START}\n" + "\n".join(steps) + f"\n{THINK_END}\n\n{answer}"
+    return join_thinking("\n".join(steps), answer)

@@ -230,3 +230,18 @@ def test_extract_choice_by_option_text():
     options = ["A. a blue car", "B. a red car", "C. a bus"]
     assert extract_choice("A red car.", 3, options) == "B"
     assert extract_choice("a truck", 3, options) is None
+
+
+@pytest.mark.parametrize(
+    ("thinking", "text"),
+    [
+        ("because\nit is blue", "<think>\nbecause\nit is blue\n</think>\n\nblue"),
+        ("", "<think>\n\n</think>\n\nblue"),  # the /no_think form
+        (None, "blue"),
+    ],
+)
+def test_join_thinking_is_the_inverse_of_split_thinking(thinking, text):
+    from keye_model.answers import join_thinking, split_thinking
+
+    assert join_thinking(thinking, " blue ") == text
+    assert split_thinking(text) == (thinking, "blue")
