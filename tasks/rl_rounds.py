@@ -23,7 +23,7 @@ from prefect import task
 
 from data_specs.longcot import read_jsonl, write_jsonl
 from data_specs.schemas import Record
-from data_specs.stages import RLSpec, StageSpec
+from data_specs.stages import JUDGE_OBJECTIVES, RLSpec, StageSpec
 from keye_model.answers import join_thinking
 from tasks.lineage import LineageStore, Metric
 
@@ -50,15 +50,15 @@ def round_stage(spec: StageSpec, name: str, inputs: tuple[str, ...]) -> StageSpe
 
 def reward_stage_of(spec: StageSpec, stages: tuple[StageSpec, ...]) -> StageSpec:
     """The stage whose checkpoint judges rejection sampling for GSPO stage ``spec``: its ``reward_model``,
-    else the latest earlier stage that trains the pairwise judge (objective ``reward``)."""
+    else the latest earlier stage that trains the pairwise judge (an objective of ``JUDGE_OBJECTIVES``)."""
     earlier = stages[: [s.name for s in stages].index(spec.name)]
     if spec.reward_model:
         return next(s for s in earlier if s.name == spec.reward_model)
-    judges = [s for s in earlier if s.objective == "reward"]
+    judges = [s for s in earlier if s.objective in JUDGE_OBJECTIVES]
     if not judges:
         raise ValueError(
             f"stage {spec.name}: {spec.rl.num_iterations} RL rounds need a reward model to judge rejection "
-            "sampling, and no earlier stage trains one (objective 'reward'); set StageSpec.reward_model"
+            f"sampling, and no earlier stage trains one (objectives {JUDGE_OBJECTIVES}); set StageSpec.reward_model"
         )
     return judges[-1]
 
@@ -147,7 +147,8 @@ def record_round_task(lineage_db: str, run_id: str, stage: str, round_index: int
     """A round's counts (``ROUND_METRICS``, by name without the ``rounds/`` prefix) as lineage metrics of
     the GSPO stage ``stage`` at step ``round_index``, and one log line."""
     unknown = {f"rounds/{k}" for k in counts} - set(ROUND_METRICS)
-    assert not unknown, unknown
+    if unknown:
+        raise ValueError(f"stage {stage} round {round_index}: unknown round counts {sorted(unknown)}")
     log.info("RL round %d (%s): %s", round_index, stage, ", ".join(f"{k} {v}" for k, v in counts.items()))
     with LineageStore(lineage_db) as store:
         store.record_metrics(

@@ -12,6 +12,7 @@ import torch
 from data_specs.longcot import read_jsonl, write_jsonl
 from data_specs.presets import get_preset
 from data_specs.schemas import Record
+from data_specs.stages import JUDGE_OBJECTIVES
 from keye_model.config import KeyeConfig
 from keye_model.model import KeyeForConditionalGeneration
 from keye_model.tokenizer import tiny_tokenizer
@@ -32,7 +33,7 @@ def test_round_stages_and_the_judging_reward_model():
     assert (again.name, again.inputs, again.rl, again.data_mix) == ("gspo-r2", ("coldstart-r2",), gspo.rl, "rl_prompts")
     # the latest earlier judge stage: the reward model the alignment stage scores with
     assert reward_stage_of(gspo, preset.stages).name == preset.stage("alignment").reward_model
-    no_judge = tuple(s for s in preset.stages if s.objective != "reward" and s.reward_model is None)
+    no_judge = tuple(s for s in preset.stages if s.objective not in JUDGE_OBJECTIVES and s.reward_model is None)
     with pytest.raises(ValueError, match="stage gspo: 2 RL rounds need a reward model"):
         reward_stage_of(dataclasses.replace(gspo, rl=dataclasses.replace(gspo.rl, num_iterations=2)), no_judge)
 
@@ -113,5 +114,5 @@ def test_round_counts_reach_lineage(tmp_path):
         ("rounds/replaced", 2, 1.0),
         ("rounds/resampled", 2, 6.0),
     ]
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match=r"unknown round counts \['rounds/made_up'\]"):
         record_round_task.fn(db, "run-1", "gspo-r2", 2, {"made_up": 1})
