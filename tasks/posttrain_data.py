@@ -30,6 +30,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 
@@ -62,6 +63,12 @@ def _modality(media_path: str | None, where: str) -> str:
 
 
 # ---- LongCoT cold-start -------------------------------------------------------------------------------
+def user_turn(record: Record) -> list[dict[str, Any]]:
+    """A record's question as the conversation to answer: one user turn, its image or video (if any) first."""
+    media = [{"type": record.modality, record.modality: record.media_path}] if record.media_path else []
+    return [{"role": "user", "content": [*media, {"type": "text", "text": record.question}]}]
+
+
 def cot_response(sample: CoTSample) -> str:
     """The sample's full response in the chat template's reasoning form; ValueError when malformed."""
     if sample.path.thinking is None or not (sample.path.answer or "").strip():

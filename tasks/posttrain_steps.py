@@ -17,6 +17,7 @@ from data_specs.longcot import CoTSample, ReviewDecision, read_jsonl, write_json
 from data_specs.schemas import Record
 from tasks.layout import read_mix_shards
 from tasks.lineage import Artifact, Edge, LineageStore, Metric, Review
+from tasks.posttrain_data import user_turn
 from tasks.review import apply_decisions
 
 log = logging.getLogger(__name__)
@@ -127,21 +128,7 @@ def filter_rl_prompts_task(
     model = KeyeForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
     processor = KeyeProcessor(load_tokenizer(checkpoint_dir), ProcessorConfig.load(checkpoint_dir))
     prompts = [
-        RLPrompt(
-            id=r.id,
-            reference=r.answer,
-            conversation=[
-                {
-                    "role": "user",
-                    "content": [
-                        *([{"type": "image", "image": r.media_path}] if r.modality == "image" else []),
-                        {"type": "text", "text": r.question},
-                    ],
-                }
-            ],
-        )
-        for r in records
-        if r.modality != "video"
+        RLPrompt(id=r.id, reference=r.answer, conversation=user_turn(r)) for r in records if r.modality != "video"
     ]
     result = pass_rate_filter(
         model, processor, prompts, k, RewardFunction(), spec=RLSpec(max_new_tokens=max_new_tokens), seed=seed

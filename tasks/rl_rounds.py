@@ -26,6 +26,7 @@ from data_specs.schemas import Record
 from data_specs.stages import JUDGE_OBJECTIVES, RLSpec, StageSpec
 from keye_model.answers import join_thinking
 from tasks.lineage import LineageStore, Metric
+from tasks.posttrain_data import user_turn
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,6 @@ def reward_stage_of(spec: StageSpec, stages: tuple[StageSpec, ...]) -> StageSpec
             f"sampling, and no earlier stage trains one (objectives {JUDGE_OBJECTIVES}); set StageSpec.reward_model"
         )
     return judges[-1]
-
-
-def _conversation(record: Record) -> list[dict[str, Any]]:
-    """The record's question (with its image) and its reference answer as the assistant turn."""
-    media = [{"type": "image", "image": record.media_path}] if record.modality == "image" else []
-    return [
-        {"role": "user", "content": [*media, {"type": "text", "text": record.question}]},
-        {"role": "assistant", "content": record.answer},
-    ]
 
 
 def _answer_text(message: dict[str, Any]) -> str:
@@ -108,7 +100,10 @@ def rejection_sample_task(
     result = rejection_sample(
         model,
         processor,
-        [ColdStartSample(id=r.id, conversation=_conversation(r)) for r in resampled],
+        [
+            ColdStartSample(id=r.id, conversation=[*user_turn(r), {"role": "assistant", "content": r.answer}])
+            for r in resampled
+        ],
         judge,
         spec=RLSpec(max_new_tokens=max_new_tokens),
         seed=seed + 1000 * round_index,

@@ -22,13 +22,13 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from data_specs.schemas import Record
 from keye_model.rewards import Constraint
 from tasks.alignment_prompts import alignment_records, constraints_of
 from tasks.evaluation.answering import EvalModel, answer_all, as_eval_model
 from tasks.evaluation.metrics import wilson_interval
+from tasks.posttrain_data import user_turn
 from tasks.sources import text_instructions
 
 #: Standard-library modules whose functions make the held-out text prompts (disjoint from
@@ -96,15 +96,6 @@ def held_out_alignment_prompts(num_prompts: int, seed: int = 0) -> list[Record]:
     return alignment_records(held_out_records(num_prompts, seed), HELD_OUT_SEED_OFFSET + seed)
 
 
-def conversation_of(record: Record) -> list[dict[str, Any]]:
-    """The user turn of a prompt record: its image (if any), then the question text."""
-    parts: list[dict[str, Any]] = []
-    if record.media_path is not None:
-        parts.append({"type": "image", "image": record.media_path})
-    parts.append({"type": "text", "text": record.question})
-    return [{"role": "user", "content": parts}]
-
-
 def compliance(answers: Sequence[str], constraints: Sequence[Sequence[Constraint]]) -> dict[str, float]:
     """The metrics of the module docstring for answers (think block removed) and each one's constraints."""
     if len(answers) != len(constraints) or not answers:
@@ -149,7 +140,5 @@ def evaluate_alignment(
     """
     model = as_eval_model(evaluator, tokenizer_dir=tokenizer_dir)
     prompts = held_out_alignment_prompts(num_prompts, seed)
-    answers = answer_all(
-        model, [conversation_of(p) for p in prompts], [p.id for p in prompts], max_new_tokens=max_new_tokens
-    )
+    answers = answer_all(model, [user_turn(p) for p in prompts], [p.id for p in prompts], max_new_tokens=max_new_tokens)
     return compliance(answers, [constraints_of(p) for p in prompts])
