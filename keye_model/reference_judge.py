@@ -1,7 +1,7 @@
 """The generative "judge" reward of alignment RL (SPEC.md section 4): a response graded against its reference.
 
 It is a separate path from the ``reward_model`` reward (our trained pairwise judge, ``training/judge.py``):
-- ``OpenAIJudge``: any OpenAI-compatible server (vLLM, SGLang, a hosted model) is asked to grade the
+- ``OpenAIJudge``: any OpenAI-compatible server (vLLM, SGLang, a hosted model; ``keye_model.openai_http``) grades the
   answer against the reference on a 0-10 scale; the score is that grade / 10. Only text is sent (the
   question, the reference, the answer after its think block): the judge grades agreement, not the image.
 - ``rule_judge``: where no server is configured, the answer matcher (``keye_model.answers.judge_answer``)
@@ -16,16 +16,13 @@ root, ``/v1`` is appended), ``KEYE_JUDGE_MODEL`` (served model name) and optiona
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from keye_model.answers import judge_answer, split_thinking
+from keye_model.openai_http import endpoint_url, post_json
 from keye_model.rewards import RewardSample
 
 log = logging.getLogger(__name__)
@@ -69,7 +66,7 @@ class OpenAIJudge:
     def __init__(
         self, base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 60.0, max_retries: int = 3
     ) -> None:
-        self.url = base_url.rstrip("/") + "/v1/chat/completions"
+        self.url = endpoint_url(base_url)
         self.model = model
         self.api_key = api_key
         self.timeout_s = timeout_s
@@ -77,24 +74,12 @@ class OpenAIJudge:
         self.name = f"openai-judge:{model}@{base_url}"
 
     def _post(self, payload: dict, sample_id: str) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        body = json.dumps(payload).encode()
-        for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as error:
-                # Client errors (bad model name, bad key) do not get better by retrying.
-                if (error.code < 500 and error.code != 429) or attempt == self.max_retries:
-                    raise RuntimeError(f"{self.name}: sample {sample_id}: HTTP {error.code}") from error
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                if attempt == self.max_retries:
-                    raise RuntimeError(f"{self.name}: sample {sample_id}: unreachable ({error})") from error
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        try:
+            return post_json(
+                self.url, payload, api_key=self.api_key, timeout_s=self.timeout_s, max_retries=self.max_retries
+            )
+        except (RuntimeError, ConnectionError) as error:
+            raise RuntimeError(f"{self.name}: sample {sample_id}: {error}") from error
 
     def __call__(self, sample: RewardSample) -> float | None:
         if sample.reference is None:

@@ -20,12 +20,12 @@ import json
 import logging
 import mimetypes
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from data_specs.longcot import JUDGE_DIMENSIONS, JUDGE_RUBRIC, CoTPath, CoTProblem, JudgeVerdict, RuleReport
+from keye_model.openai_http import endpoint_url, post_json
 from keye_model.special_tokens import END_OF_TEXT, IM_END, IM_START, THINK_END, THINK_START
 
 log = logging.getLogger(__name__)
@@ -139,14 +139,10 @@ class OpenAICompatibleGenerator:
         api: str = "chat",
         backoff_s: float = 0.5,
     ) -> None:
-        root = base_url.rstrip("/")
-        self.endpoint = (
-            f"{root if root.endswith('/v1') else root + '/v1'}/{'chat/completions' if api == 'chat' else 'completions'}"
-        )
-        self.model, self.api, self.timeout_s = model, api, timeout_s
+        self.endpoint = endpoint_url(base_url, api)
+        self.model, self.api, self.timeout_s, self.api_key = model, api, timeout_s, api_key
         self.max_retries, self.backoff_s = max_retries, backoff_s
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.name = f"openai:{model}@{root}"
+        self.name = f"openai:{model}@{base_url.rstrip('/')}"
 
     def generate(
         self,
@@ -190,30 +186,13 @@ class OpenAICompatibleGenerator:
         )
 
     def _post(self, body: dict) -> dict:
-        import httpx
-
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = httpx.post(self.endpoint, json=body, headers=self.headers, timeout=self.timeout_s)
-            except httpx.TransportError as exc:  # connect/read errors, timeouts, dropped connections
-                last = exc
-                log.warning("generator endpoint %s: attempt %d failed: %r", self.endpoint, attempt + 1, exc)
-                continue
-            if response.status_code in (429, 500, 502, 503, 504):
-                last = RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-                log.warning("generator endpoint %s: attempt %d got %s", self.endpoint, attempt + 1, last)
-                continue
-            if response.status_code != 200:
-                raise RuntimeError(
-                    f"generator endpoint {self.endpoint} refused the request: "
-                    f"HTTP {response.status_code}: {response.text[:300]}"
-                )
-            return response.json()
-        raise ConnectionError(
-            f"generator endpoint {self.endpoint} failed after {self.max_retries + 1} attempts: {last!r}"
+        return post_json(
+            self.endpoint,
+            body,
+            api_key=self.api_key,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
         )
 
 
