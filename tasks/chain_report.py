@@ -20,6 +20,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.lineage import LineageStore, Metric
+from tasks.rl_rounds import count_lines
 
 #: Pair kinds whose two sides both come from the model's own sampled paths.
 MODEL_VS_MODEL = ("correct-vs-wrong", "score-gap")
@@ -46,12 +47,12 @@ def chain_metrics(posttrain_dir: str | Path) -> dict[str, float]:
         **{f"longcot/tier_{t}": float(tiers[t]) for t in ("A", "B", "C")},
         "longcot/pass_share": (tiers["A"] + tiers["B"]) / paths if paths else 0.0,
         "longcot/to_review": float(sum(row["tier"] == "B" or row["borderline"] for row in kept)),
-        "longcot/review_rejected": float(len(_rows(folder / "review_rejects.jsonl"))),
-        "longcot/kept": float(len(_rows(folder / "cot_samples.jsonl"))),
+        "longcot/review_rejected": float(count_lines(str(folder / "review_rejects.jsonl"))),
+        "longcot/kept": float(count_lines(str(folder / "cot_samples.jsonl"))),
         "pairs/total": float(sum(pairs.values())),
         "pairs/model_vs_model": float(model_pairs),
         "pairs/model_vs_model_share": model_pairs / sum(pairs.values()) if pairs else 0.0,
-        "rl_prompts/kept": float(len(_rows(folder / "rl_prompts.jsonl"))),
+        "rl_prompts/kept": float(count_lines(str(folder / "rl_prompts.jsonl"))),
     }
     return metrics
 
