@@ -158,10 +158,10 @@ def run_rl_rounds(
     record_round_task(layout.lineage_db, run_id, spec.name, 1, counts)
     log.info("RL round 1 of %d: %s; hint table %s", num_rounds, counts, hint_table(layout.stage_dir(first.name)))
     for r in range(2, num_rounds + 1):
-        counts = {"resampled": 0, "replaced": 0}
+        counts = {"resampled": 0, "wrong": 0, "replaced": 0}
         cold_r = round_stage(cold, round_name(cold.name, r), cold.inputs)
         if nonempty(cot_path):
-            cot_path, counts["replaced"], counts["resampled"] = rejection_sample_task(
+            cot_path, resampling = rejection_sample_task(
                 latest.checkpoint_dir,
                 rounds[judge.name].checkpoint_dir,
                 cot_path,
@@ -170,6 +170,7 @@ def run_rl_rounds(
                 max_new_tokens=preset.max_new_tokens,
                 seed=seed,
             )
+            counts.update(resampling)
             mix = round_name(cold.data_mix, r)
             write_generated_shards_task(cot_path, mix, shards_dir, preset.slow_fast)
             parents = [latest.artifact_id, rounds[judge.name].artifact_id]

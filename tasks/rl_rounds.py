@@ -3,8 +3,9 @@
 Round 1 is the preset's cold-start stage, then GSPO as stage ``gspo-r1``. Each later round r (up to
 ``RLSpec.num_iterations`` = N): the last round's RL model answers every cold-start problem once and the
 reward model (a trained pairwise judge) decides which answers replace the references
-(``rejection_sample_task``); the cold-start stage trains again on the updated set as ``coldstart-r<r>``;
-that model keeps the RL prompts it solves sometimes but not always
+(``rejection_sample_task``; an answer the answer matcher judges wrong never replaces one); the
+cold-start stage trains again on the updated set as ``coldstart-r<r>``; that model keeps the RL prompts
+it solves sometimes but not always
 (``tasks.posttrain_steps.filter_rl_prompts_task``); and GSPO runs again from it, as ``gspo-r<r>``, and
 in the last round under its own name ``gspo``: the stage folder every later reader of that name (the
 alignment stage, evaluation, a later run) resolves, so they all get the last round's model. Each
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 #: Lineage metric names of a round, recorded under the GSPO stage's own name at step = the round.
 ROUND_METRICS = (
     "rounds/resampled",
+    "rounds/wrong",
     "rounds/replaced",
     "rounds/prompts",
     "rounds/prompts_kept",
@@ -78,13 +80,15 @@ def rejection_sample_task(
     round_index: int,
     max_new_tokens: int = 48,
     seed: int = 0,
-) -> tuple[str, int, int]:
+) -> tuple[str, dict[str, int]]:
     """The cold-start records with the RL model's answer wherever the judge prefers it to the reference
-    (``keye_model.training.rl_iteration.rejection_sample``, both orders averaged).
+    (``keye_model.training.rl_iteration.rejection_sample``, both orders averaged) and, for a record whose
+    problem has a checkable answer (``meta["reference"]``, as LongCoT records carry it), the answer
+    matcher judges the RL answer right.
 
-    Returns (the updated records' file, answers replaced, records resampled). Video records are kept as
-    they are (not resampled). A replaced record keeps its id and weight; ``meta`` says the round and the
-    judge's preference.
+    Returns (the updated records' file, counts): ``resampled`` records, ``wrong`` RL answers (not
+    judged), ``replaced`` answers. Video records are kept as they are (not resampled). A replaced record
+    keeps its id and weight; ``meta`` says the round and the judge's preference.
     """
     from keye_model.model import KeyeForConditionalGeneration
     from keye_model.processor import KeyeProcessor, ProcessorConfig
@@ -101,7 +105,11 @@ def rejection_sample_task(
         model,
         processor,
         [
-            ColdStartSample(id=r.id, conversation=[*user_turn(r), {"role": "assistant", "content": r.answer}])
+            ColdStartSample(
+                id=r.id,
+                conversation=[*user_turn(r), {"role": "assistant", "content": r.answer}],
+                reference=r.meta.get("reference"),
+            )
             for r in resampled
         ],
         judge,
@@ -120,14 +128,16 @@ def rejection_sample_task(
         else r
         for r in records
     ]
+    counts = {"resampled": len(resampled), "wrong": len(result.wrong), "replaced": len(replaced)}
     log.info(
-        "round %d: the RL model's answer replaced %d of %d cold-start answers (judge %s)",
+        "round %d: the RL model's answer replaced %d of %d cold-start answers (%d were wrong; judge %s)",
         round_index,
         len(replaced),
         len(resampled),
+        len(result.wrong),
         judge_checkpoint,
     )
-    return str(write_jsonl(out, out_path)), len(replaced), len(resampled)
+    return str(write_jsonl(out, out_path)), counts
 
 
 def count_lines(path: str | None) -> int:

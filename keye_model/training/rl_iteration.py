@@ -2,8 +2,10 @@
 
 (1) the cold-start model is trained by general RL; (2) ``rejection_sample``: the RL model resamples the
 cold-start set, and where a preference judge prefers its answer to the reference, its answer replaces
-it; (3) the cold-start model is retrained on the updated set; (4) ``pass_rate_filter`` keeps the RL
-prompts whose sampling accuracy is strictly between 0 and 1 for the next round.
+it -- only a right answer, where the sample's problem has a checkable one (our choice: the one answer
+matcher vets before the judge weighs, so a judge at chance cannot teach the model wrong answers);
+(3) the cold-start model is retrained on the updated set; (4) ``pass_rate_filter`` keeps the RL prompts
+whose sampling accuracy is strictly between 0 and 1 for the next round.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from data_specs.stages import RLSpec
+from keye_model.answers import answers_match
 from keye_model.processor import KeyeProcessor
 from keye_model.training.rl import RewardFn, RLPrompt, reward_sample, sample_responses, text_of
 
@@ -67,6 +70,8 @@ class ColdStartSample:
     """Sample id."""
     conversation: list[dict[str, Any]]
     """Messages; the last is the assistant answer (``content``, optional ``reasoning_content``)."""
+    reference: str | None = None
+    """The problem's checkable answer (``answers_match``); None: the judge alone decides."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +82,10 @@ class RejectionSampling:
     """All samples in input order, replaced ones carrying the RL answer."""
     replaced: tuple[str, ...]
     """Ids of the replaced samples."""
+    wrong: tuple[str, ...]
+    """Ids of the samples whose RL answer the answer matcher judged wrong (never replaced, never judged)."""
     preference: dict[str, float]
-    """P(RL answer better than the reference) per sample id, both orders averaged."""
+    """P(RL answer better than the reference) per judged sample id, both orders averaged."""
 
 
 def _assistant_text(message: dict[str, Any]) -> str:
@@ -98,8 +105,9 @@ def rejection_sample(
 ) -> RejectionSampling:
     """SPEC iteration step 2: the RL model answers each cold-start prompt once; the answer replaces the
     reference where the judge prefers it: (judge(q, new, ref) + 1 - judge(q, ref, new)) / 2 > 0.5
-    (both orders, so position bias cancels)."""
-    out, replaced, preference = [], [], {}
+    (both orders, so position bias cancels). A sample with a ``reference`` keeps its answer, unjudged,
+    when the RL answer does not match it."""
+    out, replaced, wrong, preference = [], [], [], {}
     for n, sample in enumerate(cold_start_samples):
         *context, reference = sample.conversation
         if reference.get("role") != "assistant" or not context:
@@ -107,6 +115,10 @@ def rejection_sample(
         _, response, _ = sample_responses(model, processor, context, num=1, spec=spec, seed=seed + n)
         thinking, answer = processor.parse_response(response[0])
         new_text, ref_text = processor.decode_response(response[0]), _assistant_text(reference)
+        if sample.reference is not None and not answers_match(new_text, sample.reference):
+            wrong.append(sample.id)
+            out.append(sample)
+            continue
         query = text_of(context[-1]["content"])
         p = (float(judge(query, new_text, ref_text)) + 1.0 - float(judge(query, ref_text, new_text))) / 2.0
         preference[sample.id] = p
@@ -117,4 +129,4 @@ def rejection_sample(
             sample = dataclasses.replace(sample, conversation=[*context, message])
             replaced.append(sample.id)
         out.append(sample)
-    return RejectionSampling(samples=tuple(out), replaced=tuple(replaced), preference=preference)
+    return RejectionSampling(samples=tuple(out), replaced=tuple(replaced), wrong=tuple(wrong), preference=preference)

@@ -333,3 +333,24 @@ def test_rejection_sampling_replaces_exactly_the_preferred(model, processor):
         rejection_sample(
             model, processor, [ColdStartSample(id="bad", conversation=samples[0].conversation[:1])], judge, spec=SPEC
         )
+
+
+def test_rejection_sampling_never_takes_a_wrong_answer_to_a_checkable_problem(model, processor):
+    def judge(query: str, a: str, b: str) -> float:
+        """Test judge: always prefers the RL answer to the reference ("ref")."""
+        return 0.0 if a == "ref" else 1.0
+
+    def sample(sid: str, question: str, reference: str | None = None) -> ColdStartSample:
+        turns = [{"role": "user", "content": question}, {"role": "assistant", "content": "ref"}]
+        return ColdStartSample(id=sid, conversation=turns, reference=reference)
+
+    questions = ("Question one? /no_think", "Question two? /no_think")
+    free = [sample(f"s{k}", q) for k, q in enumerate(questions)]
+    unchecked = rejection_sample(model, processor, free, judge, spec=SPEC)
+    assert unchecked.replaced == ("s0", "s1") and unchecked.wrong == ()
+    rl_answer = unchecked.samples[0].conversation[-1]["content"]  # sampling is seeded per sample: same again
+    assert rl_answer.strip()
+    checked = [sample("s0", questions[0], reference=rl_answer), sample("s1", questions[1], reference="zebra crossing")]
+    result = rejection_sample(model, processor, checked, judge, spec=SPEC)
+    assert result.replaced == ("s0",) and result.wrong == ("s1",)
+    assert result.samples[1] is checked[1] and set(result.preference) == {"s0"}  # a wrong answer is not judged

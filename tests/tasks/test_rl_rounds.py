@@ -80,16 +80,15 @@ def test_rejection_sampling_replaces_what_the_judge_prefers(tmp_path, cold_start
     rl_model = _checkpoint(tmp_path / "rl", seed=1)
     original = {r.id: r for r in read_jsonl(cold_start, Record)}
     # An indifferent judge (P = 0.5 in both orders) replaces nothing: the set comes back as it was.
-    path, replaced, resampled = rejection_sample_task.fn(
+    path, counts = rejection_sample_task.fn(
         rl_model, _checkpoint(tmp_path / "flat", seed=2, indifferent=True), cold_start, str(tmp_path / "a.jsonl"), 2
     )
-    assert (replaced, resampled) == (0, 6) and read_jsonl(path, Record) == list(original.values())
+    assert counts == {"resampled": 6, "wrong": 0, "replaced": 0} and read_jsonl(path, Record) == list(original.values())
     # A random judge: every replaced record, and only those, carries the RL answer and a preference > 0.5.
-    path, replaced, resampled = rejection_sample_task.fn(
-        rl_model, _checkpoint(tmp_path / "judge", seed=3), cold_start, str(tmp_path / "b.jsonl"), 2, max_new_tokens=8
-    )
-    out = read_jsonl(path, Record)
-    assert [r.id for r in out] == list(original) and resampled == 6
+    judge = _checkpoint(tmp_path / "judge", seed=3)
+    path, counts = rejection_sample_task.fn(rl_model, judge, cold_start, str(tmp_path / "b.jsonl"), 2, max_new_tokens=8)
+    out, replaced = read_jsonl(path, Record), counts["replaced"]
+    assert [r.id for r in out] == list(original) and counts["resampled"] == 6 and counts["wrong"] == 0
     changed = [r for r in out if r != original[r.id]]
     assert 0 < replaced < 6  # with these seeds the random judge prefers some RL answers, not all
     assert len(changed) == replaced == count_lines(path) - sum(r == original[r.id] for r in out)
@@ -97,6 +96,13 @@ def test_rejection_sampling_replaces_what_the_judge_prefers(tmp_path, cold_start
         assert record.meta["replaced_in_round"] == 2 and record.meta["judge_preference"] > 0.5
         assert record.meta["replay_weight"] == 2.0 and record.answer != original[record.id].answer
         assert (record.question, record.media_path) == (original[record.id].question, original[record.id].media_path)
+    # The same judge on records whose problems have a checkable answer, which the random RL model never
+    # gives: every RL answer is wrong, so none is judged and none replaces a reference.
+    checked = [dataclasses.replace(r, meta={**r.meta, "reference": r.answer.split()[-1]}) for r in original.values()]
+    checked_path = str(write_jsonl(checked, tmp_path / "checked.jsonl"))
+    out_path = str(tmp_path / "c.jsonl")
+    path, counts = rejection_sample_task.fn(rl_model, judge, checked_path, out_path, 2, max_new_tokens=8)
+    assert counts == {"resampled": 6, "wrong": 6, "replaced": 0} and read_jsonl(path, Record) == checked
 
 
 def test_round_counts_reach_lineage(tmp_path):
