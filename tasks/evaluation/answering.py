@@ -100,14 +100,14 @@ def as_eval_model(checkpoint: str | Path | EvalModel, **load_options: Any) -> Ev
 def answer_batch(
     evaluator: EvalModel, conversations: list[list[dict[str, Any]]], sample_ids: list[str], *, max_new_tokens: int
 ) -> list[str]:
-    """Greedy answers to several conversations in one batch, the same answers ``EvalModel.answer`` gives.
+    """Greedy answers to several conversations in one batch, the answers ``EvalModel.answer`` gives each alone.
 
-    Prompts are right-padded into one (B, L) batch; each step runs the whole batch (no KV cache: the
-    answers here are a few tokens; the images go through the ViT once) and appends every unfinished
-    row's argmax at its own end. Right padding with causal attention means no real token ever attends
-    to padding, and position ids count from 0 in every row, so each row computes exactly what it would
-    alone. Worked example: prompts of 3 and 5 tokens, width 5 + max_new_tokens; step 1 reads row 0's
-    logits at position 2 and row 1's at 4.
+    Prompts are left-padded into one (B, L) batch and decoded by the model's ``generate``: the images go
+    through the ViT once and each new token reads the KV cache, so a step costs one token per row, not the
+    whole prompt again (a judge's 128-token assessment took 30 s a checkpoint without the cache). Padding
+    is masked out and each row's positions count from its own first real token (``text_position_ids``),
+    so every row computes what it would alone, up to float rounding. Worked example: prompts of 3 and 5
+    tokens -> a (2, 5) batch whose row 0 is 2 pads then its 3 tokens; both rows' answers start at column 5.
     """
     tokenizer = evaluator.processor.tokenizer
     prompts = []
@@ -116,44 +116,28 @@ def answer_batch(
             prompts.append(evaluator.processor.build_prompt(conversation))
         except ValueError as error:
             raise ValueError(f"sample {sample_id}: {error}") from error
-    lengths = [int(p["input_ids"].shape[1]) for p in prompts]
-    ids = torch.full((len(prompts), max(lengths) + max_new_tokens), tokenizer.pad_token_id, dtype=torch.long)
+    width = max(int(p["input_ids"].shape[1]) for p in prompts)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):
-        ids[row, : lengths[row]] = prompt["input_ids"][0]
+        length = int(prompt["input_ids"].shape[1])
+        ids[row, width - length :] = prompt["input_ids"][0]
+        mask[row, width - length :] = 1
     grids = [p["grid_hw"] for p in prompts if p["grid_hw"].numel()]
     device = evaluator.model.device
-    pixel_values = torch.cat([p["pixel_values"] for p in prompts if p["grid_hw"].numel()]).to(device) if grids else None
-    grid_hw = torch.cat(grids).reshape(-1, 2).to(device) if grids else None
-    # the images are the same every step: through the ViT once
-    features = evaluator.model.get_visual_features(pixel_values, grid_hw) if grids else None
-    stops = set(stop_token_ids(tokenizer))
-    ends = list(lengths)
-    done = [False] * len(prompts)
-    for _ in range(max_new_tokens):
-        width = max(ends)
-        position_ids = torch.arange(width).expand(len(prompts), width)
-        logits = evaluator.model(
-            input_ids=ids[:, :width].to(device),
-            position_ids=position_ids.to(device),
-            pixel_values=pixel_values,
-            grid_hw=grid_hw,
-            visual_features=features,
-        ).logits
-        next_logits = logits[torch.arange(len(prompts)), torch.tensor(ends) - 1]
-        # As ``KeyeForConditionalGeneration.generate`` does: never emit a visual placeholder.
-        next_logits[:, list(evaluator.model.config.placeholder_token_ids)] = float("-inf")
-        chosen = next_logits.argmax(-1).tolist()
-        for row, token in enumerate(chosen):
-            if done[row]:
-                continue
-            if token in stops:
-                done[row] = True
-                continue
-            ids[row, ends[row]] = token
-            ends[row] += 1
-        if all(done):
-            break
-    return [evaluator.processor.parse_response(ids[row, lengths[row] : ends[row]])[1] for row in range(len(prompts))]
+    output = evaluator.model.generate(
+        ids.to(device),
+        attention_mask=mask.to(device),
+        pixel_values=torch.cat([p["pixel_values"] for p in prompts if p["grid_hw"].numel()]).to(device)
+        if grids
+        else None,
+        grid_hw=torch.cat(grids).reshape(-1, 2).to(device) if grids else None,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return [evaluator.processor.parse_response(output[row, width:])[1] for row in range(len(prompts))]
 
 
 @torch.no_grad()

@@ -172,7 +172,7 @@ def test_batched_answers_equal_one_at_a_time(eval_model):
 
     questions, _, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
-    picked = range(0, 70, 7)  # questions of different lengths: the batch is right-padded
+    picked = range(0, 70, 7)  # questions of different lengths: the batch is left-padded
     conversations = [
         [
             {
