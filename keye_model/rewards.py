@@ -20,6 +20,7 @@ turns a pairwise preference model (query, answer_a, answer_b) -> P(a better) int
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -194,6 +195,12 @@ CONSTRAINTS: dict[str, Callable[..., RuleScore]] = {
 }
 
 
+@functools.cache
+def _signature(kind: str) -> inspect.Signature:
+    """The check's signature, read once per kind (alignment prompts make ~100k constraints per curation)."""
+    return inspect.signature(CONSTRAINTS[kind])
+
+
 @dataclass(frozen=True, kw_only=True)
 class Constraint:
     """One instruction constraint on an answer, e.g. ``Constraint(kind="max_words", params={"limit": 20})``."""
@@ -206,9 +213,8 @@ class Constraint:
     def __post_init__(self) -> None:
         if self.kind not in CONSTRAINTS:
             raise ValueError(f"unknown constraint kind {self.kind!r}; kinds: {sorted(CONSTRAINTS)}")
-        signature = inspect.signature(CONSTRAINTS[self.kind])
         try:
-            signature.bind("answer", **self.params)
+            _signature(self.kind).bind("answer", **self.params)
         except TypeError as error:
             raise ValueError(f"constraint {self.kind}: bad params {self.params}: {error}") from error
 

@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import re
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -232,6 +233,17 @@ def _cached_image_tokens(path: str, version: tuple[int, int], min_tokens: int, m
     return num_tokens(*fit_size(height, width, min_tokens, max_tokens))
 
 
+#: Video plans are made under one lock: the curate flow shards its mixes in threads at once, and each
+#: thread missing the cache for the same videos decoded them again (the demo: 172 decodes of 32 videos).
+_PLAN_LOCK = threading.Lock()
+
+
+def video_plan(path: str, slow_fast: str) -> tuple[int, str]:
+    """(tokens, plan JSON) of the video under the Slow-Fast preset; decoded once per process and version."""
+    with _PLAN_LOCK:
+        return _cached_plan(path, _file_version(path), slow_fast)
+
+
 @functools.lru_cache(maxsize=1 << 12)
 def _cached_plan(path: str, version: tuple[int, int], slow_fast: str) -> tuple[int, str]:
     from keye_model.slow_fast import SlowFastConfig, plan_video
@@ -251,7 +263,7 @@ def estimate_samples(records: Sequence[Record], config: ShardConfig, tokenizer: 
         if record.modality == "image":
             tokens += image_tokens(record.media_path, config)
         elif record.modality == "video":
-            plan_tokens, plan_json = _cached_plan(record.media_path, _file_version(record.media_path), config.slow_fast)
+            plan_tokens, plan_json = video_plan(record.media_path, config.slow_fast)
             tokens += plan_tokens
         samples[record.id] = Sample(key=record.id, record=record, tokens=max(1, tokens), plan_json=plan_json)
     return samples
