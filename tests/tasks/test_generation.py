@@ -152,6 +152,19 @@ def test_keye_checkpoint_generates_with_the_image(tmp_path):
     assert all(len(g.token_logprobs) == len(g.tokens) > 0 for g in with_image)
     assert with_image[0].token_logprobs[0] != blind[0].token_logprobs[0], "the image reaches the model"
 
+    # Requests are sampled KEYE_BATCH_REQUESTS at a time, left-padded: greedy paths of a batch of prompts
+    # of different lengths, with and without an image, are each what the request gets alone.
+    requests = [
+        seeing,
+        GenerationRequest(prompt="Is there a red shape in this picture, yes or no?", image_path=image),
+        GenerationRequest(prompt="Say hi."),
+    ]
+    batched = keye.generate(requests, 2, max_new_tokens=6, temperature=0.0)
+    alone = [keye.generate([r], 2, max_new_tokens=6, temperature=0.0)[0] for r in requests]
+    assert [[g.text for g in gs] for gs in batched] == [[g.text for g in gs] for gs in alone]
+    for got, want in zip(batched, alone):
+        assert got[0].token_logprobs == pytest.approx(want[0].token_logprobs, abs=1e-4)
+
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_openai_generator_against_a_loopback_server(server, tmp_path, api):
