@@ -195,6 +195,46 @@ class KeyeProcessor:
         del batch["labels"]
         return batch
 
+    def build_prompts(
+        self,
+        conversations: Sequence[list[dict[str, Any]]],
+        *,
+        repeat: int = 1,
+        sample_ids: Sequence[str] | None = None,
+        enable_thinking: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Tensors for generating the next assistant turn of several conversations at once: each one's
+        ``build_prompt``, ``repeat`` rows of it, LEFT-padded, so every row's response starts in the same
+        column (what batched ``generate`` needs; position ids count from each row's first real token).
+
+        No labels. ValueError naming the sample (``sample_ids``, default "sample <index>") whose media
+        cannot be read. Example: prompts of 3 and 5 tokens, repeat 2 -> (4, 5) ``input_ids`` whose rows 0
+        and 1 start with 2 pads; ``pixel_values`` and ``grid_hw`` follow the rows.
+        """
+        if repeat < 1:
+            raise ValueError(f"build_prompts needs repeat >= 1, got {repeat}")
+        names = list(sample_ids) if sample_ids is not None else [f"sample {i}" for i in range(len(conversations))]
+        prompts = []
+        for conversation, name in zip(conversations, names, strict=True):
+            try:
+                prompts.append(self.build_prompt(conversation, enable_thinking=enable_thinking))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from error
+        rows = [p for p in prompts for _ in range(repeat)]
+        width = max(int(p["input_ids"].shape[1]) for p in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(rows):
+            length = int(prompt["input_ids"].shape[1])
+            input_ids[row, width - length :] = prompt["input_ids"][0]
+            attention_mask[row, width - length :] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.cat([p["pixel_values"] for p in rows]),
+            "grid_hw": torch.cat([p["grid_hw"] for p in rows]).reshape(-1, 2),
+        }
+
     def render(
         self,
         conversation: list[dict[str, Any]],

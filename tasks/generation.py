@@ -281,33 +281,27 @@ class TransformersGenerator:
         return out
 
     def _keye_inputs(self, requests: list[GenerationRequest], n: int) -> tuple[dict, list[str]]:
-        """Generate kwargs for n copies of each request's prompt (left-padded: each row's answer starts in
-        the same column), and per row the text the template already opened the response with."""
-        import torch
-
-        prompts, opened = [], []
+        """Generate kwargs for n copies of each request's prompt (``KeyeProcessor.build_prompts``: left-padded,
+        each row's answer starts in the same column), and per row the text the template already opened the
+        response with."""
+        conversations = []
         for request in requests:
             content = ([{"type": "image", "image": request.image_path}] if request.image_path else []) + [
                 {"type": "text", "text": request.prompt}
             ]
-            conversation = ([{"role": "system", "content": request.system}] if request.system else []) + [
-                {"role": "user", "content": content}
-            ]
-            prompts.append(self.processor.build_prompt(conversation))
-            opened += [_opened(self.processor.render(conversation, add_generation_prompt=True))] * n
-        width = max(int(p["input_ids"].shape[1]) for p in prompts)
-        ids = torch.full((len(prompts) * n, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, prompt in enumerate(prompts):
-            length = int(prompt["input_ids"].shape[1])
-            ids[i * n : (i + 1) * n, width - length :] = prompt["input_ids"][0]
-            mask[i * n : (i + 1) * n, width - length :] = 1
-        media = [p for p in prompts for _ in range(n) if p["grid_hw"].shape[0] > 0]
+            conversations.append(
+                ([{"role": "system", "content": request.system}] if request.system else [])
+                + [{"role": "user", "content": content}]
+            )
+        batch = self.processor.build_prompts(conversations, repeat=n)
+        rendered = [self.processor.render(c, add_generation_prompt=True) for c in conversations]
+        opened = [_opened(text) for text in rendered for _ in range(n)]
+        media = batch["grid_hw"].numel() > 0
         inputs = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "pixel_values": torch.cat([p["pixel_values"] for p in media]) if media else None,
-            "grid_hw": torch.cat([p["grid_hw"] for p in media]) if media else None,
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "pixel_values": batch["pixel_values"] if media else None,
+            "grid_hw": batch["grid_hw"] if media else None,
         }
         return {k: v.to(self.device) if v is not None else None for k, v in inputs.items()}, opened
 

@@ -230,6 +230,56 @@ def sample_responses(
     return prompt, response, _stop_mask(response, tokenizer)
 
 
+#: Conversations ``sample_texts`` samples in one ``generate`` call (x ``num`` rows each).
+SAMPLE_BATCH = 16
+
+
+@torch.no_grad()
+def sample_texts(
+    model: torch.nn.Module,
+    processor: KeyeProcessor,
+    conversations: Sequence[list[dict[str, Any]]],
+    *,
+    num: int,
+    spec: RLSpec,
+    seed: int,
+) -> list[tuple[str, list[str]]]:
+    """``num`` sampled responses to each conversation, ``SAMPLE_BATCH`` conversations per ``generate`` call
+    (``KeyeProcessor.build_prompts``: left-padded rows): per conversation, (its prompt text, its decoded
+    responses, think tags kept). For readers of the text (the pass-rate filter, rejection sampling);
+    GSPO's rollouts keep the ids (``sample_responses``). Call k is seeded with ``seed + k``."""
+    if spec.temperature <= 0:
+        raise ValueError(f"RL sampling needs temperature > 0, got {spec.temperature}")
+    device, tokenizer = _device(model), processor.tokenizer
+    out: list[tuple[str, list[str]]] = []
+    for k, start in enumerate(range(0, len(conversations), SAMPLE_BATCH)):
+        chunk = conversations[start : start + SAMPLE_BATCH]
+        batch = {key: v.to(device) for key, v in processor.build_prompts(chunk, repeat=num).items()}
+        media = batch["grid_hw"].shape[0] > 0
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed + k)
+            ids = model.generate(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"] if media else None,
+                batch["grid_hw"] if media else None,
+                do_sample=True,
+                temperature=spec.temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=spec.max_new_tokens,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        width = batch["input_ids"].shape[1]
+        for i in range(len(chunk)):
+            first = i * num
+            prompt_text = processor.decode(batch["input_ids"][first][batch["attention_mask"][first].bool()])
+            responses = [processor.decode_response(ids[row, width:]) for row in range(first, first + num)]
+            out.append((prompt_text, responses))
+    return out
+
+
 def response_logprobs(
     model: torch.nn.Module, rows: Sequence[tuple[RolloutGroup, int]], temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

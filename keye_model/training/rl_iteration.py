@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from data_specs.stages import RLSpec
-from keye_model.answers import answers_match
+from keye_model.answers import answers_match, split_thinking
 from keye_model.processor import KeyeProcessor
-from keye_model.training.rl import RewardFn, RLPrompt, reward_sample, sample_responses, text_of
+from keye_model.training.rl import RewardFn, RLPrompt, reward_sample, sample_texts, text_of
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,9 @@ def pass_rate_filter(
     if k < 1:
         raise ValueError(f"pass_rate_filter needs k >= 1 samples per prompt, got {k}")
     accuracy: dict[str, float] = {}
-    for n, prompt in enumerate(prompts):
-        batch, response, _ = sample_responses(model, processor, prompt.conversation, num=k, spec=spec, seed=seed + n)
-        prompt_text = processor.decode(batch["input_ids"][0])
-        rewards = [
-            reward_fn(reward_sample(prompt, processor.decode_response(r), prompt_text, 0)).total for r in response
-        ]
+    sampled = sample_texts(model, processor, [p.conversation for p in prompts], num=k, spec=spec, seed=seed)
+    for prompt, (prompt_text, responses) in zip(prompts, sampled, strict=True):
+        rewards = [reward_fn(reward_sample(prompt, r, prompt_text, 0)).total for r in responses]
         accuracy[prompt.id] = sum(r >= correct_threshold for r in rewards) / k
     kept = tuple(p for p in prompts if 0.0 < accuracy[p.id] < 1.0)
     return PassRateFilter(kept=kept, accuracy=accuracy)
@@ -107,14 +104,16 @@ def rejection_sample(
     reference where the judge prefers it: (judge(q, new, ref) + 1 - judge(q, ref, new)) / 2 > 0.5
     (both orders, so position bias cancels). A sample with a ``reference`` keeps its answer, unjudged,
     when the RL answer does not match it."""
-    out, replaced, wrong, preference = [], [], [], {}
-    for n, sample in enumerate(cold_start_samples):
-        *context, reference = sample.conversation
-        if reference.get("role") != "assistant" or not context:
+    for sample in cold_start_samples:
+        if sample.conversation[-1].get("role") != "assistant" or len(sample.conversation) < 2:
             raise ValueError(f"cold-start sample {sample.id}: the conversation must end with an assistant turn")
-        _, response, _ = sample_responses(model, processor, context, num=1, spec=spec, seed=seed + n)
-        thinking, answer = processor.parse_response(response[0])
-        new_text, ref_text = processor.decode_response(response[0]), _assistant_text(reference)
+    contexts = [s.conversation[:-1] for s in cold_start_samples]
+    sampled = sample_texts(model, processor, contexts, num=1, spec=spec, seed=seed)
+    out, replaced, wrong, preference = [], [], [], {}
+    for sample, context, (_, [new_text]) in zip(cold_start_samples, contexts, sampled, strict=True):
+        reference = sample.conversation[-1]
+        thinking, answer = split_thinking(new_text)
+        ref_text = _assistant_text(reference)
         if sample.reference is not None and not answers_match(new_text, sample.reference):
             wrong.append(sample.id)
             out.append(sample)

@@ -102,42 +102,28 @@ def answer_batch(
 ) -> list[str]:
     """Greedy answers to several conversations in one batch, the answers ``EvalModel.answer`` gives each alone.
 
-    Prompts are left-padded into one (B, L) batch and decoded by the model's ``generate``: the images go
-    through the ViT once and each new token reads the KV cache, so a step costs one token per row, not the
-    whole prompt again (a judge's 128-token assessment took 30 s a checkpoint without the cache). Padding
-    is masked out and each row's positions count from its own first real token (``text_position_ids``),
-    so every row computes what it would alone, up to float rounding. Worked example: prompts of 3 and 5
-    tokens -> a (2, 5) batch whose row 0 is 2 pads then its 3 tokens; both rows' answers start at column 5.
+    Prompts are left-padded into one batch (``KeyeProcessor.build_prompts``) and decoded by the model's
+    ``generate``: the images go through the ViT once and each new token reads the KV cache, so a step
+    costs one token per row, not the whole prompt again (a judge's 128-token assessment took 30 s a
+    checkpoint without the cache). Padding is masked out and each row's positions count from its own
+    first real token, so every row computes what it would alone, up to float rounding.
     """
     tokenizer = evaluator.processor.tokenizer
-    prompts = []
-    for conversation, sample_id in zip(conversations, sample_ids):
-        try:
-            prompts.append(evaluator.processor.build_prompt(conversation))
-        except ValueError as error:
-            raise ValueError(f"sample {sample_id}: {error}") from error
-    width = max(int(p["input_ids"].shape[1]) for p in prompts)
-    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        length = int(prompt["input_ids"].shape[1])
-        ids[row, width - length :] = prompt["input_ids"][0]
-        mask[row, width - length :] = 1
-    grids = [p["grid_hw"] for p in prompts if p["grid_hw"].numel()]
+    batch = evaluator.processor.build_prompts(conversations, sample_ids=sample_ids)
+    media = batch["grid_hw"].numel() > 0
     device = evaluator.model.device
     output = evaluator.model.generate(
-        ids.to(device),
-        attention_mask=mask.to(device),
-        pixel_values=torch.cat([p["pixel_values"] for p in prompts if p["grid_hw"].numel()]).to(device)
-        if grids
-        else None,
-        grid_hw=torch.cat(grids).reshape(-1, 2).to(device) if grids else None,
+        batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        pixel_values=batch["pixel_values"].to(device) if media else None,
+        grid_hw=batch["grid_hw"].to(device) if media else None,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
     )
-    return [evaluator.processor.parse_response(output[row, width:])[1] for row in range(len(prompts))]
+    width = batch["input_ids"].shape[1]
+    return [evaluator.processor.parse_response(output[row, width:])[1] for row in range(len(conversations))]
 
 
 @torch.no_grad()

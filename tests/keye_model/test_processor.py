@@ -180,6 +180,26 @@ def test_build_prompt_and_decode_helpers(tok, proc):
     assert proc.parse_response(torch.tensor(generated)) == ("round", "circle")
 
 
+def test_prompts_for_batched_generation_are_left_padded_and_repeated(tok, proc):
+    questions = [
+        image_question(str(EASY_VQA_IMAGE), "what shape is in the image?")[:1],
+        [{"role": "user", "content": "hi"}],
+    ]
+    singles = [proc.build_prompt(q) for q in questions]
+    batch = proc.build_prompts(questions, repeat=2)
+    lengths = [s["input_ids"].shape[1] for s in singles]
+    assert batch["input_ids"].shape == (4, max(lengths)) and "labels" not in batch
+    for row in range(4):
+        single, n = singles[row // 2], lengths[row // 2]
+        assert torch.equal(batch["input_ids"][row, -n:], single["input_ids"][0])  # every prompt ends in the last column
+        assert batch["attention_mask"][row].tolist() == [0] * (max(lengths) - n) + [1] * n
+        assert (batch["input_ids"][row, : max(lengths) - n] == tok.pad_token_id).all()
+    assert torch.equal(batch["pixel_values"], torch.cat([singles[0]["pixel_values"]] * 2))
+    assert batch["grid_hw"].tolist() == singles[0]["grid_hw"].tolist() * 2
+    with pytest.raises(ValueError, match="q-missing: .*cannot read image"):
+        proc.build_prompts([image_question("/no/such.png", "shape?")[:1]], sample_ids=["q-missing"])
+
+
 def test_bad_inputs_raise_errors_naming_the_sample(tmp_path, proc):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png at all")
