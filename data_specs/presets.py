@@ -163,12 +163,12 @@ def keye_8b() -> Preset:
 #: docs/design.md "Post-training at this scale").
 DEMO_STEPS = {
     "stage1": 20,
-    "stage2": 270,
-    "stage3": 40,
-    "expert": 20,
+    "stage2": 240,
+    "stage3": 30,
+    "expert": 12,
     "stage4": 1,
     "sft": 250,
-    "mpo": 12,
+    "mpo": 8,
     "reward": 20,
     "reward_rl": 6,
     "reward_anneal": 8,
