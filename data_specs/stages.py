@@ -43,10 +43,15 @@ class OptimizerSpec:
     """Cosine floor as a fraction of ``lr``; 1.0 gives a constant schedule."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 disables)."""
+    lr_scales: tuple[tuple[str, float], ...] = ()
+    """Per module group (``vision``, ``projector``, ``llm``), a factor on ``lr`` for its parameters, e.g.
+    ``(("vision", 0.1),)``; groups not named train at ``lr``."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"bad optimizer spec: {self}")
+        if any(scale <= 0 for _, scale in self.lr_scales):
+            raise ValueError(f"optimizer lr_scales must be positive: {self.lr_scales}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,7 +177,14 @@ class StageSpec:
     @classmethod
     def from_json(cls, text: str) -> StageSpec:
         data = json.loads(text)
-        data["optimizer"] = OptimizerSpec(**{**data["optimizer"], "betas": tuple(data["optimizer"]["betas"])})
+        optimizer = data["optimizer"]
+        data["optimizer"] = OptimizerSpec(
+            **{
+                **optimizer,
+                "betas": tuple(optimizer["betas"]),
+                "lr_scales": tuple(map(tuple, optimizer.get("lr_scales", ()))),
+            }
+        )
         if data.get("rl"):
             data["rl"] = RLSpec(**{**data["rl"], "reward_weights": tuple(map(tuple, data["rl"]["reward_weights"]))})
         if data.get("fusion"):

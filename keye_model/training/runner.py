@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
-from data_specs.stages import StageSpec
+from data_specs.stages import OptimizerSpec, StageSpec
 from keye_model.atomic_file import write_text_atomically
 from keye_model.config import KeyeConfig
-from keye_model.model import KeyeForConditionalGeneration
+from keye_model.model import GROUPS, KeyeForConditionalGeneration
 from keye_model.processor import KeyeProcessor, ProcessorConfig
 from keye_model.tokenizer import load_tokenizer
 from keye_model.training import checkpoint_manifest
@@ -151,6 +151,21 @@ def build_model(config: RunConfig, tokenizer) -> KeyeForConditionalGeneration:
     return model
 
 
+def param_groups(model: KeyeForConditionalGeneration, spec: OptimizerSpec) -> list[dict[str, Any]]:
+    """AdamW parameter groups: one per module group (``GROUPS`` order) with trainable parameters, at
+    ``spec.lr`` times its factor in ``spec.lr_scales``. ValueError when a factor names no module group."""
+    scales = dict(spec.lr_scales)
+    unknown = set(scales) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"optimizer lr_scales name unknown groups {sorted(unknown)}; groups: {GROUPS}")
+    groups = []
+    for name in GROUPS:
+        params = [p for p in model.group(name).parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": spec.lr * scales.get(name, 1.0), "group": name})
+    return groups
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -170,9 +185,10 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
 
     rank, world_size = init_distributed()
     model = build_model(config, tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
     opt_spec = config.stage.optimizer
-    optimizer = torch.optim.AdamW(params, lr=opt_spec.lr, betas=opt_spec.betas, weight_decay=opt_spec.weight_decay)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, opt_spec), lr=opt_spec.lr, betas=opt_spec.betas, weight_decay=opt_spec.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.stage))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config.stage)
@@ -203,7 +219,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
             "stage": config.stage.name,
             "step": step,
             "loss": loss_value,
-            "lr": engine.get_lr()[0],
+            "lr": opt_spec.lr * scheduler.lr_lambdas[0](step),  # the stage's rate; lr_scales apply per group
             "tokens": tokens_seen,
             **output.metrics,
         }

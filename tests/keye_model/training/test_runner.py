@@ -207,3 +207,26 @@ def test_resume_drops_a_log_line_cut_by_a_kill(tmp_path, tokenizer_dir, shards):
     run_stage(config)
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_param_groups_scale_a_module_groups_rate_and_skip_frozen_ones():
+    from data_specs.stages import OptimizerSpec, StageSpec
+    from keye_model.config import KeyeConfig
+    from keye_model.training.runner import param_groups
+
+    model = KeyeForConditionalGeneration(KeyeConfig.preset("tiny"))
+    model.set_trainable(("vision", "llm"))
+    spec = OptimizerSpec(lr=1e-3, lr_scales=(("vision", 0.1),))
+    groups = param_groups(model, spec)
+    assert [(g["group"], g["lr"]) for g in groups] == [("vision", pytest.approx(1e-4)), ("llm", 1e-3)]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+    with pytest.raises(ValueError, match="unknown groups \\['vit'\\]"):
+        param_groups(model, OptimizerSpec(lr=1e-3, lr_scales=(("vit", 0.1),)))
+    with pytest.raises(ValueError, match="lr_scales must be positive"):
+        OptimizerSpec(lr_scales=(("vision", 0.0),))
+    # the scales survive the run config's JSON round trip
+    sft = dataclasses.replace(get_stage("demo", "sft"))
+    assert sft.optimizer.lr_scales == (("vision", 0.1),)
+    assert StageSpec.from_json(sft.to_json()) == sft
