@@ -207,17 +207,31 @@ def sample_responses(
     """``num`` sampled responses to one conversation: (prompt batch of 1, response ids (G, T), mask (G, T))."""
     if spec.temperature <= 0:
         raise ValueError(f"RL sampling needs temperature > 0, got {spec.temperature}")
-    device = _device(model)
-    prompt = {k: v.to(device) for k, v in processor.build_prompt(conversation).items()}
-    tokenizer = processor.tokenizer
-    media = prompt["grid_hw"].shape[0] > 0
+    prompt = {k: v.to(_device(model)) for k, v in processor.build_prompt(conversation).items()}
+    rows = {
+        "input_ids": prompt["input_ids"].expand(num, -1),
+        "attention_mask": prompt["attention_mask"].expand(num, -1),
+        "pixel_values": prompt["pixel_values"].repeat(num, 1),
+        "grid_hw": prompt["grid_hw"].repeat(num, 1),
+    }
+    response = _sample_rows(model, processor, rows, spec, seed)[:, prompt["input_ids"].shape[1] :]
+    return prompt, response, _stop_mask(response, processor.tokenizer)
+
+
+def _sample_rows(
+    model: torch.nn.Module, processor: KeyeProcessor, rows: dict[str, torch.Tensor], spec: RLSpec, seed: int
+) -> torch.Tensor:
+    """One seeded ``generate`` call sampling a continuation of every row of a prompt batch (ids, prompt
+    included), at ``spec.temperature`` with no top-k / top-p cut."""
+    device, tokenizer = _device(model), processor.tokenizer
+    media = rows["grid_hw"].shape[0] > 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        out = model.generate(
-            prompt["input_ids"].expand(num, -1),
-            prompt["attention_mask"].expand(num, -1),
-            prompt["pixel_values"].repeat(num, 1) if media else None,
-            prompt["grid_hw"].repeat(num, 1) if media else None,
+        return model.generate(
+            rows["input_ids"],
+            rows["attention_mask"],
+            rows["pixel_values"] if media else None,
+            rows["grid_hw"] if media else None,
             do_sample=True,
             temperature=spec.temperature,
             top_k=0,
@@ -226,8 +240,6 @@ def sample_responses(
             eos_token_id=stop_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
         )
-    response = out[:, prompt["input_ids"].shape[1] :]
-    return prompt, response, _stop_mask(response, tokenizer)
 
 
 #: Conversations ``sample_texts`` samples in one ``generate`` call (x ``num`` rows each).
@@ -250,27 +262,11 @@ def sample_texts(
     GSPO's rollouts keep the ids (``sample_responses``). Call k is seeded with ``seed + k``."""
     if spec.temperature <= 0:
         raise ValueError(f"RL sampling needs temperature > 0, got {spec.temperature}")
-    device, tokenizer = _device(model), processor.tokenizer
     out: list[tuple[str, list[str]]] = []
     for k, start in enumerate(range(0, len(conversations), SAMPLE_BATCH)):
         chunk = conversations[start : start + SAMPLE_BATCH]
-        batch = {key: v.to(device) for key, v in processor.build_prompts(chunk, repeat=num).items()}
-        media = batch["grid_hw"].shape[0] > 0
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed + k)
-            ids = model.generate(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["pixel_values"] if media else None,
-                batch["grid_hw"] if media else None,
-                do_sample=True,
-                temperature=spec.temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=spec.max_new_tokens,
-                eos_token_id=stop_token_ids(tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
+        batch = {key: v.to(_device(model)) for key, v in processor.build_prompts(chunk, repeat=num).items()}
+        ids = _sample_rows(model, processor, batch, spec, seed + k)
         width = batch["input_ids"].shape[1]
         for i in range(len(chunk)):
             first = i * num
