@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from data_specs.stages import RLSpec
-from keye_model.answers import answers_match, split_thinking
+from keye_model.answers import answers_match, join_thinking, split_thinking
 from keye_model.processor import KeyeProcessor
 from keye_model.training.rl import RewardFn, RLPrompt, reward_sample, sample_texts, text_of
 
@@ -85,12 +85,6 @@ class RejectionSampling:
     """P(RL answer better than the reference) per judged sample id, both orders averaged."""
 
 
-def _assistant_text(message: dict[str, Any]) -> str:
-    reasoning = message.get("reasoning_content")
-    body = text_of(message["content"])
-    return body if reasoning is None else f"<think>\n{reasoning.strip()}\n</think>\n\n{body}"
-
-
 def rejection_sample(
     model: torch.nn.Module,
     processor: KeyeProcessor,
@@ -113,7 +107,7 @@ def rejection_sample(
     for sample, context, (_, [new_text]) in zip(cold_start_samples, contexts, sampled, strict=True):
         reference = sample.conversation[-1]
         thinking, answer = split_thinking(new_text)
-        ref_text = _assistant_text(reference)
+        ref_text = join_thinking(reference.get("reasoning_content"), text_of(reference["content"]))
         if sample.reference is not None and not answers_match(new_text, sample.reference):
             wrong.append(sample.id)
             out.append(sample)
