@@ -145,7 +145,8 @@ def reference_pairs(samples: Sequence[CoTSample], config: PreferenceConfig) -> l
 
     Wrong paths are taken most plausible first (well formed, then by ``rank_score``, then id): a hard
     negative teaches more than a malformed one. Deduplicated on normalized rejected text and capped at
-    ``max_pairs_per_prompt``. The chosen score is ``REFERENCE_SCORE``.
+    ``max_reference_pairs_per_prompt`` (the model's own pairs, capped at ``max_pairs_per_prompt``, stay
+    the bulk of the set). The chosen score is ``REFERENCE_SCORE``.
     """
     problem = _one_problem(samples, "reference_pairs")
     if problem.reference is None or not problem.reference.strip():
@@ -175,7 +176,7 @@ def reference_pairs(samples: Sequence[CoTSample], config: PreferenceConfig) -> l
                 reason="reference-vs-wrong",
             )
         )
-        if len(pairs) == config.max_pairs_per_prompt:
+        if len(pairs) == config.max_reference_pairs_per_prompt:
             break
     return pairs
 

@@ -169,7 +169,8 @@ def test_reference_pairs_appear_exactly_when_no_right_path_exists():
     weak_samples = _samples(weak, [WRONG, SAME_AS_PREVIOUS_OTHER_CASE, OTHER_WRONG])
     strong_samples = _samples(strong, [GOOD, WRONG])
     pairs = build_preference_pairs(
-        group_by_problem(weak_samples + strong_samples), PreferenceConfig(source_balance_ratio=100)
+        group_by_problem(weak_samples + strong_samples),
+        PreferenceConfig(source_balance_ratio=100, max_reference_pairs_per_prompt=4),
     )
     by_problem = {pid: [p for p in pairs if p.problem_id == pid] for pid in (weak.id, strong.id)}
     assert {p.reason for p in by_problem[strong.id]} == {"correct-vs-wrong"}
@@ -182,7 +183,10 @@ def test_reference_pairs_appear_exactly_when_no_right_path_exists():
     assert all(p.rejected_score < p.chosen_score for p in by_problem[weak.id])
     assert len({p.id for p in pairs}) == len(pairs)
     # capped per prompt; none without a reference; none for a problem with a right path
-    assert len(reference_pairs(weak_samples, PreferenceConfig(max_pairs_per_prompt=1))) == 1
+    # by default one reference pair a problem (its hardest negative), whatever the model's own pairs' cap
+    assert [p.rejected for p in reference_pairs(weak_samples, PreferenceConfig(max_pairs_per_prompt=4))] == [
+        by_problem[weak.id][0].rejected
+    ]
     unreferenced = [
         dataclasses.replace(s, problem=dataclasses.replace(s.problem, reference=None)) for s in weak_samples
     ]
