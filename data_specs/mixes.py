@@ -46,6 +46,8 @@ class DataMix:
     each inner table sums to 1 and names a modality that has a positive share."""
     tolerance: float = 0.01
     """Largest allowed |realized - planned| token share per modality (and per source), absolute."""
+    tasks: tuple[str, ...] = ()
+    """Record tasks the mix draws from (``caption``, ``vqa`` ...); empty: every task."""
 
     def __post_init__(self) -> None:
         what = f"data mix {self.name!r}"
@@ -71,16 +73,26 @@ class DataMix:
             "modality_ratios": dict(self.modality_ratios),
             "source_ratios": {m: dict(t) for m, t in self.source_ratios.items()},
             "tolerance": self.tolerance,
+            "tasks": list(self.tasks),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> DataMix:
-        return cls(**data)
+        return cls(**{**data, "tasks": tuple(data.get("tasks", ()))})
+
+    def takes(self, task: str) -> bool:
+        """Whether records of ``task`` may enter this mix."""
+        return not self.tasks or task in self.tasks
 
 
 def stage1_mix() -> DataMix:
     """Cross-modal alignment: image-text pairs only (SPEC.md section 3)."""
     return DataMix(name="image_text", modality_ratios={"image": 1.0})
+
+
+def image_captions_mix() -> DataMix:
+    """Vision pre-training (a ViT from random weights, the ``siglip`` objective): images and their captions."""
+    return DataMix(name="image_captions", modality_ratios={"image": 1.0}, tasks=("caption",))
 
 
 def stage2_mix() -> DataMix:
@@ -112,6 +124,7 @@ def alignment_rl_mix() -> DataMix:
 #: Mixes sampled from curated records, by the name a StageSpec's ``data_mix`` uses. The ``preference``
 #: and ``longcot`` sets are generated inside the post-training chain and take the mix they come with.
 PRESETS = {
+    "image_captions": image_captions_mix,
     "image_text": stage1_mix,
     "multitask": stage2_mix,
     "annealing": stage3_mix,

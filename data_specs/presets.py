@@ -7,7 +7,8 @@ once (``get_preset``) and passes the object down; nothing below it asks which pr
 
     tiny      every stage runs a few steps on 2 CPU cores in seconds: the test preset.
     demo      the tiny model trained long enough to learn: ``make demo``, minutes on 2 CPU cores.
-    demo-long the demo with three times its stage-2 and SFT steps, for higher accuracy.
+    demo-long the demo with its ViT pre-trained against captions first, and three times its stage-2 and
+              SFT steps: for the accuracy the demo's 10 minutes cannot reach.
     keye-8b   the report's recipe (SigLIP-so400m + Qwen3-8B); needs a tokenizer directory.
 """
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data_specs.stages import JUDGE_OBJECTIVES, RLSpec, StageSpec, keye_8b_stages
+from data_specs.mixes import PRESETS as CURATED_MIXES
+from data_specs.stages import JUDGE_OBJECTIVES, VISION_PRETRAIN, RLSpec, StageSpec, from_scratch, keye_8b_stages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +106,10 @@ class Preset:
             return None
         return samples * self.mix_tokens_per_sample
 
+    def curated_mixes(self) -> list[str]:
+        """The mixes sampled from curated records (``data_specs.mixes.PRESETS``) that this preset's stages train on."""
+        return sorted({s.data_mix for s in self.stages} & set(CURATED_MIXES))
+
     def records_for(self, source: str) -> int:
         """How many records ``source`` gives under this preset."""
         return dict(self.source_limits).get(source, self.records_per_source)
@@ -181,7 +187,7 @@ DEMO_STEPS = {
 
 #: Samples per step where 32 is too many: RL steps take 2 prompts, each with a group of rollouts; the reward
 #: model's SFT steps take 6 pairs, each judged in both orders and both modes (24 conversations).
-DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 6, "reward_rl": 2, "reward_anneal": 8}
+DEMO_MICRO_BATCH = {"gspo": 2, "alignment": 2, "reward": 6, "reward_rl": 2, "reward_anneal": 8, VISION_PRETRAIN: 64}
 
 #: The demo keeps the report recipe's learning-rate ratios between stages, scaled up for a small model
 #: trained from scratch, and capped where the tiny model learns fastest (a plain loop on easy-vqa:
@@ -193,12 +199,14 @@ DEMO_MAX_LR = 1e-3
 #: Stages whose scaled and capped rate is measured to be too high, and the rate they get instead. Cold-start
 #: starts from the SFT model, which ended at 1e-4: at the cap (1e-3) its 12 steps over ~100 LongCoT samples
 #: cost 2.3 points of held-out accuracy (0.775 -> 0.752, open questions 0.55 -> 0.49); at 2e-4, 0.772.
-DEMO_LR = {"coldstart": 2e-4}
+DEMO_LR = {"coldstart": 2e-4, VISION_PRETRAIN: 2e-3}
 #: The ViT trains at a tenth of its stage's rate. At the full rate (1e-3) from random init, stage 2 left
 #: seed 2's ViT worse than a random one (probe 0.67 vs 0.79) and SFT never learned to read the image
 #: (0.700, open questions 0.25); with the ViT frozen in stage 2, the same seed's SFT reached 0.782, with
 #: it at 1e-4 0.806 (ViT probe 0.92).
 DEMO_LR_SCALES = (("vision", 0.1),)
+#: Stages that train the ViT at their full rate: vision pre-training, whose job it is.
+DEMO_FULL_RATE_STAGES = (VISION_PRETRAIN,)
 
 
 #: Rollout length of the demo's RL stages: room for a reasoning block before the answer (the tiny
@@ -207,9 +215,12 @@ DEMO_RL_NEW_TOKENS = 64
 DEMO_JUDGE_RL_NEW_TOKENS = 96
 
 
-#: The longer demo (``demo-long``): three times the demo's steps where the task is taught (stage 2, SFT),
-#: for the accuracy the 10-minute demo cannot reach; everything else as the demo.
-DEMO_LONG_STEPS = {**DEMO_STEPS, "stage2": 3 * DEMO_STEPS["stage2"], "sft": 3 * DEMO_STEPS["sft"]}
+#: The longer demo (``demo-long``), for the accuracy the 10-minute demo cannot reach: its ViT is pre-trained
+#: against captions first (``from_scratch``; 800 steps of 64 images, ~3 minutes here), and stage 2 and SFT
+#: run three times the demo's steps; everything else as the demo. Measured on one seed with the demo's
+#: stage 2 and SFT: the pre-trained ViT's zero-shot shape accuracy 0.92 (colour 1.00), SFT 0.879 on the
+#: held-out questions (shape questions 0.90-0.97) against 0.804 (shape at chance) without it.
+DEMO_LONG_STEPS = {**DEMO_STEPS, VISION_PRETRAIN: 800, "stage2": 3 * DEMO_STEPS["stage2"], "sft": 3 * DEMO_STEPS["sft"]}
 
 
 def _demo_stage(stage: StageSpec, steps: dict[str, int]) -> StageSpec:
@@ -233,15 +244,18 @@ def _demo_stage(stage: StageSpec, steps: dict[str, int]) -> StageSpec:
             ),
             warmup_steps=0 if stage.rl else 10,
             min_lr_ratio=1.0 if stage.rl else 0.1,
-            lr_scales=DEMO_LR_SCALES,
+            lr_scales=() if stage.name in DEMO_FULL_RATE_STAGES else DEMO_LR_SCALES,
         ),
     )
 
 
 def demo(name: str = "demo", steps: dict[str, int] = DEMO_STEPS) -> Preset:
+    # the tiny model starts from random weights: with steps for it, its ViT is pre-trained first (the
+    # report's starts from SigLIP)
+    stages = from_scratch(keye_8b_stages()) if VISION_PRETRAIN in steps else keye_8b_stages()
     return Preset(
         name=name,
-        stages=tuple(_demo_stage(s, steps) for s in keye_8b_stages()),
+        stages=tuple(_demo_stage(s, steps) for s in stages),
         model="tiny",
         slow_fast="tiny",
         records_per_source=32,

@@ -1,4 +1,4 @@
-"""The curate flow: collect sources -> validate (GX, quarantine) -> shard every data mix -> lineage.
+"""The curate flow: collect sources -> validate (GX, quarantine) -> shard the preset's data mixes -> lineage.
 
 Runnable alone (``prefect deployment run curate/curate``, or ``keye curate``); the pipeline flow calls it
 first. Collection fans out one task per source on the flow's task runner (threads by default; a Dask
@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from data_specs.mixes import PRESETS, get_mix
+from data_specs.mixes import get_mix
 from data_specs.presets import Preset, as_preset
 from tasks.alignment_prompts import mix_records
 from tasks.caching import mark_run_folder
@@ -55,7 +55,8 @@ def curate(
     reuse: bool = True,
     local_folder_limit: int | None = None,
 ) -> dict[str, str]:
-    """Curated, validated, sharded data for every data mix; returns the manifest of each mix.
+    """Curated, validated, sharded data for each data mix the preset's stages train on (``mixes``: these
+    instead); returns the manifest of each mix.
 
     ``run_dir`` None makes a new folder ``runs/<flow run name>``. With ``reuse`` a run folder whose records
     and every manifest exist is not curated again.
@@ -67,7 +68,7 @@ def curate(
     layout = RunLayout(run_dir)
     mark_run_folder(layout.root)
     record_run_start(layout.lineage_db)
-    wanted = mixes or sorted(PRESETS)
+    wanted = mixes or preset.curated_mixes()
     existing = {name: Path(layout.shards_dir) / name / "manifest.json" for name in wanted}
     if reuse and Path(layout.records_path).exists() and all(p.exists() for p in existing.values()):
         get_run_logger().info("curated data already in %s: reused (reuse=False curates again)", layout.root)

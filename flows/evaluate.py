@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from data_specs.presets import Preset, as_preset
-from data_specs.stages import JUDGE_OBJECTIVES, StageSpec
+from data_specs.stages import JUDGE_OBJECTIVES, VISION_OBJECTIVES, StageSpec
 from tasks.evaluation.heldout import held_out_scene_videos_task
 from tasks.evaluation.report import publish_comparison_task, record_eval_metrics_task
 from tasks.evaluation.run import EvalConfig, evaluate_checkpoint_task
@@ -26,7 +26,19 @@ def stage_eval_config(spec: StageSpec, preset: Preset, config: EvalConfig) -> Ev
     """What one stage's checkpoint is asked, from its spec: a pairwise judge (a judge objective) only
     judges the held-out pairs (it is not a policy: asked a question it writes a verdict); a policy is
     asked everything, instruction following from post-training on (pre-trained models are not taught
-    to follow instructions), and judges pairs too when a later stage uses it as its reward model."""
+    to follow instructions), and judges pairs too when a later stage uses it as its reward model. Vision
+    pre-training gets the ViT probe alone."""
+    if spec.objective in VISION_OBJECTIVES:  # trains the ViT against captions: nothing yet can answer
+        return dataclasses.replace(
+            config,
+            vqa_samples=0,
+            temporal_jsonl=None,
+            videomme_json=None,
+            videomme_video_dir=None,
+            caption_images=0,
+            alignment_prompts=0,
+            reward_pairs=0,
+        )
     used_as_judge = any(s.reward_model == spec.name for s in preset.stages)
     pairs = preset.eval_reward_pairs if spec.objective in JUDGE_OBJECTIVES or used_as_judge else 0
     if spec.objective in JUDGE_OBJECTIVES:

@@ -43,7 +43,7 @@ def keye(
     """The whole pipeline in ``run_dir`` (None: a new folder ``runs/<flow run name>``); ``stages`` limits
     training to those stages (all by default); ``task_runner`` is where curation's tasks run (``thread``
     or ``dask``). The preset's name is resolved here, once, with the run's input directories: ``tokenizer``
-    (a local tokenizer) and ``vision_init`` / ``llm_init`` (local SigLIP / Qwen3 checkpoints stage 1 starts
+    (a local tokenizer) and ``vision_init`` / ``llm_init`` (local SigLIP / Qwen3 checkpoints the first stage starts
     from); the phase flows get the ``Preset`` object.
     Ends with a summary artifact on this run (per-stage metrics, checkpoints)."""
     # the run's input directories join the preset here, checked before curation starts

@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="where curation tasks run: threads here, or a Dask cluster (PREFECT_DASK_ADDRESS)",
         )
         p.add_argument("--tokenizer", default=None, help="a local tokenizer directory (e.g. Qwen3's)")
-        p.add_argument("--vision-init", default=None, help="a local SigLIP directory stage 1's ViT starts from")
+        p.add_argument("--vision-init", default=None, help="a local SigLIP directory the first stage's ViT starts from")
         p.add_argument("--llm-init", default=None, help="a local Qwen3 directory stage 1's LLM starts from")
         p.add_argument(
             "--dry-run",

@@ -193,3 +193,36 @@ def gspo_loss(
     objective_G = torch.minimum(ratio_G * advantages_G, clipped_G * advantages_G)
     clipped_fraction = ((ratio_G < 1 - clip.low) | (ratio_G > 1 + clip.high)).float().mean().item()
     return GSPOLoss(loss=-objective_G.mean(), ratio_G=ratio_G.detach(), clipped_fraction=clipped_fraction)
+
+
+# ---------------------------------------------------------------- SigLIP (vision pre-training)
+
+#: SigLIP's initial logit scale and bias (Zhai et al. 2023: t' = log 10, b = -10); ours stay fixed.
+SIGLIP_SCALE = 10.0
+SIGLIP_BIAS = -10.0
+
+
+def pooled_embedding(tokens_ND: torch.Tensor) -> torch.Tensor:
+    """One unit vector for N token vectors: concat(mean, max) over the tokens, L2-normalized, shape (2D,).
+
+    The max keeps what a few tokens show (a small shape in one corner of an image) that the mean dilutes.
+    """
+    return F.normalize(torch.cat([tokens_ND.mean(0), tokens_ND.amax(0)]), dim=-1)
+
+
+def sigmoid_contrastive_loss(
+    image_BD: torch.Tensor,
+    text_BD: torch.Tensor,
+    positive_BB: torch.Tensor,
+    scale: float = SIGLIP_SCALE,
+    bias: float = SIGLIP_BIAS,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss over unit embeddings.
+
+    logit_ij = scale * <image_i, text_j> + bias; label_ij = +1 where text j describes image i (``positive_BB``:
+    the diagonal, and every other sample with the same caption), else -1;
+    loss = -sum_ij log sigmoid(label_ij * logit_ij) / B.
+    """
+    logits_BB = scale * image_BD @ text_BD.T + bias
+    labels_BB = positive_BB.to(logits_BB.dtype) * 2.0 - 1.0
+    return -F.logsigmoid(labels_BB * logits_BB).sum() / image_BD.shape[0]

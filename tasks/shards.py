@@ -276,10 +276,11 @@ def _buckets(mix: DataMix, samples: dict[str, Sample]) -> dict[str, tuple[float,
     """``{bucket name: (planned share, samples)}``; bucket names are ``modality`` or ``modality/source``."""
     buckets = {}
     for modality, share in mix.planned().items():
-        pool = [s for s in samples.values() if s.record.modality == modality]
+        pool = [s for s in samples.values() if s.record.modality == modality and mix.takes(s.record.task)]
         if not pool:
+            tasks = f" of tasks {list(mix.tasks)}" if mix.tasks else ""
             raise ValueError(
-                f"mix {mix.name}: it plans {share:.0%} {modality} tokens but there are no {modality} records"
+                f"mix {mix.name}: it plans {share:.0%} {modality} tokens but there are no {modality} records{tasks}"
             )
         sources = mix.source_ratios.get(modality)
         if not sources:

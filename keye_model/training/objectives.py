@@ -9,6 +9,7 @@ specs without importing torch; a test checks both agree) and its test.
     weighted_lm  the same, each sample weighted by its replay weight (LongCoT cold-start)
     reward       the pairwise judge (Keye-Reward) trained through lm on judging conversations
     mpo          preference + quality + generation loss against a frozen reference (InternVL2.5-MPO)
+    siglip       vision pre-training: images against their captions, SigLIP's sigmoid loss
     gspo         rollouts with progressive hints, then sequence-level clipped updates
     reward_gspo  the same for the pairwise judge: judging prompts from pairs, format + outcome reward
     fusion       no training: merges its input checkpoints (``trains = False``)
@@ -219,6 +220,57 @@ class MPO(AccumulatedObjective):
             "reward_accuracy": float((seq_logp[:n] - ref_logp[:n] > seq_logp[n:] - ref_logp[n:]).float().mean()),
         }
         return MicroStep(out.total, metrics, ids, int(batch["attention_mask"].sum()))
+
+
+@register
+class SigLIP(AccumulatedObjective):
+    """Vision pre-training for a ViT that starts from random weights, where the report's starts from SigLIP:
+    each image's projected tokens against its caption's input embeddings, SigLIP's sigmoid loss.
+
+    An image is its projector output pooled (``losses.pooled_embedding``), a caption its tokens' input
+    embeddings pooled the same way, so both live in the LLM's width and the projector learns to say what
+    the caption's words say. Samples whose captions are the same text are positives of each other. A
+    sample must be one image and a caption (an ``image_captions`` mix): anything else is an error naming it.
+    """
+
+    name = "siglip"
+
+    def micro_step(self) -> MicroStep:
+        exs = self.batches.my_examples()
+        model, processor = self.engine.module, self.batches.processor
+        patches, grids, captions = [], [], []
+        for ex in exs:
+            images = [part["image"] for part in ex.user_parts if part.get("type") == "image"]
+            caption = " ".join(str(ex.record.get("answer") or "").lower().split())
+            if len(images) != 1 or not caption:
+                raise ValueError(
+                    f"stage {self.stage.name}: sample {ex.sample_id} is not an image with a caption "
+                    f"({len(images)} images, caption {caption!r}); {self.name} trains on image-caption pairs"
+                )
+            pixels, grid = processor.load_image(images[0], ex.sample_id)
+            patches.append(torch.from_numpy(pixels))
+            grids.append(grid)
+            captions.append(caption)
+        device = self.engine.device
+        merge = processor.config.merge_size
+        features = model.get_visual_features(torch.cat(patches).to(device), torch.tensor(grids, device=device))
+        per_image = features.split([(h // merge) * (w // merge) for h, w in grids])
+        image = torch.stack([losses.pooled_embedding(tokens) for tokens in per_image])
+        embed = model.language_model.get_input_embeddings()
+        text = torch.stack(
+            [
+                losses.pooled_embedding(embed(torch.tensor(processor.tokenizer(c)["input_ids"], device=device)))
+                for c in captions
+            ]
+        )
+        positive = torch.tensor([[a == b for b in captions] for a in captions], device=device)
+        loss = losses.sigmoid_contrastive_loss(image, text, positive)
+        with torch.no_grad():
+            best = (image @ text.T).argmax(-1)
+            caption_accuracy = positive[torch.arange(len(captions), device=device), best].float().mean().item()
+        return MicroStep(
+            loss, {"caption_accuracy": caption_accuracy}, [ex.sample_id for ex in exs], sum(len(t) for t in per_image)
+        )
 
 
 @register

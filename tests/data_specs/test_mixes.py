@@ -63,5 +63,8 @@ def test_round_trips_through_a_plain_dict_and_rejects_unknown_mix():
         name="s", modality_ratios={"image": 0.5, "text": 0.5}, source_ratios={"text": {"t": 1.0}}, tolerance=0.02
     )
     assert DataMix.from_dict(mix.to_dict()) == mix
+    captions = get_mix("image_captions")
+    assert DataMix.from_dict(captions.to_dict()) == captions and captions.tasks == ("caption",)
+    assert captions.takes("caption") and not captions.takes("vqa") and mix.takes("vqa")
     with pytest.raises(ValueError, match="nonesuch"):
         get_mix("nonesuch")

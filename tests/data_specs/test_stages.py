@@ -53,6 +53,27 @@ def test_tiny_keeps_what_a_stage_is_and_shrinks_how_long():
         assert tiny.num_steps <= 4
 
 
+def test_a_preset_from_random_weights_pretrains_its_vit_first():
+    """The longer demo pre-trains its random-init ViT first, and stage 1 starts from it; the report's preset
+    loads SigLIP instead, and the test preset keeps the report's stages (so does the 10-minute demo)."""
+    for name in ("demo-long",):
+        first, stage1 = presets.stages(name)[:2]
+        assert (first.name, first.objective, first.data_mix, first.inputs) == (
+            stages.VISION_PRETRAIN,
+            "siglip",
+            "image_captions",
+            (),
+        )
+        assert first.optimizer.lr_scales == () and stage1.optimizer.lr_scales == (("vision", 0.1),)
+        assert stage1.name == "stage1" and stage1.inputs == (stages.VISION_PRETRAIN,)
+        assert "image_captions" in presets.get_preset(name).curated_mixes()
+    for name in ("tiny", "demo", "keye-8b"):
+        assert stages.VISION_PRETRAIN not in [s.name for s in presets.stages(name)]
+        assert "image_captions" not in presets.get_preset(name).curated_mixes()
+    with pytest.raises(ValueError, match="already starts from"):
+        stages.from_scratch(presets.stages("tiny")[1:])
+
+
 def test_bad_specs_name_the_stage():
     good = presets.get_stage("tiny", "stage1")
     with pytest.raises(ValueError, match="stage1.*groups"):

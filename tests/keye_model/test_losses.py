@@ -112,3 +112,28 @@ def test_gspo_unclipped_gradient_is_sequence_level():
     out.loss.backward()
     # d(-s*A)/d logp_t = -A * s / T for every token alike: the ratio is shared by the whole sequence.
     assert new.grad[0].tolist() == pytest.approx([-0.5, -0.5, -0.5, -0.5])
+
+
+def test_pooled_embedding_is_the_unit_concat_of_mean_and_max():
+    tokens = torch.tensor([[1.0, 0.0], [3.0, -2.0]])
+    expected = torch.tensor([2.0, -1.0, 3.0, 0.0]) / math.sqrt(14.0)
+    assert torch.allclose(losses.pooled_embedding(tokens), expected)
+
+
+def test_sigmoid_contrastive_loss_by_hand_with_a_repeated_caption():
+    """Two images, captions 0 and 1 the same text: every pair is positive; a third image is negative to both."""
+    image = torch.eye(3)
+    text = torch.eye(3)
+    positive = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    scale, bias = 10.0, -10.0
+    total = 0.0
+    for i in range(3):
+        for j in range(3):
+            logit = scale * float(i == j) + bias
+            label = 1.0 if positive[i, j] else -1.0
+            total += -math.log(1.0 / (1.0 + math.exp(-label * logit)))
+    loss = losses.sigmoid_contrastive_loss(image, text, positive, scale=scale, bias=bias)
+    assert loss.item() == pytest.approx(total / 3, rel=1e-6)
+    # aligned embeddings with their own captions score lower than swapped ones
+    swapped = losses.sigmoid_contrastive_loss(image, text[[2, 0, 1]], positive, scale=scale, bias=bias)
+    assert swapped > loss

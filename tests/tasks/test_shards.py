@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from data_specs.mixes import DataMix, stage3_mix
+from data_specs.mixes import DataMix, get_mix, stage3_mix
 from keye_model.slow_fast import VideoPlan
 from tasks.shards import ShardConfig, count_text_tokens, estimate_samples, sample_mix, shard_stage, write_stage_shards
 from tasks.sources import SourceSpec, collect_records
@@ -133,6 +133,17 @@ def test_a_planned_modality_without_records_is_an_error(records):
     samples = estimate_samples([r for r in records if r.modality != "video"], ShardConfig(mix="x", out_dir="/tmp"))
     with pytest.raises(ValueError, match="annealing.*no video records"):
         sample_mix(samples, stage3_mix())
+
+
+def test_a_mix_of_named_tasks_takes_only_those_records(records):
+    """``image_captions`` (vision pre-training) samples caption records only; none at all is an error."""
+    samples = estimate_samples(records, ShardConfig(mix="x", out_dir="/tmp"))
+    chosen = sample_mix(samples, get_mix("image_captions"))
+    assert chosen and {s.record.task for s in chosen} == {"caption"}
+    assert {s.record.id for s in chosen} == {r.id for r in records if r.task == "caption" and r.modality == "image"}
+    without = estimate_samples([r for r in records if r.task != "caption"], ShardConfig(mix="x", out_dir="/tmp"))
+    with pytest.raises(ValueError, match=r"image_captions.*no image records of tasks \['caption'\]"):
+        sample_mix(without, get_mix("image_captions"))
 
 
 KILL_SCRIPT = """
