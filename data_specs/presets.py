@@ -216,7 +216,7 @@ DEMO_JUDGE_RL_NEW_TOKENS = 96
 
 
 #: The longer demo (``demo-long``), for the accuracy the 10-minute demo cannot reach: its ViT is pre-trained
-#: against captions first (``from_scratch``; 800 steps of 64 images, ~3 minutes here), and stage 2 and SFT
+#: against captions first (``from_scratch``; 800 steps of 64 images, ~5 minutes here), and stage 2 and SFT
 #: run three times the demo's steps; everything else as the demo. Measured on one seed with the demo's
 #: stage 2 and SFT: the pre-trained ViT's zero-shot shape accuracy 0.92 (colour 1.00), SFT 0.879 on the
 #: held-out questions (shape questions 0.90-0.97) against 0.804 (shape at chance) without it.

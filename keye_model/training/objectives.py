@@ -229,8 +229,9 @@ class SigLIP(AccumulatedObjective):
 
     An image is its projector output pooled (``losses.pooled_embedding``), a caption its tokens' input
     embeddings pooled the same way, so both live in the LLM's width and the projector learns to say what
-    the caption's words say. Samples whose captions are the same text are positives of each other. A
-    sample must be one image and a caption (an ``image_captions`` mix): anything else is an error naming it.
+    the caption's words say. Samples whose captions are the same text are positives of each other; the
+    negatives are the rest of the rank's micro batch (no gather across ranks). A sample must be one image
+    and a caption (an ``image_captions`` mix): anything else is an error naming it.
     """
 
     name = "siglip"
