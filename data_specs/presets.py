@@ -18,7 +18,15 @@ import dataclasses
 from dataclasses import dataclass
 
 from data_specs.mixes import PRESETS as CURATED_MIXES
-from data_specs.stages import JUDGE_OBJECTIVES, VISION_PRETRAIN, RLSpec, StageSpec, from_scratch, keye_8b_stages
+from data_specs.stages import (
+    JUDGE_OBJECTIVES,
+    VISION_OBJECTIVES,
+    VISION_PRETRAIN,
+    RLSpec,
+    StageSpec,
+    from_scratch,
+    keye_8b_stages,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,8 +213,6 @@ DEMO_LR = {"coldstart": 2e-4, VISION_PRETRAIN: 2e-3}
 #: (0.700, open questions 0.25); with the ViT frozen in stage 2, the same seed's SFT reached 0.782, with
 #: it at 1e-4 0.806 (ViT probe 0.92).
 DEMO_LR_SCALES = (("vision", 0.1),)
-#: Stages that train the ViT at their full rate: vision pre-training, whose job it is.
-DEMO_FULL_RATE_STAGES = (VISION_PRETRAIN,)
 
 
 #: Rollout length of the demo's RL stages: room for a reasoning block before the answer (the tiny
@@ -244,7 +250,8 @@ def _demo_stage(stage: StageSpec, steps: dict[str, int]) -> StageSpec:
             ),
             warmup_steps=0 if stage.rl else 10,
             min_lr_ratio=1.0 if stage.rl else 0.1,
-            lr_scales=() if stage.name in DEMO_FULL_RATE_STAGES else DEMO_LR_SCALES,
+            # vision pre-training trains the ViT at the full rate: that is its job
+            lr_scales=() if stage.objective in VISION_OBJECTIVES else DEMO_LR_SCALES,
         ),
     )
 

@@ -28,27 +28,16 @@ def stage_eval_config(spec: StageSpec, preset: Preset, config: EvalConfig) -> Ev
     asked everything, instruction following from post-training on (pre-trained models are not taught
     to follow instructions), and judges pairs too when a later stage uses it as its reward model. Vision
     pre-training gets the ViT probe alone."""
-    if spec.objective in VISION_OBJECTIVES:  # trains the ViT against captions: nothing yet can answer
-        return dataclasses.replace(
-            config,
-            vqa_samples=0,
-            temporal_jsonl=None,
-            videomme_json=None,
-            videomme_video_dir=None,
-            caption_images=0,
-            alignment_prompts=0,
-            reward_pairs=0,
-        )
     used_as_judge = any(s.reward_model == spec.name for s in preset.stages)
     pairs = preset.eval_reward_pairs if spec.objective in JUDGE_OBJECTIVES or used_as_judge else 0
-    if spec.objective in JUDGE_OBJECTIVES:
+    if spec.objective in JUDGE_OBJECTIVES + VISION_OBJECTIVES:  # neither answers questions
         return dataclasses.replace(
             config,
             vqa_samples=0,
             temporal_jsonl=None,
             videomme_json=None,
             videomme_video_dir=None,
-            probe_set=None,
+            probe_set=config.probe_set if spec.objective in VISION_OBJECTIVES else None,
             caption_images=0,
             alignment_prompts=0,
             reward_pairs=pairs,
