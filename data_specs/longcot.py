@@ -340,7 +340,8 @@ class PreferencePair(_JsonLine):
     rejected_score: float
     """Ranking score of the rejected path."""
     reason: str
-    """``correct-vs-wrong``, ``score-gap`` or ``reference-vs-wrong`` (the reference answer as chosen)."""
+    """``correct-vs-wrong``, ``score-gap`` or ``reference-vs-wrong`` (the reference answer as chosen); the reward
+    model's sets add ``answer-vs-distractor``, ``padded-right`` and ``padded-wrong`` (``tasks/preference.py``)."""
 
     def __post_init__(self) -> None:
         if not self.chosen.strip() or not self.rejected.strip():

@@ -132,7 +132,7 @@ PRESETS = {
     "sft": sft_mix,
     "alignment_rl": alignment_rl_mix,
 }
-GENERATED = ("preference", "longcot", "rl_prompts", "reward_anneal")
+GENERATED = ("preference", "longcot", "rl_prompts", "reward_pairs", "reward_anneal")
 
 
 def get_mix(name: str) -> DataMix:

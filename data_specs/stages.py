@@ -323,13 +323,15 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             grad_accum_steps=8,
             optimizer=opt(lr=5e-7, warmup_steps=50),
         ),
+        # Keye-Reward's SFT: MPO's pairs and answer pairs from the curated records (``reward_pairs``), each
+        # pair judged in both orders and both modes.
         StageSpec(
             name="reward",
             phase="posttrain",
             objective="reward",
             trainable=("projector", "llm"),
             seq_len=8192,
-            data_mix="preference",
+            data_mix="reward_pairs",
             inputs=("mpo",),
             num_steps=2000,
             grad_accum_steps=8,
@@ -344,7 +346,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             objective="reward_gspo",
             trainable=("projector", "llm"),
             seq_len=8192,
-            data_mix="preference",
+            data_mix="reward_pairs",
             inputs=("reward",),
             num_steps=200,
             optimizer=opt(lr=1e-6, min_lr_ratio=1.0),

@@ -45,7 +45,7 @@ from tasks.posttrain_steps import (
     record_generated_lineage_task,
     record_reviews_task,
 )
-from tasks.preference import build_preference_pairs_task, build_reward_anneal_pairs_task
+from tasks.preference import build_preference_pairs_task, build_reward_anneal_pairs_task, build_reward_pairs_task
 from tasks.reports import artifact_key
 from tasks.review import request_review
 from tasks.rl_rounds import (
@@ -96,7 +96,10 @@ def make_generated_data(
     )
     scored = score_samples_task(kept, str(out / "cot_samples.jsonl"), config)
     pairs = build_preference_pairs_task([scored, rejects, review_rejects], str(out / "pairs.jsonl"), PreferenceConfig())
-    anneal = build_reward_anneal_pairs_task(pairs, str(out / "reward_anneal_pairs.jsonl"), seed)
+    judged = build_reward_pairs_task(
+        pairs, layout.records_path, str(out / "reward_pairs.jsonl"), preset.reward_answer_pairs, seed
+    )
+    anneal = build_reward_anneal_pairs_task(judged, str(out / "reward_anneal_pairs.jsonl"), seed)
     parents = [sft.artifact_id]
     data: dict[str, dict] = {}
     rl_candidates = rl_prompt_records_task(
@@ -115,6 +118,7 @@ def make_generated_data(
     for name, records in (
         ("longcot", cot_records_task(scored, str(out / "longcot_records.jsonl"))),
         ("preference", pair_records_task(pairs, str(out / "preference_records.jsonl"))),
+        ("reward_pairs", pair_records_task(judged, str(out / "reward_pairs_records.jsonl"))),
         ("reward_anneal", pair_records_task(anneal, str(out / "reward_anneal_records.jsonl"))),
         ("rl_prompts", rl_kept),
     ):

@@ -28,16 +28,22 @@ the trainer reads them back in ``keye_model.training.examples.rl_prompt``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from data_specs.longcot import fit_id
 from data_specs.schemas import Record
-from keye_model.answers import split_thinking
+from keye_model.answers import answers_match, join_thinking, split_thinking
 from keye_model.chat import NO_THINK_SUFFIX, THINK_SUFFIX
-from keye_model.rewards import Constraint
+from keye_model.rewards import Constraint, check_constraints
 from tasks.posttrain_data import RL_TASKS
+
+log = logging.getLogger(__name__)
 
 #: Instructions per prompt, at least and at most.
 MIN_INSTRUCTIONS, MAX_INSTRUCTIONS = 1, 3
@@ -211,13 +217,15 @@ def _without_switch(question: str) -> str:
     return text
 
 
-def alignment_record(record: Record, rng: random.Random) -> Record:
+def alignment_record(record: Record, rng: random.Random, thinking: bool | None = None) -> Record:
     """``record`` as an alignment prompt (module docstring): same id, source and media; the question with
-    instructions and a think switch; constraints, think mode and the RL reference in ``meta``."""
+    instructions and a think switch; constraints, think mode and the RL reference in ``meta``.
+    ``thinking``: the switch to use; None draws it (a reasoning record always thinks)."""
     free_form = record.task not in RL_TASKS
     instructions = draw_instructions(rng, free_form)
-    # A reasoning record teaches the think format: it keeps asking for one.
-    thinking = record.task == "reasoning" or rng.random() < THINK_SHARE
+    if thinking is None:
+        # A reasoning record teaches the think format: it keeps asking for one.
+        thinking = record.task == "reasoning" or rng.random() < THINK_SHARE
     suffix = THINK_SUFFIX if thinking else NO_THINK_SUFFIX
     question = _without_switch(record.question) or DEFAULT_QUESTION
     text = f"{question}\n{' '.join(i.text for i in instructions)} {suffix}"
@@ -245,8 +253,104 @@ def constraints_of(record: Record) -> tuple[Constraint, ...]:
         raise ValueError(f"record {record.id}: not an alignment prompt ({error})") from error
 
 
-#: Mixes whose samples are prompts built from the curated records, by mix name.
-MIX_PROMPTS: dict[str, Callable[[Sequence[Record], int], list[Record]]] = {"alignment_rl": alignment_records}
+# ---- instruction-following SFT data ----------------------------------------------------------------------
+#: Share of the curated records the SFT mix also holds as an instructed variant (``instructed_records``).
+INSTRUCTED_SHARE = 0.5
+#: Words a reply too short for a ``min_words`` instruction is extended with, one sentence at a time.
+EXTENSIONS = ("That is the short answer to the question.", "Nothing more needs to be added here.")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _as_list(text: str, min_items: int) -> str:
+    """``text`` as bullet lines: one per sentence, or its words split in ``min_items`` runs when it has fewer."""
+    items = [s for s in _SENTENCE_END.split(text) if s.strip()]
+    if len(items) < min_items:
+        words = text.split()
+        size = max(1, -(-len(words) // min_items))
+        items = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+    return "\n".join(f"- {item}" for item in items)
+
+
+def complying_answer(answer: str, constraints: Sequence[Constraint], record: Record) -> str | None:
+    """``answer`` rewritten to meet every constraint, or None when the rewrite does not (checked by
+    ``keye_model.rewards.check_constraints``, the alignment reward's own rule).
+
+    A short answer (``RL_TASKS``) must still match itself afterwards (``keye_model.answers.answers_match``), so it
+    is never cut. The content first (keywords dropped or added, commas dropped, cut to a word limit or extended), then
+    the form around it, from the outside in: JSON wraps everything; otherwise a required first word, a
+    heading line, a python block (``help(<function>)`` for a record that names one, else a ``print`` of the
+    reply's first words), the content (as a list when asked) and the required final mark; case last.
+    ``"circle"`` with "Use the word "answer"" and "End your reply with an exclamation mark" ->
+    ``"The answer is circle!"``.
+    """
+    kinds = {c.kind: c.params for c in constraints}
+    free_form = record.task not in RL_TASKS
+    text = " ".join(answer.split())
+    for word in kinds.get("exclude_keywords", {}).get("keywords", []):
+        text = " ".join(re.sub(rf"\b{re.escape(word)}\b", "", text, flags=re.IGNORECASE).split())
+    if "no_commas" in kinds:
+        text = text.replace(",", "")
+    if "include_keywords" in kinds:
+        words = kinds["include_keywords"]["keywords"]
+        ended = text if text.endswith((".", "!", "?")) else f"{text}."
+        text = f"The answer is {text}" if words == ["answer"] else f"{ended} Key words: {' and '.join(words)}."
+    if "max_words" in kinds and free_form:
+        prefix_words = len(kinds.get("starts_with", {}).get("prefix", "").split())
+        text = " ".join(text.split()[: kinds["max_words"]["limit"] - prefix_words])
+    while len(text.split()) < kinds.get("min_words", {}).get("limit", 0):
+        text = f"{text.rstrip()} {EXTENSIONS[len(text.split()) % len(EXTENSIONS)]}"
+    if "json_format" in kinds:
+        reply = json.dumps({"answer": text})
+    else:
+        if "ends_with_punctuation" in kinds:
+            text = text.rstrip(".!?") + kinds["ends_with_punctuation"]["marks"][0]
+        parts = [kinds["starts_with"]["prefix"]] if "starts_with" in kinds else []
+        if "markdown_heading" in kinds:
+            parts.append("\n# Summary\n")
+        if "code_block" in kinds:
+            first_words = " ".join(text.split()[:4])
+            call = f"help({record.meta['function']})" if "function" in record.meta else f"print({first_words!r})"
+            parts.append(f"\n```python\n{call}\n```\n")
+        parts.append(_as_list(text, kinds["markdown_list"]["min_items"]) if "markdown_list" in kinds else text)
+        reply = " ".join(parts).replace(" \n", "\n").replace("\n ", "\n").strip()
+    reply = reply.lower() if "all_lowercase" in kinds else reply.upper() if "all_uppercase" in kinds else reply
+    if not free_form and not answers_match(reply, answer):
+        return None  # a short answer must stay what the matcher reads
+    return reply if check_constraints(reply, tuple(constraints)).score == 1.0 else None
+
+
+def instructed_record(record: Record, rng: random.Random) -> Record | None:
+    """An instruction-following SFT sample from ``record``: its alignment prompt (the record's own think
+    mode: a reasoning answer keeps its think block) with the answer rewritten by ``complying_answer``;
+    id ``<record>-if``. None when the rewrite cannot meet the drawn instructions."""
+    reasoning, final_answer = split_thinking(record.answer)
+    if not final_answer.strip():
+        return None
+    prompt = alignment_record(record, rng, thinking=bool(reasoning))
+    reply = complying_answer(final_answer, constraints_of(prompt), record)
+    if reply is None:
+        return None
+    answer = join_thinking(reasoning, reply) if reasoning else reply
+    return dataclasses.replace(prompt, id=fit_id(f"{record.id}-if"), answer=answer)
+
+
+def instructed_records(records: Sequence[Record], seed: int) -> list[Record]:
+    """The SFT mix's pool: every record, then an instructed variant (``instructed_record``) of each of an
+    ``INSTRUCTED_SHARE`` of them drawn by ``seed``. SFT teaches the instructions' forms, so alignment RL's
+    rollouts meet them often enough to be rewarded (a model that never writes a code block or a capital
+    letter gets no reward for one)."""
+    rng = random.Random(seed)
+    variants = [instructed_record(r, rng) for r in records if rng.random() < INSTRUCTED_SHARE]
+    made = [v for v in variants if v is not None]
+    log.info("instructed SFT records: %d of %d drawn (the rest could not comply)", len(made), len(variants))
+    return [*records, *made]
+
+
+#: Mixes whose samples are built from the curated records, by mix name.
+MIX_PROMPTS: dict[str, Callable[[Sequence[Record], int], list[Record]]] = {
+    "alignment_rl": alignment_records,
+    "sft": instructed_records,
+}
 
 
 def mix_records(mix: str, records: Sequence[Record], seed: int) -> list[Record]:

@@ -16,9 +16,13 @@ The built pairs pass the ``pair`` GX suite before they are written (``validated_
 or oversized side, a score-gap pair whose chosen does not outscore its rejected, or a repeated id is
 quarantined with its reasons beside the pairs file.
 
-The reward model's annealing set (``reward_anneal_pairs``) is the pairs again plus ``length_bias_pairs``,
-whose better response is the shorter one (reasons ``LENGTH_BIAS_REASONS``), so the judge's last pass
-teaches that length is not quality.
+The reward model trains on more than MPO's pairs (``reward_pairs``): judging whether an answer fits the
+image is VQA itself, which a few hundred pairs do not teach (held-out 0.50 after 30 or 120 steps over a
+run's ~110 pairs; docs/design.md). ``answer_pairs`` make thousands more from the curated records: a
+record's short answer over another record's different answer to the same question (``answer-vs-
+distractor``). The reward model's annealing set (``reward_anneal_pairs``) is those pairs again plus
+``length_bias_pairs``, whose better response is the shorter one (reasons ``LENGTH_BIAS_REASONS``), so the
+judge's last pass teaches that length is not quality.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from prefect import task
 
 from data_specs.expectations import pair_row
 from data_specs.longcot import CoTSample, PreferenceConfig, PreferencePair, QualityTier, fit_id
-from keye_model.answers import join_thinking
+from data_specs.schemas import Record
+from keye_model.answers import answers_match, join_thinking, split_thinking
+from tasks.posttrain_data import RL_TASKS
 from tasks.validate import quarantine_beside, quarantine_failures
 
 log = logging.getLogger(__name__)
@@ -245,6 +251,83 @@ def build_preference_pairs_task(samples_paths: list[str], out_path: str, config:
     return str(write_jsonl(pairs, out_path))
 
 
+# ---- the reward model's answer pairs ------------------------------------------------------------------
+#: Reason of an ``answer_pairs`` pair: a record's answer over another record's answer to the same question.
+ANSWER_PAIR_REASON = "answer-vs-distractor"
+#: Reasons whose rejected side is a wrong answer (``length_bias_pairs`` also pads those: ``padded-wrong``).
+WRONG_REJECTED_REASONS = ("correct-vs-wrong", "reference-vs-wrong", ANSWER_PAIR_REASON)
+#: Longest final answer, in words, an answer pair is made from: short answers are what the matcher checks.
+MAX_ANSWER_WORDS = 3
+
+
+def answer_pairs(records: Sequence[Record], num_pairs: int, seed: int = 0) -> list[PreferencePair]:
+    """Up to ``num_pairs`` pairs from curated records with a short checkable answer (``RL_TASKS``, final
+    answer of at most ``MAX_ANSWER_WORDS`` words): chosen = the record's answer, rejected = a distractor,
+    the answer of another record with the same question (case and spacing aside) that the answer matcher
+    does not accept for this one; both in the no-think form (``no_think_response``).
+
+    Same question text means same kind of answer ("what color is the shape?" gets a colour, "is there a
+    circle?" yes or no), so the judge must look at the image, not at the kind of answer. A record whose
+    question no other record answers differently makes no pair. Drawn by ``seed``; ids ``<record>-ans``.
+    Example: records "what color is the shape?" -> "red" (image 1) and -> "blue" (image 2) make "red" over
+    "blue" for image 1 and "blue" over "red" for image 2.
+    """
+    answers_by_question: dict[str, set[str]] = defaultdict(set)
+    eligible = []
+    for r in records:
+        _, answer = split_thinking(r.answer)
+        answer = answer.strip()
+        if r.task in RL_TASKS and r.question.strip() and answer and len(answer.split()) <= MAX_ANSWER_WORDS:
+            eligible.append((r, answer))
+            answers_by_question[_normalized(r.question)].add(answer)
+    rng = random.Random(seed)
+    usable = []
+    for r, answer in eligible:
+        distractors = sorted(a for a in answers_by_question[_normalized(r.question)] if not answers_match(a, answer))
+        if distractors:
+            usable.append((r, answer, distractors))
+    picked = sorted(rng.sample(range(len(usable)), min(num_pairs, len(usable))))
+    log.info(
+        "answer pairs: %d of %d records with a short answer have a distractor; %d drawn",
+        len(usable),
+        len(eligible),
+        len(picked),
+    )
+    return [
+        PreferencePair(
+            id=fit_id(f"{r.id}-ans"),
+            problem_id=r.id,
+            source=r.source,
+            prompt=r.question,
+            media_path=r.media_path,
+            chosen=no_think_response(answer),
+            rejected=no_think_response(rng.choice(distractors)),
+            chosen_score=REFERENCE_SCORE,
+            rejected_score=1.0,
+            reason=ANSWER_PAIR_REASON,
+        )
+        for r, answer, distractors in (usable[i] for i in picked)
+    ]
+
+
+def reward_pairs(
+    pairs: Sequence[PreferencePair], records: Sequence[Record], num_answer_pairs: int, seed: int = 0
+) -> list[PreferencePair]:
+    """The reward model's training pairs: MPO's ``pairs`` and ``answer_pairs`` from the curated ``records``."""
+    return [*pairs, *answer_pairs(records, num_answer_pairs, seed)]
+
+
+@task(name="build-reward-pairs", persist_result=True)
+def build_reward_pairs_task(
+    pairs_path: str, records_path: str, out_path: str, num_answer_pairs: int, seed: int = 0
+) -> str:
+    """Preference pair JSONL + curated record JSONL -> the reward model's pairs (``reward_pairs``) as pair JSONL."""
+    from data_specs.longcot import read_jsonl, write_jsonl
+
+    mpo, records = read_jsonl(pairs_path, PreferencePair), read_jsonl(records_path, Record)
+    return str(write_jsonl(reward_pairs(mpo, records, num_answer_pairs, seed), out_path))
+
+
 # ---- the reward model's length-bias annealing set -----------------------------------------------------
 #: Reasons of the pairs whose better answer is the shorter one (SPEC.md, Keye-Reward's annealing pass):
 #: ``padded-right``, a right response over the same response padded with filler (both right: length alone
@@ -274,7 +357,7 @@ def padded(response: str, rng: random.Random, filler: Sequence[str] = FILLER, nu
 
 def length_bias_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[PreferencePair]:
     """Per pair, ``padded-right`` (chosen over chosen padded) and, when the rejected side is wrong
-    (``correct-vs-wrong``, ``reference-vs-wrong``), ``padded-wrong`` (chosen over rejected padded).
+    (``WRONG_REJECTED_REASONS``), ``padded-wrong`` (chosen over rejected padded).
 
     Every pair made here has its better response strictly shorter than its worse one. Ids are the source
     pair's id with ``-pr`` / ``-pw``; the padded side scores one below the side it pads.
@@ -283,7 +366,7 @@ def length_bias_pairs(pairs: Sequence[PreferencePair], seed: int = 0) -> list[Pr
     out = []
     for p in pairs:
         sides = [("padded-right", p.chosen, p.chosen_score, "pr")]
-        if p.reason in ("correct-vs-wrong", "reference-vs-wrong"):
+        if p.reason in WRONG_REJECTED_REASONS:
             sides.append(("padded-wrong", p.rejected, p.rejected_score, "pw"))
         for reason, worse, score, suffix in sides:
             rejected = padded(worse, rng)

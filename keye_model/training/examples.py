@@ -108,6 +108,7 @@ def judge_assessment(meta: dict[str, Any], better: str) -> str:
     deciding = {
         "correct-vs-wrong": f"Correctness: Response {better}'s answer is right and Response {worse}'s is wrong",
         "reference-vs-wrong": f"Correctness: Response {better}'s answer is right and Response {worse}'s is wrong",
+        "answer-vs-distractor": f"Correctness: Response {better}'s answer is right and Response {worse}'s is wrong",
         "score-gap": f"Credibility: both answers agree, but Response {better}'s reasoning is sounder",
         "padded-right": f"Redundancy: both are right; Response {better} is concise, Response {worse} adds filler",
         "padded-wrong": f"Correctness: Response {better} is right; Response {worse} is longer, and wrong",

@@ -36,7 +36,8 @@ def test_keye_8b_follows_the_report():
     assert s["gspo"].rl.clip_low == 3e-4 and s["gspo"].rl.clip_high == 4e-4 and s["gspo"].rl.num_minibatches == 4
     # Keye-Reward: SFT, then RL, then the length-bias annealing pass; alignment is judged by the last of them
     assert [s[n].inputs for n in ("reward_rl", "reward_anneal")] == [("reward",), ("reward_rl",)]
-    assert (s["reward_rl"].objective, s["reward_rl"].data_mix) == ("reward_gspo", "preference")
+    assert [s[n].data_mix for n in ("reward", "reward_rl")] == ["reward_pairs", "reward_pairs"]
+    assert s["reward_rl"].objective == "reward_gspo"
     assert (s["reward_anneal"].objective, s["reward_anneal"].data_mix) == ("reward", "reward_anneal")
     assert s["alignment"].reward_model == "reward_anneal"
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from data_specs.schemas import Record
-from keye_model.answers import judge_answer
+from keye_model.answers import judge_answer, split_thinking
 from keye_model.chat import NO_THINK_SUFFIX, THINK_SUFFIX
 from keye_model.rewards import Constraint, RewardFunction, RewardSample, check_constraints, rule_reward
 from keye_model.training.examples import Example, rl_prompt
@@ -208,10 +208,63 @@ def test_the_trainer_reads_constraints_switch_and_reference_from_a_shard_record(
     assert rl.reference == curated[0].answer and rl.constraints == ()
 
 
-def test_only_the_alignment_mix_is_made_of_prompts(curated):
-    assert ap.mix_records("sft", curated, 0) == curated
+def test_the_alignment_mix_is_made_of_prompts_and_sft_adds_instructed_records(curated):
     aligned = ap.mix_records("alignment_rl", curated, 0)
     assert aligned == ap.alignment_records(curated, 0) and aligned != curated
+    sft = ap.mix_records("sft", curated, 0)
+    assert sft == ap.instructed_records(curated, 0) and sft[: len(curated)] == curated
+    assert ap.mix_records("stage2", curated, 0) == curated
+
+
+def test_an_instructed_answer_meets_its_instructions_and_keeps_a_short_answer(curated):
+    """Every instructed SFT record: its alignment prompt, the answer rewritten to meet every constraint
+    (the alignment reward's own check), a short answer still matched, a think block only where the record
+    reasons. Nearly every drawn record complies; free-form and short answers are both represented."""
+    by_id = {r.id: r for r in curated}
+    made = ap.instructed_records(curated, seed=5)[len(curated) :]
+    assert len(made) >= 0.8 * ap.INSTRUCTED_SHARE * len(curated)
+    assert {r.source for r in made} == {"easy-vqa", "text-instructions"}
+    kinds = set()
+    for record in made:
+        source = by_id[record.id.removesuffix("-if")]
+        reasoning, answer = split_thinking(record.answer)
+        constraints = ap.constraints_of(record)
+        kinds |= {c.kind for c in constraints}
+        assert check_constraints(answer, constraints).score == 1.0, (record.question, answer)
+        assert record.meta["thinking"] is bool(split_thinking(source.answer)[0]) is bool(reasoning)
+        assert record.question.startswith(source.question.removesuffix(NO_THINK_SUFFIX).strip())
+        if record.meta["rl_reference"] is not None:
+            assert judge_answer(answer, record.meta["rl_reference"]).match
+    assert kinds >= {"json_format", "all_uppercase", "starts_with", "markdown_list", "code_block", "min_words"}
+
+
+def test_complying_answer_by_example(curated):
+    vqa = next(r for r in curated if r.task == "vqa")
+    text = next(r for r in curated if r.source == "text-instructions")
+    answer_and_bang = [
+        Constraint(kind="include_keywords", params={"keywords": ["answer"]}),
+        Constraint(kind="ends_with_punctuation", params={"marks": "!"}),
+    ]
+    assert ap.complying_answer("circle", answer_and_bang, vqa) == "The answer is circle!"
+    assert ap.complying_answer("circle", [Constraint(kind="json_format")], vqa) == '{"answer": "circle"}'
+    # a short answer is never cut to fit a word limit: no reply rather than a wrong one
+    too_short = [
+        Constraint(kind="max_words", params={"limit": 1}),
+        Constraint(kind="starts_with", params={"prefix": "Answer:"}),
+    ]
+    assert ap.complying_answer("circle", too_short, vqa) is None
+    listed = ap.complying_answer(
+        "Return the sum. It never fails, mostly.",
+        [
+            Constraint(kind="markdown_list", params={"min_items": 2}),
+            Constraint(kind="no_commas"),
+            Constraint(kind="all_uppercase"),
+        ],
+        text,
+    )
+    assert listed == "- RETURN THE SUM.\n- IT NEVER FAILS MOSTLY."
+    coded = ap.complying_answer("Return the sum.", [Constraint(kind="code_block", params={"language": "python"})], text)
+    assert coded == f"```python\nhelp({text.meta['function']})\n```\nReturn the sum."
 
 
 def test_alignment_shards_round_trip_to_rl_prompts(curated, tmp_path):

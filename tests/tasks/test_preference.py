@@ -16,14 +16,18 @@ from data_specs.longcot import (
     read_jsonl,
     write_jsonl,
 )
+from keye_model.answers import answers_match, split_thinking
 from tasks.generation import Generation, RuleJudge
 from tasks.longcot import assess_quality, paths_from_generations
 from tasks.preference import (
+    ANSWER_PAIR_REASON,
     FILLER,
     LENGTH_BIAS_REASONS,
+    answer_pairs,
     build_preference_pairs,
     build_preference_pairs_task,
     build_reward_anneal_pairs_task,
+    build_reward_pairs_task,
     group_by_problem,
     length_bias_pairs,
     no_think_response,
@@ -31,6 +35,8 @@ from tasks.preference import (
     reference_pairs,
     reward_anneal_pairs,
 )
+from tasks.sources import SourceSpec, text_instructions
+from tasks.sources import easy_vqa as easy_vqa_source
 
 GOOD = "<think>I look at the {noun} in the image.\nI check it against the question.\nIt is {ref}.</think>{ref}"
 SAME_AS_PREVIOUS_OTHER_CASE = "(same text as the previous path, other case and spacing)"
@@ -214,3 +220,39 @@ def test_the_annealing_set_adds_pairs_whose_better_answer_is_shorter(tmp_path):
     anneal = read_jsonl(build_reward_anneal_pairs_task.fn(str(path), str(tmp_path / "anneal.jsonl")), PreferencePair)
     assert anneal == reward_anneal_pairs(pairs) == [*pairs, *extra]
     assert len({p.id for p in anneal}) == len(anneal)
+
+
+def test_answer_pairs_put_a_records_answer_over_another_answer_to_the_same_question(tmp_path):
+    """The reward model's answer pairs from real curated records (easy-vqa questions, reasoning records and
+    text instructions): same question text on both sides' records, a distractor the matcher rejects,
+    short answers only, in the no-think form; none from free text; the same seed draws the same pairs."""
+    records = [
+        *easy_vqa_source.collect(SourceSpec(name="easy-vqa", limit=300, seed=0), tmp_path).records,
+        *text_instructions.collect(SourceSpec(name="text-instructions", limit=20, seed=0), tmp_path).records,
+    ]
+    by_id = {r.id: r for r in records}
+    pairs = answer_pairs(records, 50, seed=1)
+    assert len(pairs) == 50 and len({p.id for p in pairs}) == 50
+    answers_to = {}
+    for r in records:
+        answers_to.setdefault(r.question.strip().lower(), set()).add(split_thinking(r.answer)[1].strip())
+    for p in pairs:
+        record = by_id[p.problem_id]
+        right, distractor = (split_thinking(side)[1] for side in (p.chosen, p.rejected))
+        assert p.reason == ANSWER_PAIR_REASON and p.prompt == record.question and p.media_path == record.media_path
+        assert p.chosen == no_think_response(right) and p.rejected == no_think_response(distractor)
+        assert right == split_thinking(record.answer)[1].strip() and len(right.split()) <= 3
+        assert distractor in answers_to[record.question.strip().lower()] and not answers_match(distractor, right)
+        assert record.source == "easy-vqa"  # text instructions have no short answer to contrast
+    assert answer_pairs(records, 50, seed=1) == pairs != answer_pairs(records, 50, seed=2)
+    assert answer_pairs(records[:1], 5) == []  # a question nobody else answers makes no pair
+    # padded, the distractor side is a wrong answer made longer
+    assert {p.reason for p in length_bias_pairs(pairs)} == set(LENGTH_BIAS_REASONS)
+
+    mpo = write_jsonl(pairs[:3], tmp_path / "pairs.jsonl")
+    curated = tmp_path / "records.jsonl"
+    curated.write_text("".join(r.to_json() + "\n" for r in records))
+    made = build_reward_pairs_task.fn(str(mpo), str(curated), str(tmp_path / "reward.jsonl"), 10, seed=1)
+    reward = read_jsonl(made, PreferencePair)
+    assert reward[:3] == pairs[:3] and len(reward) == 13
+    assert all(p.reason == ANSWER_PAIR_REASON for p in reward[3:])
