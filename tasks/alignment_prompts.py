@@ -36,8 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from data_specs.longcot import fit_id
-from data_specs.schemas import Record
+from data_specs.schemas import ID_PATTERN, Record
 from keye_model.answers import answers_match, join_thinking, split_thinking
 from keye_model.chat import NO_THINK_SUFFIX, THINK_SUFFIX
 from keye_model.rewards import Constraint, check_constraints
@@ -256,6 +255,8 @@ def constraints_of(record: Record) -> tuple[Constraint, ...]:
 # ---- instruction-following SFT data ----------------------------------------------------------------------
 #: Share of the curated records the SFT mix also holds as an instructed variant (``instructed_records``).
 INSTRUCTED_SHARE = 0.5
+#: Id suffix of an instructed variant: ``<record id>-if``; lineage maps it back (``source_record_id``).
+INSTRUCTED_SUFFIX = "-if"
 #: Words a reply too short for a ``min_words`` instruction is extended with, one sentence at a time.
 EXTENSIONS = ("That is the short answer to the question.", "Nothing more needs to be added here.")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -322,16 +323,22 @@ def complying_answer(answer: str, constraints: Sequence[Constraint], record: Rec
 def instructed_record(record: Record, rng: random.Random) -> Record | None:
     """An instruction-following SFT sample from ``record``: its alignment prompt (the record's own think
     mode: a reasoning answer keeps its think block) with the answer rewritten by ``complying_answer``;
-    id ``<record>-if``. None when the rewrite cannot meet the drawn instructions."""
+    id ``<record>-if``. None when the rewrite cannot meet the drawn instructions (or the id would be too long)."""
     reasoning, final_answer = split_thinking(record.answer)
-    if not final_answer.strip():
+    record_id = f"{record.id}{INSTRUCTED_SUFFIX}"
+    if not final_answer.strip() or not ID_PATTERN.match(record_id):
         return None
     prompt = alignment_record(record, rng, thinking=bool(reasoning))
     reply = complying_answer(final_answer, constraints_of(prompt), record)
     if reply is None:
         return None
     answer = join_thinking(reasoning, reply) if reasoning else reply
-    return dataclasses.replace(prompt, id=fit_id(f"{record.id}-if"), answer=answer)
+    return dataclasses.replace(prompt, id=record_id, answer=answer)
+
+
+def source_record_id(sample_id: str) -> str:
+    """The curated record a mix sample was made from: itself, or the source of an instructed variant."""
+    return sample_id.removesuffix(INSTRUCTED_SUFFIX)
 
 
 def instructed_records(records: Sequence[Record], seed: int) -> list[Record]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import task
 
 from data_specs.schemas import Record
+from tasks.alignment_prompts import source_record_id
 from tasks.lineage import Artifact, Edge, LineageStore, Metric, MixRow
 from tasks.shards import StageShards
 from tasks.sources.spec import Collected
@@ -111,7 +112,8 @@ def collection_lineage(
 
 
 def shard_lineage(run_id: str, shards: StageShards, records: Sequence[Record]) -> LineageBatch:
-    """Shards and manifest of one data mix: record -> shard edges, and planned vs realized mix rows."""
+    """Shards and manifest of one data mix: record -> shard edges (an instructed SFT variant's edge starts at
+    the record it was made from), and planned vs realized mix rows."""
     batch = LineageBatch()
     by_id = {r.id: r for r in records}
     manifest = Artifact(
@@ -133,7 +135,7 @@ def shard_lineage(run_id: str, shards: StageShards, records: Sequence[Record]) -
         for record_id in sorted(set(info.record_ids)):
             batch.edges.append(
                 Edge(
-                    parent_id=record_artifact(by_id[record_id], run_id).artifact_id,
+                    parent_id=record_artifact(by_id[source_record_id(record_id)], run_id).artifact_id,
                     child_id=shard.artifact_id,
                     run_id=run_id,
                     relation="sharded_into",

@@ -226,7 +226,8 @@ def test_an_instructed_answer_meets_its_instructions_and_keeps_a_short_answer(cu
     assert {r.source for r in made} == {"easy-vqa", "text-instructions"}
     kinds = set()
     for record in made:
-        source = by_id[record.id.removesuffix("-if")]
+        assert record.id.endswith(ap.INSTRUCTED_SUFFIX)
+        source = by_id[ap.source_record_id(record.id)]
         reasoning, answer = split_thinking(record.answer)
         constraints = ap.constraints_of(record)
         kinds |= {c.kind for c in constraints}
