@@ -99,7 +99,7 @@ def curate(
     slow_fast = preset.slow_fast
     futures = [
         write_stage_shards.submit(
-            quote(mix_records(name, report.passed, seed)),
+            quote(mix_records(name, report.passed, seed, preset.instructed_share)),
             get_mix(name),
             ShardConfig(
                 mix=name,

@@ -255,6 +255,8 @@ def constraints_of(record: Record) -> tuple[Constraint, ...]:
 # ---- instruction-following SFT data ----------------------------------------------------------------------
 #: Share of the curated records the SFT mix also holds as an instructed variant (``instructed_records``).
 INSTRUCTED_SHARE = 0.5
+#: The mixes built from the curated records rather than sampled from them as they are (``mix_records``).
+ALIGNMENT_MIX, SFT_MIX = "alignment_rl", "sft"
 #: Id suffix of an instructed variant: ``<record id>-if``; lineage maps it back (``source_record_id``).
 INSTRUCTED_SUFFIX = "-if"
 #: Words a reply too short for a ``min_words`` instruction is extended with, one sentence at a time.
@@ -341,26 +343,27 @@ def source_record_id(sample_id: str) -> str:
     return sample_id.removesuffix(INSTRUCTED_SUFFIX)
 
 
-def instructed_records(records: Sequence[Record], seed: int) -> list[Record]:
-    """The SFT mix's pool: every record, then an instructed variant (``instructed_record``) of each of an
-    ``INSTRUCTED_SHARE`` of them drawn by ``seed``. SFT teaches the instructions' forms, so alignment RL's
-    rollouts meet them often enough to be rewarded (a model that never writes a code block or a capital
-    letter gets no reward for one)."""
+def instructed_records(records: Sequence[Record], seed: int, share: float = INSTRUCTED_SHARE) -> list[Record]:
+    """The SFT mix's pool: every record, then an instructed variant (``instructed_record``) of each of a
+    ``share`` of them drawn by ``seed``. SFT teaches the instructions' forms, so alignment RL's rollouts
+    meet them often enough to be rewarded (a model that never writes a code block or a capital letter gets
+    no reward for one). ``share`` 0: the records alone."""
+    if share <= 0:
+        return list(records)
     rng = random.Random(seed)
-    variants = [instructed_record(r, rng) for r in records if rng.random() < INSTRUCTED_SHARE]
+    variants = [instructed_record(r, rng) for r in records if rng.random() < share]
     made = [v for v in variants if v is not None]
     log.info("instructed SFT records: %d of %d drawn (the rest could not comply)", len(made), len(variants))
     return [*records, *made]
 
 
-#: Mixes whose samples are built from the curated records, by mix name.
-MIX_PROMPTS: dict[str, Callable[[Sequence[Record], int], list[Record]]] = {
-    "alignment_rl": alignment_records,
-    "sft": instructed_records,
-}
-
-
-def mix_records(mix: str, records: Sequence[Record], seed: int) -> list[Record]:
-    """The records mix ``mix`` is sampled from: its prompts (``MIX_PROMPTS``) or the curated records as they are."""
-    build = MIX_PROMPTS.get(mix)
-    return list(records) if build is None else build(records, seed)
+def mix_records(
+    mix: str, records: Sequence[Record], seed: int, instructed_share: float = INSTRUCTED_SHARE
+) -> list[Record]:
+    """The records mix ``mix`` is sampled from: the alignment prompts (``alignment_rl``), the records and
+    their instructed variants (``sft``, ``instructed_share`` of them), or the curated records as they are."""
+    if mix == ALIGNMENT_MIX:
+        return alignment_records(records, seed)
+    if mix == SFT_MIX:
+        return instructed_records(records, seed, instructed_share)
+    return list(records)
