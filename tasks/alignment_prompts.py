@@ -22,7 +22,9 @@ Instructions that cannot hold together (JSON and a required first word, lowercas
 never drawn together (``CONFLICTS``).
 
 The alignment stage's mix (``alignment_rl``) is sampled from these prompts at curation (``mix_records``);
-the trainer reads them back in ``keye_model.training.examples.rl_prompt``.
+the trainer reads them back in ``keye_model.training.examples.rl_prompt``. The SFT mix also holds
+instructed variants of a share of the records (``instructed_records``): the same prompts with the answer
+rewritten to meet every instruction (``complying_answer``), so SFT teaches the forms RL then rewards.
 """
 
 from __future__ import annotations
