@@ -99,6 +99,8 @@ def make_generated_data(
     judged = build_reward_pairs_task(
         pairs, layout.records_path, str(out / "reward_pairs.jsonl"), preset.reward_answer_pairs, seed
     )
+    if preset.reward_answer_pairs and count_lines(judged) == count_lines(pairs):
+        fallbacks.append("reward_pairs: no curated record made an answer pair; the reward model has MPO's pairs only")
     anneal = build_reward_anneal_pairs_task(judged, str(out / "reward_anneal_pairs.jsonl"), seed)
     parents = [sft.artifact_id]
     data: dict[str, dict] = {}

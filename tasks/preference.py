@@ -278,14 +278,17 @@ def answer_pairs(records: Sequence[Record], num_pairs: int, seed: int = 0) -> li
         _, answer = split_thinking(r.answer)
         answer = answer.strip()
         if r.task in RL_TASKS and r.question.strip() and answer and len(answer.split()) <= MAX_ANSWER_WORDS:
-            eligible.append((r, answer))
-            answers_by_question[_normalized(r.question)].add(answer)
+            question = _normalized(r.question)
+            eligible.append((r, question, answer))
+            answers_by_question[question].add(answer)
+    # a few dozen distinct (question, answer) pairs among tens of thousands of records: match each once
+    distractors_of = {
+        (question, answer): sorted(a for a in answers if not answers_match(a, answer))
+        for question, answers in answers_by_question.items()
+        for answer in answers
+    }
     rng = random.Random(seed)
-    usable = []
-    for r, answer in eligible:
-        distractors = sorted(a for a in answers_by_question[_normalized(r.question)] if not answers_match(a, answer))
-        if distractors:
-            usable.append((r, answer, distractors))
+    usable = [(r, a, distractors_of[q, a]) for r, q, a in eligible if distractors_of[q, a]]
     picked = sorted(rng.sample(range(len(usable)), min(num_pairs, len(usable))))
     log.info(
         "answer pairs: %d of %d records with a short answer have a distractor; %d drawn",
