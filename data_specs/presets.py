@@ -242,7 +242,7 @@ DEMO_JUDGE_RL_NEW_TOKENS = 96
 #: Alignment RL runs 100 steps (~50 s): measured from an SFT model that saw instructed records, held-out
 #: compliance 0.57 -> 0.62 (4 steps move nothing; 100 steps at 3e-4: 0.51, 200 at 1e-4: 0.57); in the
 #: pipeline with them, GSPO's 0.68 -> 0.71.
-#: Its reward model trains 400 steps on its pairs and 200 annealing steps (~10 minutes): in seed 0's chain
+#: Its reward model trains 400 steps on its pairs and 200 annealing steps (~9 minutes): in seed 0's chain
 #: held-out pairwise accuracy 0.67 after SFT, 0.665 after the RL phase, and after annealing 0.92-0.93
 #: no_think (correct-vs-wrong answers 0.84-0.86, concise-vs-padded 1.00), 0.90-0.92 think, over annealing
 #: seeds. The 30 steps of the demo stay at 0.50 whatever the data (docs/design.md).
