@@ -96,10 +96,10 @@ def make_generated_data(
     )
     scored = score_samples_task(kept, str(out / "cot_samples.jsonl"), config)
     pairs = build_preference_pairs_task([scored, rejects, review_rejects], str(out / "pairs.jsonl"), PreferenceConfig())
-    judged = build_reward_pairs_task(
+    judged, num_answer_pairs = build_reward_pairs_task(
         pairs, layout.records_path, str(out / "reward_pairs.jsonl"), preset.reward_answer_pairs, seed
     )
-    if preset.reward_answer_pairs and count_lines(judged) == count_lines(pairs):
+    if preset.reward_answer_pairs and not num_answer_pairs:
         fallbacks.append("reward_pairs: no curated record made an answer pair; the reward model has MPO's pairs only")
     anneal = build_reward_anneal_pairs_task(judged, str(out / "reward_anneal_pairs.jsonl"), seed)
     parents = [sft.artifact_id]

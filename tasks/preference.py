@@ -16,7 +16,7 @@ The built pairs pass the ``pair`` GX suite before they are written (``validated_
 or oversized side, a score-gap pair whose chosen does not outscore its rejected, or a repeated id is
 quarantined with its reasons beside the pairs file.
 
-The reward model trains on more than MPO's pairs (``reward_pairs``): judging whether an answer fits the
+The reward model trains on more than MPO's pairs (``build_reward_pairs_task``): judging whether an answer fits the
 image is VQA itself, which a few hundred pairs do not teach (held-out 0.50 after 30 or 120 steps over a
 run's ~110 pairs; docs/design.md). ``answer_pairs`` make thousands more from the curated records: a
 record's short answer over another record's different answer to the same question (``answer-vs-
@@ -313,22 +313,17 @@ def answer_pairs(records: Sequence[Record], num_pairs: int, seed: int = 0) -> li
     ]
 
 
-def reward_pairs(
-    pairs: Sequence[PreferencePair], records: Sequence[Record], num_answer_pairs: int, seed: int = 0
-) -> list[PreferencePair]:
-    """The reward model's training pairs: MPO's ``pairs`` and ``answer_pairs`` from the curated ``records``."""
-    return [*pairs, *answer_pairs(records, num_answer_pairs, seed)]
-
-
 @task(name="build-reward-pairs", persist_result=True)
 def build_reward_pairs_task(
     pairs_path: str, records_path: str, out_path: str, num_answer_pairs: int, seed: int = 0
-) -> str:
-    """Preference pair JSONL + curated record JSONL -> the reward model's pairs (``reward_pairs``) as pair JSONL."""
+) -> tuple[str, int]:
+    """Preference pair JSONL + curated record JSONL -> the reward model's pairs (MPO's, then ``answer_pairs``)
+    as pair JSONL; returns its path and how many answer pairs it holds (0 when no record made one)."""
     from data_specs.longcot import read_jsonl, write_jsonl
 
     mpo, records = read_jsonl(pairs_path, PreferencePair), read_jsonl(records_path, Record)
-    return str(write_jsonl(reward_pairs(mpo, records, num_answer_pairs, seed), out_path))
+    answers = answer_pairs(records, num_answer_pairs, seed)
+    return str(write_jsonl([*mpo, *answers], out_path)), len(answers)
 
 
 # ---- the reward model's length-bias annealing set -----------------------------------------------------

@@ -252,7 +252,11 @@ def test_answer_pairs_put_a_records_answer_over_another_answer_to_the_same_quest
     mpo = write_jsonl(pairs[:3], tmp_path / "pairs.jsonl")
     curated = tmp_path / "records.jsonl"
     curated.write_text("".join(r.to_json() + "\n" for r in records))
-    made = build_reward_pairs_task.fn(str(mpo), str(curated), str(tmp_path / "reward.jsonl"), 10, seed=1)
+    made, num_answers = build_reward_pairs_task.fn(str(mpo), str(curated), str(tmp_path / "reward.jsonl"), 10, seed=1)
     reward = read_jsonl(made, PreferencePair)
-    assert reward[:3] == pairs[:3] and len(reward) == 13
+    assert reward[:3] == pairs[:3] and len(reward) == 13 and num_answers == 10
     assert all(p.reason == ANSWER_PAIR_REASON for p in reward[3:])
+    # records with no short answer to contrast make no answer pair: the count says so (the flow's fallback)
+    curated.write_text(records[0].to_json() + "\n")
+    made, num_answers = build_reward_pairs_task.fn(str(mpo), str(curated), str(tmp_path / "none.jsonl"), 10, seed=1)
+    assert read_jsonl(made, PreferencePair) == pairs[:3] and num_answers == 0
