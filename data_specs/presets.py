@@ -245,7 +245,8 @@ DEMO_JUDGE_RL_NEW_TOKENS = 96
 #: Its reward model trains 400 steps on its pairs and 200 annealing steps (~9 minutes): in seed 0's chain
 #: held-out pairwise accuracy 0.67 after SFT, 0.665 after the RL phase, and after annealing 0.92-0.93
 #: no_think (correct-vs-wrong answers 0.84-0.86, concise-vs-padded 1.00), 0.90-0.92 think, over annealing
-#: seeds. The 30 steps of the demo stay at 0.50 whatever the data (docs/design.md).
+#: seeds (the whole chain, seed 0: 0.930 / 0.895). The 30 steps of the demo stay at 0.50 whatever the data
+#: (docs/design.md).
 DEMO_LONG_STEPS = {
     **DEMO_STEPS,
     VISION_PRETRAIN: 800,
