@@ -292,7 +292,6 @@ def demo(
     instructed_share: float = 0.0,
     reward_answer_pairs: int = 300,
     eval_reward_pairs: int = 32,
-    rl_candidates: int = 64,
 ) -> Preset:
     """The demo preset; ``demo_long`` passes its longer schedule and sizes. The 10-minute demo's SFT has no
     instructed records: at half the records, its 250 SFT steps ended at the majority baseline (0.693, open
@@ -321,7 +320,6 @@ def demo(
         eval_alignment_prompts=32,
         eval_reward_pairs=eval_reward_pairs,
         reward_answer_pairs=reward_answer_pairs,
-        rl_candidates=rl_candidates,
     )
 
 
@@ -329,15 +327,15 @@ def demo_long() -> Preset:
     # No instructed SFT records here either: with half the records instructed (and every text-instructions
     # function, ~200, so they teach instructions rather than replies) seed 0's SFT ended at 0.866 instead of
     # 0.950 (compliance 0.41 -> 0.67, alignment 0.71); 90% comes first. tiny and keye-8b keep them.
-    return demo(
+    long = demo(
         "demo-long",
         DEMO_LONG_STEPS,
         reward_answer_pairs=3_000,  # 400 reward steps read 2,400
         eval_reward_pairs=100,
-        # its SFT model (0.95) solves most questions every time: seed 0's pass-rate filter kept 11 of 64
-        # candidates, fewer than two GSPO steps of 8 prompts; 256 candidates cost ~10 s more a round
-        rl_candidates=256,
     )
+    # its SFT model (0.95) solves most questions every time: seed 0's pass-rate filter kept 11 of 64
+    # candidates, fewer than two GSPO steps of 8 prompts; 256 candidates cost ~10 s more a round
+    return dataclasses.replace(long, rl_candidates=256)
 
 
 PRESETS = {"tiny": tiny, "demo": demo, "demo-long": demo_long, "keye-8b": keye_8b}

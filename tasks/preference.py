@@ -16,9 +16,9 @@ The built pairs pass the ``pair`` GX suite before they are written (``validated_
 or oversized side, a score-gap pair whose chosen does not outscore its rejected, or a repeated id is
 quarantined with its reasons beside the pairs file.
 
-The reward model trains on more than MPO's pairs (``build_reward_pairs_task``): judging whether an answer fits the
-image is VQA itself, which a few hundred pairs do not teach (held-out 0.50 after 30 or 120 steps over a
-run's ~110 pairs; docs/design.md). ``answer_pairs`` make thousands more from the curated records: a
+The reward model trains on more than MPO's pairs (``build_reward_pairs_task``): judging whether an answer
+fits the image is VQA itself, which a few hundred pairs do not teach (held-out 0.50 after 30 or 120 steps
+over a run's ~110 pairs; docs/design.md). ``answer_pairs`` make thousands more from the curated records: a
 record's short answer over another record's different answer to the same question (``answer-vs-
 distractor``). The reward model's annealing set (``reward_anneal_pairs``) is those pairs again plus
 ``length_bias_pairs``, whose better response is the shorter one (reasons ``LENGTH_BIAS_REASONS``), so the
