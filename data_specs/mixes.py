@@ -91,7 +91,7 @@ def stage1_mix() -> DataMix:
 
 
 def image_captions_mix() -> DataMix:
-    """Vision pre-training (a ViT from random weights, the ``clip`` objective): images and their captions."""
+    """Vision pre-training (a ViT from random weights, the ``siglip`` objective): images and their captions."""
     return DataMix(name="image_captions", modality_ratios={"image": 1.0}, tasks=("caption",))
 
 

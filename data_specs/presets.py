@@ -235,8 +235,10 @@ DEMO_JUDGE_RL_NEW_TOKENS = 96
 
 
 #: The longer demo (``demo-long``), for the accuracy the 10-minute demo cannot reach: its ViT is pre-trained
-#: against captions first (``from_scratch``; 400 steps of 64 images, ~2.5 minutes here), and stage 2 and SFT
-#: run three times the demo's steps; everything else as the demo. MEASURED
+#: against captions first (``from_scratch``; 800 steps of 64 images, ~5 minutes here), and stage 2 and SFT
+#: run three times the demo's steps; everything else as the demo. Measured on one seed with the demo's
+#: stage 2 and SFT: the pre-trained ViT's zero-shot shape accuracy 0.92 (colour 1.00), SFT 0.879 on the
+#: held-out questions (shape questions 0.90-0.97) against 0.804 (shape at chance) without it.
 #: Alignment RL runs 100 steps (~50 s): measured from an SFT model that saw instructed records, held-out
 #: compliance 0.57 -> 0.62 (4 steps move nothing; 100 steps at 3e-4: 0.51, 200 at 1e-4: 0.57); in the
 #: pipeline with them, GSPO's 0.68 -> 0.71.
@@ -247,7 +249,7 @@ DEMO_JUDGE_RL_NEW_TOKENS = 96
 #: (docs/design.md).
 DEMO_LONG_STEPS = {
     **DEMO_STEPS,
-    VISION_PRETRAIN: 400,
+    VISION_PRETRAIN: 800,
     "stage2": 3 * DEMO_STEPS["stage2"],
     "sft": 3 * DEMO_STEPS["sft"],
     "reward": 400,

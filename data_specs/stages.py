@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 MODULE_GROUPS = ("vision", "projector", "llm")
 #: Names of the objectives in the registry (``keye_model.training.objectives``; a test checks they agree).
-OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "reward_gspo", "clip", "fusion")
+OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "reward_gspo", "siglip", "fusion")
 #: The objectives that sample rollouts and so take ``RLSpec`` settings.
 RL_OBJECTIVES = ("gspo", "reward_gspo")
 #: The objectives that train the pairwise judge (Keye-Reward): its SFT (and annealing) and its RL.
 JUDGE_OBJECTIVES = ("reward", "reward_gspo")
 #: The objectives that train the ViT (and projector) alone, against captions: their checkpoints cannot answer yet.
-VISION_OBJECTIVES = ("clip",)
+VISION_OBJECTIVES = ("siglip",)
 PHASES = ("pretrain", "posttrain")
 FUSION_METHODS = ("average", "task_arithmetic", "ties")
 #: Progressive hint levels L1..L5 (SPEC.md section 4): concept, strategy, tool/formula, first step, solution.
@@ -204,14 +204,14 @@ VISION_PRETRAIN = "vision_pretrain"
 
 def vision_pretrain_stage() -> StageSpec:
     """Vision pre-training, for a model whose ViT starts from random weights (the report's starts from
-    SigLIP-so400m, already pre-trained): images against their captions (``clip`` objective) on the
+    SigLIP-so400m, already pre-trained): images against their captions (``siglip`` objective) on the
     ``image_captions`` mix. The ViT learns what the words name before any stage asks the LLM to use it;
     trained through the LLM's loss alone, a random ViT never learned shapes (docs/design.md). The LLM
     group trains so that its input embeddings (the caption side) move too; nothing else of it is used."""
     return StageSpec(
         name=VISION_PRETRAIN,
         phase="pretrain",
-        objective="clip",
+        objective="siglip",
         trainable=ALL,
         seq_len=8192,
         data_mix="image_captions",

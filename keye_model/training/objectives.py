@@ -9,7 +9,7 @@ specs without importing torch; a test checks both agree) and its test.
     weighted_lm  the same, each sample weighted by its replay weight (LongCoT cold-start)
     reward       the pairwise judge (Keye-Reward) trained through lm on judging conversations
     mpo          preference + quality + generation loss against a frozen reference (InternVL2.5-MPO)
-    clip         vision pre-training: images against their captions, CLIP's contrastive loss
+    siglip       vision pre-training: images against their captions, SigLIP's sigmoid loss
     gspo         rollouts with progressive hints, then sequence-level clipped updates
     reward_gspo  the same for the pairwise judge: judging prompts from pairs, format + outcome reward
     fusion       no training: merges its input checkpoints (``trains = False``)
@@ -223,10 +223,9 @@ class MPO(AccumulatedObjective):
 
 
 @register
-class CaptionContrast(AccumulatedObjective):
+class SigLIP(AccumulatedObjective):
     """Vision pre-training for a ViT that starts from random weights, where the report's starts from SigLIP:
-    each image's projected tokens against its caption's input embeddings, CLIP's contrastive loss
-    (``losses.caption_contrastive_loss``).
+    each image's projected tokens against its caption's input embeddings, SigLIP's sigmoid loss.
 
     An image is its projector output pooled (``losses.pooled_embedding``), a caption its tokens' input
     embeddings pooled the same way, so both live in the LLM's width and the projector learns to say what
@@ -235,7 +234,7 @@ class CaptionContrast(AccumulatedObjective):
     and a caption (an ``image_captions`` mix): anything else is an error naming it.
     """
 
-    name = "clip"
+    name = "siglip"
 
     def micro_step(self) -> MicroStep:
         exs = self.batches.my_examples()
@@ -266,7 +265,7 @@ class CaptionContrast(AccumulatedObjective):
             ]
         )
         positive = torch.tensor([[a == b for b in captions] for a in captions], device=device)
-        loss = losses.caption_contrastive_loss(image, text, positive)
+        loss = losses.sigmoid_contrastive_loss(image, text, positive)
         with torch.no_grad():
             best = (image @ text.T).argmax(-1)
             caption_accuracy = positive[torch.arange(len(captions), device=device), best].float().mean().item()

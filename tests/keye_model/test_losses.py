@@ -120,26 +120,20 @@ def test_pooled_embedding_is_the_unit_concat_of_mean_and_max():
     assert torch.allclose(losses.pooled_embedding(tokens), expected)
 
 
-def test_caption_contrastive_loss_by_hand_with_a_repeated_caption():
-    """Images 0 and 1 share a caption: each of them targets both captions half-and-half, and each of those
-    captions targets both images; image 2 and its caption target only each other."""
+def test_sigmoid_contrastive_loss_by_hand_with_a_repeated_caption():
+    """Two images, captions 0 and 1 the same text: every pair is positive; a third image is negative to both."""
     image = torch.eye(3)
     text = torch.eye(3)
     positive = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
-    scale = 5.0
-
-    def log_softmax(row):
-        norm = math.log(sum(math.exp(x) for x in row))
-        return [x - norm for x in row]
-
-    logits = [[scale * float(i == j) for j in range(3)] for i in range(3)]  # symmetric: rows = columns
+    scale, bias = 10.0, -10.0
     total = 0.0
     for i in range(3):
-        targets = [float(positive[i, j]) / float(positive[i].sum()) for j in range(3)]
-        total += -sum(t * lp for t, lp in zip(targets, log_softmax(logits[i])))
-    expected = 2 * total / 3  # image-to-text and text-to-image are equal here
-    loss = losses.caption_contrastive_loss(image, text, positive, scale=scale)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+        for j in range(3):
+            logit = scale * float(i == j) + bias
+            label = 1.0 if positive[i, j] else -1.0
+            total += -math.log(1.0 / (1.0 + math.exp(-label * logit)))
+    loss = losses.sigmoid_contrastive_loss(image, text, positive, scale=scale, bias=bias)
+    assert loss.item() == pytest.approx(total / 3, rel=1e-6)
     # aligned embeddings with their own captions score lower than swapped ones
-    swapped = losses.caption_contrastive_loss(image, text[[2, 0, 1]], positive, scale=scale)
+    swapped = losses.sigmoid_contrastive_loss(image, text[[2, 0, 1]], positive, scale=scale, bias=bias)
     assert swapped > loss

@@ -33,7 +33,7 @@ def _one_stage_per_objective() -> dict[str, str]:
     stages: dict[str, str] = {}
     for spec in get_preset("tiny").stages:
         stages.setdefault(spec.objective, spec.name)
-    stages["clip"] = VISION_PRETRAIN  # only demo-long pre-trains its ViT
+    stages["siglip"] = VISION_PRETRAIN  # only demo-long pre-trains its ViT
     return stages
 
 
@@ -45,7 +45,7 @@ def _stage(name: str) -> StageSpec:
     return get_preset("tiny").stage(name)
 
 
-#: (photograph, caption) pairs for the ``clip`` objective: four images, four different captions.
+#: (photograph, caption) pairs for the ``siglip`` objective: four images, four different captions.
 CAPTIONED = (("astronaut", "an astronaut"), ("coffee", "a cup of coffee"), ("chelsea", "a cat"), ("rocket", "a rocket"))
 
 
@@ -123,7 +123,7 @@ def _losses(config: RunConfig) -> list[float]:
 @pytest.mark.parametrize("objective", sorted(set(OBJECTIVES) - {"fusion"}))
 def test_every_training_objective_runs_one_step(objective, tmp_path, tokenizer_dir, fixed_shard, caption_shard):
     stage_name = _one_stage_per_objective()[objective]
-    shard = caption_shard if objective == "clip" else fixed_shard
+    shard = caption_shard if objective == "siglip" else fixed_shard
     judge = None
     if _stage(stage_name).reward_model:
         judge = run_stage(_config(tmp_path, "reward", tokenizer_dir, fixed_shard, num_steps=1)).checkpoint_dir
@@ -135,7 +135,7 @@ def test_every_training_objective_runs_one_step(objective, tmp_path, tokenizer_d
     assert result.steps == 1 and len(metrics) == 1 and math.isfinite(metrics[0]["loss"])
     if objective == "mpo":
         assert {"preference_loss", "quality_loss", "generation_loss", "bco_delta"} <= set(metrics[0])
-    if objective == "clip":
+    if objective == "siglip":
         assert 0.0 <= metrics[0]["caption_accuracy"] <= 1.0
     KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
 
@@ -162,7 +162,7 @@ def test_objective_overfits_a_fixed_batch(objective, tmp_path, tokenizer_dir, fi
     assert losses[-1] < 0.3 * losses[0], (objective, losses[0], losses[-1])
 
 
-def test_clip_overfits_a_fixed_batch_and_learns_which_caption_is_whose(tmp_path, tokenizer_dir, caption_shard):
+def test_siglip_overfits_a_fixed_batch_and_learns_which_caption_is_whose(tmp_path, tokenizer_dir, caption_shard):
     """Vision pre-training on four captioned photographs: the loss falls well below its start and each image
     ends closest to its own caption (the stage's ``caption_accuracy``)."""
     config = _config(
@@ -181,7 +181,7 @@ def test_clip_overfits_a_fixed_batch_and_learns_which_caption_is_whose(tmp_path,
     assert metrics[-1]["caption_accuracy"] == 1.0
 
 
-def test_clip_names_a_sample_that_is_not_an_image_with_a_caption(tmp_path, tokenizer_dir, fixed_shard):
+def test_siglip_names_a_sample_that_is_not_an_image_with_a_caption(tmp_path, tokenizer_dir, fixed_shard):
     config = _config(tmp_path, VISION_PRETRAIN, tokenizer_dir, fixed_shard, num_steps=1, micro_batch_size=2)
     with pytest.raises(ValueError, match="sample q1 is not an image with a caption"):
         run_stage(config)
