@@ -91,3 +91,12 @@ def test_every_stage_names_a_known_data_mix(preset):
 
     for stage in presets.stages(preset):
         assert stage.data_mix in mixes.PRESETS or stage.data_mix in mixes.GENERATED, stage.name
+
+
+def test_the_demo_tuning_tables_name_real_stages():
+    """The demos' per-stage steps, batches and rates are keyed by stage name: a renamed stage would silently
+    fall back to the defaults (or, for steps, fail deep inside ``demo()``), so every key must name a stage."""
+    names = {s.name for s in stages.from_scratch(stages.keye_8b_stages())}
+    for table in (presets.DEMO_STEPS, presets.DEMO_LONG_STEPS, presets.DEMO_MICRO_BATCH, presets.DEMO_LR):
+        assert set(table) <= names, sorted(set(table) - names)
+    assert set(presets.DEMO_LONG_STEPS) == names and set(presets.DEMO_STEPS) == names - {stages.VISION_PRETRAIN}
