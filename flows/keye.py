@@ -17,6 +17,7 @@ from tasks.evaluation.report import publish_run_summary_task
 from tasks.layout import RunLayout
 from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.plan import resolve_run_preset
+from tasks.train import training_minutes
 
 
 @flow(name="keye")
@@ -85,7 +86,8 @@ def keye(
     metrics = evaluate(run_dir=run_dir, preset=resolved, stages_to_eval=evaluate_stages, seed=seed)
     checkpoint_dirs = {k: v.checkpoint_dir for k, v in checkpoints.items()}
     chain = chain_metrics(layout.posttrain_dir) if post else {}
-    publish_run_summary_task(str(layout.root), metrics, checkpoint_dirs, chain)  # this run's own artifact in the UI
+    minutes = training_minutes(layout)
+    publish_run_summary_task(str(layout.root), metrics, checkpoint_dirs, chain, minutes)  # this run's own UI artifact
     record_run_end(layout.lineage_db)
     return {
         "run_dir": str(layout.root),
@@ -94,4 +96,5 @@ def keye(
         "checkpoints": checkpoint_dirs,
         "evaluation": metrics,
         "chain": chain,
+        "training_minutes": minutes,
     }

@@ -157,7 +157,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     for stage, path in result["checkpoints"].items():
         print(f"  {stage:<12}  {path}")
     print()
-    for line in stage_table(result["evaluation"]):
+    for line in stage_table(result["evaluation"], result.get("training_minutes")):
         print(line)
     for line in chain_lines(result.get("chain") or {}, hint_tables(args.preset, result["run_dir"])):
         print(line)
@@ -181,12 +181,17 @@ TABLE_COLUMNS = (
 )
 
 
-def stage_table(evaluation: dict[str, dict[str, float]]) -> list[str]:
-    """Held-out metrics per stage in pipeline order, accuracy with its 95% interval.
+def stage_table(evaluation: dict[str, dict[str, float]], minutes: dict[str, float] | None = None) -> list[str]:
+    """Held-out metrics per stage in pipeline order: the minutes of training done when the stage finished
+    (``tasks.train.training_minutes``; with the accuracy, the curve of held-out accuracy against training
+    time), then accuracy with its 95% interval and the rest.
 
-    Example row: ``sft         0.812 [0.787, 0.835]   0.671   ...``.
+    Example row: ``sft           4.3  0.812 [0.787, 0.835]   0.671   ...``.
     """
-    header = f"{'stage':<11} {'easy-vqa acc [95% interval]':<28}" + "".join(f"{h:>14}" for _, h in TABLE_COLUMNS[1:])
+    minutes = minutes or {}
+    header = f"{'stage':<11} {'train min':>9}  {'easy-vqa acc [95% interval]':<28}" + "".join(
+        f"{h:>14}" for _, h in TABLE_COLUMNS[1:]
+    )
     lines = [header, "-" * len(header)]
     for stage, metrics in evaluation.items():
         acc = metrics.get("vqa/accuracy")
@@ -196,7 +201,8 @@ def stage_table(evaluation: dict[str, dict[str, float]]) -> list[str]:
             else "-"
         )
         rest = "".join(f"{metrics[k]:>14.3f}" if k in metrics else f"{'-':>14}" for k, _ in TABLE_COLUMNS[1:])
-        lines.append(f"{stage:<11} {cell:<28}{rest}")
+        trained = f"{minutes[stage]:>9.1f}" if stage in minutes else f"{'-':>9}"
+        lines.append(f"{stage:<11} {trained}  {cell:<28}{rest}")
     return lines
 
 

@@ -118,6 +118,23 @@ def finished_result(output_dir: str | Path) -> StageResult | None:
     return StageResult(**{f.name: data[f.name] for f in dataclasses.fields(StageResult)})
 
 
+def training_minutes(layout: RunLayout) -> dict[str, float]:
+    """Minutes of training the run folder had done when each of its stages finished: the runners' wall
+    time (``result.json``'s ``wall_s``) summed over every stage up to and including that one, in the order
+    they finished (their ``result.json``, written once, as they end), the rounds of an RL stage
+    (``gspo-r1``, ``coldstart-r2``) included. The x axis of held-out accuracy against training time.
+
+    Example: ``{"stage1": 0.14, "stage2": 1.94, "stage3": 2.2, ...}``.
+    """
+    results = sorted(Path(layout.root, "stages").glob("*/result.json"), key=lambda p: p.stat().st_mtime)
+    minutes: dict[str, float] = {}
+    total = 0.0
+    for path in results:
+        total += json.loads(path.read_text())["wall_s"] / 60
+        minutes[path.parent.name] = total
+    return minutes
+
+
 def input_fingerprint(config: RunConfig) -> str:
     """What a stage's result depends on, by content: its config, its upstream checkpoints' weights and its
     shards' bytes -- never modification times, so data written again with the same bytes (a re-curation,

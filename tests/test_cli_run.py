@@ -66,6 +66,12 @@ def test_the_demo_summary_prints_the_chain_and_each_hint_table(tmp_path):
     assert "gspo all-wrong rollout groups (of 4): no_hint 50.0% -> L1 25.0%" in text
     assert chain_lines({}, tables) == []
     table = stage_table(
-        {"sft": {"vqa/accuracy": 0.8, "vqa/ci95_low": 0.77, "vqa/ci95_high": 0.82, "caption/loss": 1.5}}
+        {
+            "sft": {"vqa/accuracy": 0.8, "vqa/ci95_low": 0.77, "vqa/ci95_high": 0.82, "caption/loss": 1.5},
+            "mpo": {"vqa/accuracy": 0.81},
+        },
+        minutes={"sft": 4.25},
     )
-    assert "0.800 [0.770, 0.820]" in table[2] and "1.500" in table[2]
+    assert "train min" in table[0]
+    assert table[2].split()[:4] == ["sft", "4.2", "0.800", "[0.770,"] and "1.500" in table[2]
+    assert table[3].split()[:3] == ["mpo", "-", "-"]  # no minutes, no interval: "-"

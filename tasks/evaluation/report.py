@@ -164,21 +164,24 @@ def run_summary_markdown(
     evaluation: Mapping[str, Mapping[str, float]],
     checkpoints: Mapping[str, str],
     chain: Mapping[str, float] | None = None,
+    minutes: Mapping[str, float] | None = None,
 ) -> str:
-    """Markdown: one row per stage (``checkpoints``' order, then stages only evaluated), its evaluation
-    metrics (accuracy with its 95% interval), its checkpoint and a link to its loss-curve artifact; then
-    the post-training chain's numbers (``tasks.chain_report``), when given.
+    """Markdown: one row per stage (``checkpoints``' order, then stages only evaluated), the minutes of
+    training done when it finished (``minutes``, ``tasks.train.training_minutes``; "-" where absent), its
+    evaluation metrics (accuracy with its 95% interval), its checkpoint and a link to its loss-curve
+    artifact; then the post-training chain's numbers (``tasks.chain_report``), when given.
 
-    Example row: ``| sft | 0.812 [0.787, 0.835] | 0.671 | `/runs/x/stages/sft/checkpoint` | [loss](...) |``.
+    Example row: ``| sft | 4.3 | 0.812 [0.787, 0.835] | 0.671 | `/runs/x/stages/sft/checkpoint` | [loss](...) |``.
     """
+    minutes = minutes or {}
     stages = list(dict.fromkeys([*checkpoints, *evaluation]))
     if not stages:
         return f"### Keye run `{run_dir}`\n\nNo stage has finished in this run folder.\n"
     names = sorted({n for metrics in evaluation.values() for n in metrics} - set(INTERVAL))
     lines = [
         f"### Keye run `{run_dir}`\n",
-        "| stage | " + " | ".join(names) + " | checkpoint | report |",
-        "|---|" + "---:|" * len(names) + "---|---|",
+        "| stage | training min | " + " | ".join(names) + " | checkpoint | report |",
+        "|---|---:|" + "---:|" * len(names) + "---|---|",
     ]
     for stage in stages:
         metrics = evaluation.get(stage, {})
@@ -191,7 +194,8 @@ def run_summary_markdown(
         checkpoint = f"`{checkpoints[stage]}`" if stage in checkpoints else "-"
         link = f"/artifacts/key/{artifact_key(f'stage-{stage}', run_dir)}"  # the UI's page of that key
         report = f"[loss curve]({link})" if stage in checkpoints else "-"
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {checkpoint} | {report} |")
+        trained = f"{minutes[stage]:.1f}" if stage in minutes else "-"
+        lines.append(f"| {stage} | {trained} | " + " | ".join(cells) + f" | {checkpoint} | {report} |")
     if chain:
         lines += ["", "#### Post-training chain", "", "| number | value |", "|---|---:|"]
         lines += [f"| {name} | {value:g} |" for name, value in chain.items()]
@@ -204,11 +208,12 @@ def publish_run_summary_task(
     evaluation: dict[str, dict[str, float]],
     checkpoints: dict[str, str],
     chain: dict[str, float] | None = None,
+    minutes: dict[str, float] | None = None,
 ) -> str:
     """The summary as a markdown artifact of the calling flow run (key ``summary-<run slug>``), returned."""
     from prefect.artifacts import create_markdown_artifact
 
-    markdown = run_summary_markdown(run_dir, evaluation, checkpoints, chain)
+    markdown = run_summary_markdown(run_dir, evaluation, checkpoints, chain, minutes)
     create_markdown_artifact(
         markdown=markdown, key=artifact_key("summary", run_dir), description=f"Keye run {run_dir}: stages"
     )

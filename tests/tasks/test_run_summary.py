@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
 from tasks.evaluation.report import run_summary_markdown
+from tasks.layout import RunLayout
 from tasks.reports import artifact_key, run_slug
+from tasks.train import training_minutes
 
 
 def test_keys_are_prefect_safe_and_differ_per_run_folder(tmp_path):
@@ -28,15 +33,28 @@ def test_summary_has_a_row_per_stage_with_metrics_checkpoint_and_report_link(tmp
         "sft": {"vqa/accuracy": 0.8125},
     }
     checkpoints = {"stage1": f"{run_dir}/stages/stage1/checkpoint", "sft": f"{run_dir}/stages/sft/checkpoint"}
-    markdown = run_summary_markdown(run_dir, evaluation, checkpoints)
+    markdown = run_summary_markdown(run_dir, evaluation, checkpoints, minutes={"stage1": 0.25})
     lines = markdown.splitlines()
-    assert lines[2] == "| stage | probe/accuracy | vqa/accuracy | checkpoint | report |"
+    assert lines[2] == "| stage | training min | probe/accuracy | vqa/accuracy | checkpoint | report |"
     stage1 = next(line for line in lines if line.startswith("| stage1 "))
-    assert "| 0.750 | 0.500 [0.400, 0.600] |" in stage1 and f"`{checkpoints['stage1']}`" in stage1
+    assert "| stage1 | 0.2 | 0.750 | 0.500 [0.400, 0.600] |" in stage1 and f"`{checkpoints['stage1']}`" in stage1
     assert f"(/artifacts/key/{artifact_key('stage-stage1', run_dir)})" in stage1
     sft = next(line for line in lines if line.startswith("| sft "))
-    assert "| n/a | 0.812 |" in sft  # a metric the stage lacks reads n/a
+    assert "| sft | - | n/a | 0.812 |" in sft  # a metric (or the minutes) the stage lacks reads n/a (-)
     assert "No stage" in run_summary_markdown(run_dir, {}, {})
+
+
+def test_training_minutes_add_up_the_runners_time_in_the_order_stages_finished(tmp_path):
+    layout = RunLayout(str(tmp_path / "run"))
+    # finished in this order (result.json's time), whatever their names or the preset's order
+    for when, (stage, wall_s) in enumerate([("stage1", 30.0), ("sft", 90.0), ("gspo-r1", 6.0), ("gspo", 12.0)]):
+        result = Path(layout.stage_dir(stage), "result.json")
+        result.parent.mkdir(parents=True)
+        result.write_text(json.dumps({"stage": stage, "wall_s": wall_s}))
+        os.utime(result, (1_000_000 + when, 1_000_000 + when))
+    Path(layout.stage_dir("unfinished")).mkdir()  # no result.json: not a finished stage
+    assert training_minutes(layout) == pytest.approx({"stage1": 0.5, "sft": 2.0, "gspo-r1": 2.1, "gspo": 2.3})
+    assert training_minutes(RunLayout(str(tmp_path / "empty"))) == {}
 
 
 @pytest.mark.parametrize("kind", ["summary", "eval-comparison", "fallback-mpo"])
