@@ -32,6 +32,7 @@ from tasks.lineage.prefect_tasks import record_run_end, record_run_start
 from tasks.longcot import assess_quality_task, collect_problems_task, generate_paths_task, score_samples_task
 from tasks.posttrain_data import (
     cot_records_task,
+    mix_in_task,
     pair_records_task,
     rl_prompt_records_task,
     write_generated_shards_task,
@@ -58,6 +59,19 @@ from tasks.rl_rounds import (
     round_stage,
 )
 from tasks.train import CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer
+
+
+def cold_start_set(
+    layout: RunLayout, preset: Preset, records_path: str, out_path: str, seed: int
+) -> tuple[str, tuple[str, ...]]:
+    """The cold-start set: the LongCoT records in ``records_path`` with ``preset.longcot_mix_in_share`` of
+    records drawn from the mix the SFT stage trained on (``mix_in_task``); returns its file and the ids of
+    the shards it drew from (its lineage parents besides the model that wrote the LongCoT samples)."""
+    pool = read_mix_shards(layout.shards_dir, preset.stage("sft").data_mix)
+    mixed = mix_in_task(
+        records_path, list(pool.paths), preset.longcot_mix_in_share, preset.stage("sft").data_mix, out_path, seed
+    )
+    return mixed, pool.artifact_ids if preset.longcot_mix_in_share else ()
 
 
 def make_generated_data(
@@ -102,7 +116,6 @@ def make_generated_data(
     if preset.reward_answer_pairs and not num_answer_pairs:
         fallbacks.append("reward_pairs: no curated record made an answer pair; the reward model has MPO's pairs only")
     anneal = build_reward_anneal_pairs_task(judged, str(out / "reward_anneal_pairs.jsonl"), seed)
-    parents = [sft.artifact_id]
     data: dict[str, dict] = {}
     rl_candidates = rl_prompt_records_task(
         layout.records_path, str(out / "rl_candidates.jsonl"), limit=preset.rl_candidates, seed=seed
@@ -117,15 +130,19 @@ def make_generated_data(
     )
     if rl_fallback:
         fallbacks.append("rl_prompts: no prompt had a pass rate strictly between 0 and 1; all were kept")
-    for name, records in (
-        ("longcot", cot_records_task(scored, str(out / "longcot_records.jsonl"))),
-        ("preference", pair_records_task(pairs, str(out / "preference_records.jsonl"))),
-        ("reward_pairs", pair_records_task(judged, str(out / "reward_pairs_records.jsonl"))),
-        ("reward_anneal", pair_records_task(anneal, str(out / "reward_anneal_records.jsonl"))),
-        ("rl_prompts", rl_kept),
+    cold_start, mixed_in_from = cold_start_set(
+        layout, preset, cot_records_task(scored, str(out / "longcot_records.jsonl")), str(out / "coldstart.jsonl"), seed
+    )
+    for name, records, mixed_in in (
+        ("longcot", cold_start, mixed_in_from),
+        ("preference", pair_records_task(pairs, str(out / "preference_records.jsonl")), ()),
+        ("reward_pairs", pair_records_task(judged, str(out / "reward_pairs_records.jsonl")), ()),
+        ("reward_anneal", pair_records_task(anneal, str(out / "reward_anneal_records.jsonl")), ()),
+        ("rl_prompts", rl_kept, ()),
     ):
         if nonempty(records):
             write_generated_shards_task(records, name, shards_dir, preset.slow_fast)
+            parents = [sft.artifact_id, *mixed_in]
             data[name] = record_generated_lineage_task(layout.lineage_db, run_id, parents, records, shards_dir, name)
     return data
 
@@ -143,9 +160,10 @@ def run_rl_rounds(
 ) -> CheckpointRef:
     """GSPO stage ``spec`` as ``spec.rl.num_iterations`` rounds of general RL (``tasks.rl_rounds``); returns
     the last round's checkpoint, trained under the stage's own name. Round 1 trains on ``data``; between
-    rounds: (2) ``rejection_sample_task`` on the cold-start records, the reward model judging; (3) the
-    cold-start stage (``spec.inputs[0]``) trains again on them; (4) that model refilters the RL prompt
-    candidates by pass rate. Intermediate stages are not added to ``checkpoints``.
+    rounds: (2) ``rejection_sample_task`` on the LongCoT records, the reward model judging; (3) the
+    cold-start stage (``spec.inputs[0]``) trains again on them, with the same SFT records mixed in
+    (``cold_start_set``); (4) that model refilters the RL prompt candidates by pass rate. Intermediate
+    stages are not added to ``checkpoints``.
     """
     log = get_run_logger()
     out, run_id, num_rounds = Path(layout.posttrain_dir), str(flow_run.id), spec.rl.num_iterations
@@ -178,9 +196,10 @@ def run_rl_rounds(
             )
             counts.update(resampling)
             mix = round_name(cold.data_mix, r)
-            write_generated_shards_task(cot_path, mix, shards_dir, preset.slow_fast)
-            parents = [latest.artifact_id, rounds[judge.name].artifact_id]
-            made = record_generated_lineage_task(layout.lineage_db, run_id, parents, cot_path, shards_dir, mix)
+            cold_set, mixed_in = cold_start_set(layout, preset, cot_path, str(out / f"coldstart-r{r}.jsonl"), seed)
+            write_generated_shards_task(cold_set, mix, shards_dir, preset.slow_fast)
+            parents = [latest.artifact_id, rounds[judge.name].artifact_id, *mixed_in]
+            made = record_generated_lineage_task(layout.lineage_db, run_id, parents, cold_set, shards_dir, mix)
             rounds[cold_r.name] = run_training_stage(
                 cold_r, layout, preset, launch, seed, rounds, read_mix_shards(shards_dir, mix), tuple(made["dataset"])
             )

@@ -215,7 +215,8 @@ def chain_lines(chain: dict[str, float], hints: dict[str, dict[str, float]]) -> 
         "",
         f"LongCoT paths {c['longcot/paths']}: tier A {c['longcot/tier_A']}, B {c['longcot/tier_B']}, "
         f"C {c['longcot/tier_C']} ({c['longcot/pass_share']:.0%} pass); {c['longcot/to_review']} to human review "
-        f"({c['longcot/review_rejected']} rejected), {c['longcot/kept']} samples kept",
+        f"({c['longcot/review_rejected']} rejected), {c['longcot/kept']} samples kept; cold-start mixes in "
+        f"{c.get('longcot/mixed_in', 0)} SFT records",
         f"MPO pairs {c['pairs/total']}: model-vs-model {c['pairs/model_vs_model']} "
         f"({c['pairs/model_vs_model_share']:.0%}); RL prompts kept by pass rate: {c['rl_prompts/kept']}",
     ]

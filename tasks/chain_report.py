@@ -2,7 +2,8 @@
 
 Read from the files the chain writes in ``<run>/posttrain/``: LongCoT paths by quality tier (kept and
 rejected together: ``assessed.jsonl`` + ``assessed_rejects.jsonl``), how many samples went to human
-review (every B and borderline A) and how many it rejected, how many were kept, the MPO pairs by kind
+review (every B and borderline A) and how many it rejected, how many were kept and how many SFT
+records the cold-start set mixes in beside them (``coldstart.jsonl``), the MPO pairs by kind
 (``model-vs-model``: both sides sampled from the model, i.e. ``correct-vs-wrong`` and ``score-gap``;
 ``reference-vs-wrong`` otherwise), and the RL prompts the pass-rate filter kept. Recorded as lineage
 metrics of the run (stage ``posttrain``) by ``record_chain_metrics_task``.
@@ -49,6 +50,10 @@ def chain_metrics(posttrain_dir: str | Path) -> dict[str, float]:
         "longcot/to_review": float(sum(row["tier"] == "B" or row["borderline"] for row in kept)),
         "longcot/review_rejected": float(count_lines(str(folder / "review_rejects.jsonl"))),
         "longcot/kept": float(count_lines(str(folder / "cot_samples.jsonl"))),
+        # the cold-start set: the kept samples' records plus records mixed in from the SFT mix
+        "longcot/mixed_in": float(
+            max(0, count_lines(str(folder / "coldstart.jsonl")) - count_lines(str(folder / "longcot_records.jsonl")))
+        ),
         "pairs/total": float(sum(pairs.values())),
         "pairs/model_vs_model": float(model_pairs),
         "pairs/model_vs_model_share": model_pairs / sum(pairs.values()) if pairs else 0.0,

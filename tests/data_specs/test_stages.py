@@ -100,3 +100,14 @@ def test_the_demo_tuning_tables_name_real_stages():
     for table in (presets.DEMO_STEPS, presets.DEMO_LONG_STEPS, presets.DEMO_MICRO_BATCH, presets.DEMO_LR):
         assert set(table) <= names, sorted(set(table) - names)
     assert set(presets.DEMO_LONG_STEPS) == names and set(presets.DEMO_STEPS) == names - {stages.VISION_PRETRAIN}
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+def test_the_cold_start_mix_in_share_is_a_share(preset):
+    """Every preset mixes SFT records into its cold-start set (a share below 1: a set of SFT records alone
+    would be no cold-start), and a preset refuses a share outside [0, 1)."""
+    chosen = presets.get_preset(preset)
+    assert 0 < chosen.longcot_mix_in_share < 1
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="longcot_mix_in_share must be in"):
+            dataclasses.replace(chosen, longcot_mix_in_share=bad)

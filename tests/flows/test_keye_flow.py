@@ -181,6 +181,7 @@ def test_a_round_resamples_the_cold_start_set_and_trains_it_again(pipeline, tmp_
     run_dir, _ = pipeline
     source, layout = RunLayout(str(run_dir)), RunLayout(str(tmp_path / "rounds"))
     shutil.copytree(source.tokenizer_dir, layout.tokenizer_dir)
+    shutil.copytree(Path(source.shards_dir) / "sft", Path(layout.shards_dir) / "sft")  # the cold-start set mixes it in
     Path(layout.posttrain_dir).mkdir(parents=True)
     for name in ("rl_candidates.jsonl", "rl_prompts.jsonl"):
         shutil.copy(Path(source.posttrain_dir) / name, Path(layout.posttrain_dir) / name)
@@ -214,6 +215,10 @@ def test_a_round_resamples_the_cold_start_set_and_trains_it_again(pipeline, tmp_
     replaced = sum("replaced_in_round" in r.meta for r in updated)
     trained_on = json.loads((Path(layout.stage_dir("coldstart-r2")) / "run_config.json").read_text())["shards"]
     assert trained_on == list(read_mix_shards(str(Path(layout.posttrain_dir) / "shards"), "longcot-r2").paths)
+    # ... the resampled LongCoT records with SFT records mixed in (a third of the set: 2 beside 4)
+    cold_r2 = read_jsonl(Path(layout.posttrain_dir) / "coldstart-r2.jsonl", Record)
+    assert [r.id for r in cold_r2[:4]] == [r.id for r in updated]
+    assert len(cold_r2) == 6 and all(r.meta.get("mixed_in_from") == "sft" for r in cold_r2[4:])
     assert not [note for note in fallbacks if "cold-start" in note]
     with LineageStore(layout.lineage_db, read_only=True) as store:
         counts = dict(store.con.execute("select name, value from metrics where stage = 'gspo' and step = 2").fetchall())

@@ -20,6 +20,8 @@ def test_chain_metrics_count_tiers_pairs_and_prompts(tmp_path):
     write(tmp_path / "assessed_rejects.jsonl", [{"tier": t, "borderline": False} for t in "CCAC"])
     write(tmp_path / "review_rejects.jsonl", [{}])
     write(tmp_path / "cot_samples.jsonl", [{}, {}])
+    write(tmp_path / "longcot_records.jsonl", [{}, {}])
+    write(tmp_path / "coldstart.jsonl", [{}, {}, {}])  # the two samples' records and one SFT record
     reasons = ["correct-vs-wrong", "score-gap", "reference-vs-wrong", "correct-vs-wrong"]
     write(tmp_path / "pairs.jsonl", [{"reason": r} for r in reasons])
     write(tmp_path / "rl_prompts.jsonl", [{}] * 5)
@@ -27,7 +29,7 @@ def test_chain_metrics_count_tiers_pairs_and_prompts(tmp_path):
     assert metrics["longcot/paths"] == 7 and metrics["longcot/tier_A"] == 3 and metrics["longcot/tier_C"] == 3
     assert metrics["longcot/pass_share"] == pytest.approx(4 / 7)
     assert metrics["longcot/to_review"] == 2 and metrics["longcot/review_rejected"] == 1
-    assert metrics["longcot/kept"] == 2
+    assert metrics["longcot/kept"] == 2 and metrics["longcot/mixed_in"] == 1
     assert metrics["pairs/total"] == 4 and metrics["pairs/model_vs_model"] == 3
     assert metrics["pairs/model_vs_model_share"] == pytest.approx(0.75)
     assert metrics["rl_prompts/kept"] == 5

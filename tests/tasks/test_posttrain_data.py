@@ -30,6 +30,8 @@ from tasks.posttrain_data import (
     cot_records,
     cot_records_task,
     generated_mix,
+    mix_in,
+    mix_in_task,
     pair_records,
     pair_records_task,
     rl_prompt_records,
@@ -216,6 +218,37 @@ def test_generated_mix_is_the_sets_own_token_shares(collected):
     assert mix.name == "preference" and mix.planned() == pytest.approx({"image": 0.9, "text": 0.1})
     with pytest.raises(ValueError, match="generated set 'longcot': no tokens"):
         generated_mix("longcot", [], lambda r: 1)
+
+
+def test_the_cold_start_set_mixes_in_a_share_of_the_sft_pool_as_the_pool_weighs_it(samples, collected):
+    cot = cot_records([s for s in samples if s.tier.value != "C"])
+    text = Record(id="t-1", source="text-instructions", modality="text", task="instruction", question="q", answer="a")
+    pool = [*collected, *[text] * 40, cot[0]]  # a record the mix repeats 40 times; one already in the set
+    mixed = mix_in(cot, pool, 1 / 3, "sft", seed=0)
+    drawn = mixed[len(cot) :]
+    assert mixed[: len(cot)] == cot and len(drawn) == round(len(cot) / 2)
+    assert all(r.meta["mixed_in_from"] == "sft" for r in drawn) and "mixed_in_from" not in cot[0].meta
+    assert len({r.id for r in mixed}) == len(mixed)  # distinct, never a record the set has
+    assert mix_in(cot, pool, 1 / 3, "sft", seed=0) == mixed  # seeded
+    # the draw follows the pool's samples: a record repeated 40 times in 46 comes first in almost every draw
+    firsts = [mix_in(cot[:2], pool, 1 / 3, "sft", seed=s)[2].id for s in range(20)]
+    assert firsts.count("t-1") >= 14
+    assert mix_in(cot, pool, 0.0, "sft") == cot and mix_in([], pool, 0.5, "sft") == []
+    assert len(mix_in(cot, collected[:1], 0.5, "sft")) == len(cot) + 1  # the pool runs out: what it has
+    with pytest.raises(ValueError, match=r"mix-in share must be in \[0, 1\)"):
+        mix_in(cot, pool, 1.0, "sft")
+
+
+def test_the_mix_in_task_draws_from_a_mixs_shards(shards, tmp_path):
+    cot_path = write_jsonl(shards["longcot"][0], tmp_path / "cot.jsonl")
+    rl_records, rl_shards = shards["rl_prompts"]
+    out = mix_in_task.fn(
+        str(cot_path), [s.path for s in rl_shards.shards], 0.5, "rl_prompts", str(tmp_path / "cs.jsonl")
+    )
+    mixed = read_jsonl(out, Record)
+    drawn = mixed[len(shards["longcot"][0]) :]
+    assert len(drawn) == len(shards["longcot"][0]) and {r.id for r in drawn} <= {r.id for r in rl_records}
+    assert all(r.meta["mixed_in_from"] == "rl_prompts" for r in drawn)
 
 
 def test_bad_records_are_quarantined_and_tasks_chain_by_path(samples, collected, tmp_path):
