@@ -67,10 +67,9 @@ def cold_start_set(
     """The cold-start set: the LongCoT records in ``records_path`` with ``preset.longcot_mix_in_share`` of
     records drawn from the mix the SFT stage trained on (``mix_in_task``); returns its file and the ids of
     the shards it drew from (its lineage parents besides the model that wrote the LongCoT samples)."""
-    pool = read_mix_shards(layout.shards_dir, preset.stage("sft").data_mix)
-    mixed = mix_in_task(
-        records_path, list(pool.paths), preset.longcot_mix_in_share, preset.stage("sft").data_mix, out_path, seed
-    )
+    sft_mix = preset.stage("sft").data_mix
+    pool = read_mix_shards(layout.shards_dir, sft_mix)
+    mixed = mix_in_task(records_path, list(pool.paths), preset.longcot_mix_in_share, sft_mix, out_path, seed)
     return mixed, pool.artifact_ids if preset.longcot_mix_in_share else ()
 
 

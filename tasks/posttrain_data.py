@@ -124,7 +124,7 @@ def mix_in(
 
     The cold-start set mixes in the SFT mix this way, as Keye-VL's cold-start mixes non-reasoning data
     with its reasoning data: on its LongCoT samples alone, demo-long's cold-start model lost the direct
-    answers SFT taught (held-out accuracy 0.948 -> 0.727, negated yes/no questions 0.98 -> 0.18-0.22,
+    answers SFT taught (held-out accuracy 0.948 -> 0.727, negated yes/no questions 0.98-1.00 -> 0.18-0.22,
     answered with broken reasoning); with a third mixed in, 0.913 / 0.957 / 0.927 over three draws.
     """
     if not 0 <= share < 1:
