@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.lineage import LineageStore, Metric
+from tasks.posttrain_data import MIXED_IN_FROM
 from tasks.rl_rounds import count_lines
 
 #: Pair kinds whose two sides both come from the model's own sampled paths.
@@ -50,10 +51,7 @@ def chain_metrics(posttrain_dir: str | Path) -> dict[str, float]:
         "longcot/to_review": float(sum(row["tier"] == "B" or row["borderline"] for row in kept)),
         "longcot/review_rejected": float(count_lines(str(folder / "review_rejects.jsonl"))),
         "longcot/kept": float(count_lines(str(folder / "cot_samples.jsonl"))),
-        # the cold-start set: the kept samples' records plus records mixed in from the SFT mix
-        "longcot/mixed_in": float(
-            max(0, count_lines(str(folder / "coldstart.jsonl")) - count_lines(str(folder / "longcot_records.jsonl")))
-        ),
+        "longcot/mixed_in": float(sum(MIXED_IN_FROM in row["meta"] for row in _rows(folder / "coldstart.jsonl"))),
         "pairs/total": float(sum(pairs.values())),
         "pairs/model_vs_model": float(model_pairs),
         "pairs/model_vs_model_share": model_pairs / sum(pairs.values()) if pairs else 0.0,

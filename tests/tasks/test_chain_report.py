@@ -20,8 +20,8 @@ def test_chain_metrics_count_tiers_pairs_and_prompts(tmp_path):
     write(tmp_path / "assessed_rejects.jsonl", [{"tier": t, "borderline": False} for t in "CCAC"])
     write(tmp_path / "review_rejects.jsonl", [{}])
     write(tmp_path / "cot_samples.jsonl", [{}, {}])
-    write(tmp_path / "longcot_records.jsonl", [{}, {}])
-    write(tmp_path / "coldstart.jsonl", [{}, {}, {}])  # the two samples' records and one SFT record
+    # the cold-start set: the two samples' records and one SFT record mixed in
+    write(tmp_path / "coldstart.jsonl", [{"meta": {}}, {"meta": {}}, {"meta": {"mixed_in_from": "sft"}}])
     reasons = ["correct-vs-wrong", "score-gap", "reference-vs-wrong", "correct-vs-wrong"]
     write(tmp_path / "pairs.jsonl", [{"reason": r} for r in reasons])
     write(tmp_path / "rl_prompts.jsonl", [{}] * 5)
