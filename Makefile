@@ -2,18 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+#: Where this machine keeps its CPU wheel of torch (absent elsewhere).
+TORCH_WHEELS := $(wildcard /opt/wheels)
 
 .PHONY: install demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	# The CPU wheel of torch 2.13.0 lies on this machine's disk; install it first so that
-	# no later resolver step pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q -c constraints.txt torch
+	# uv installs the project's ~200 packages in ~20 s where pip took ~95 s on this 2-core machine; it is
+	# the only package pip installs here.
+	$(PY) -m pip install -q 'uv>=0.13,<1'
+	$(UV) pip install -q --python $(PY) setuptools wheel
+	# The CPU wheel of torch 2.13.0 lies on this machine's disk (TORCH_WHEELS); install it first so that
+	# no later resolver step pulls a multi-GB CUDA build. Elsewhere the index serves torch as usual.
+	$(UV) pip install -q --python $(PY) $(if $(TORCH_WHEELS),--find-links $(TORCH_WHEELS)) -c constraints.txt torch
 	# No build isolation: deepspeed's sdist must build against the torch installed above.
-	$(PY) -m pip install -q --no-build-isolation -c constraints.txt -e '.[dev]'
+	$(UV) pip install -q --python $(PY) --no-build-isolation -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
