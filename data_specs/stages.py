@@ -14,6 +14,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from data_specs.mixes import GENERATED
+
 MODULE_GROUPS = ("vision", "projector", "llm")
 #: Names of the objectives in the registry (``keye_model.training.objectives``; a test checks they agree).
 OBJECTIVES = ("lm", "weighted_lm", "mpo", "reward", "gspo", "reward_gspo", "siglip", "fusion")
@@ -143,6 +145,11 @@ class StageSpec:
     """Merge settings for ``fusion`` stages: ``inputs[0]`` is the base, the rest are merged onto it."""
     reward_model: str | None = None
     """Stage whose checkpoint scores this stage's rollouts (the ``reward_model`` reward), or None."""
+    data_from: str | None = None
+    """Stage whose finished model generates this stage's data, for a ``data_mix`` the post-training chain
+    makes (``data_specs.mixes.GENERATED``: LongCoT samples, preference and reward pairs, RL prompts; a
+    preset requires it there). That stage's own mix is what the cold-start set mixes in and what a stage
+    whose generated mix came out empty trains on instead. None: a curated mix."""
     checkpoint_every: int = 50
     """Steps between resumable DeepSpeed checkpoints (with the loader state)."""
     parallelism_at_scale: str = "DP + ZeRO-2"
@@ -168,6 +175,11 @@ class StageSpec:
             raise ValueError(f"stage {self.name}: fusion needs a base and at least one more input")
         if self.fusion is not None and not -len(self.inputs) <= self.fusion.config_from < len(self.inputs):
             raise ValueError(f"stage {self.name}: fusion.config_from {self.fusion.config_from} is not an input")
+        if self.data_from is not None and self.data_mix not in GENERATED:
+            raise ValueError(
+                f"stage {self.name}: data_from names the model that generates a mix of {GENERATED}; "
+                f"{self.data_mix!r} is curated"
+            )
         if self.reward_model is not None and self.rl is None:
             raise ValueError(f"stage {self.name}: a reward_model stage goes with rl settings")
         if min(self.seq_len, self.num_steps, self.micro_batch_size, self.grad_accum_steps) < 1:
@@ -318,6 +330,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             trainable=("projector", "llm"),
             seq_len=8192,
             data_mix="preference",
+            data_from="sft",
             inputs=("sft",),
             num_steps=2000,
             grad_accum_steps=8,
@@ -332,6 +345,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             trainable=("projector", "llm"),
             seq_len=8192,
             data_mix="reward_pairs",
+            data_from="sft",
             inputs=("mpo",),
             num_steps=2000,
             grad_accum_steps=8,
@@ -347,6 +361,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             trainable=("projector", "llm"),
             seq_len=8192,
             data_mix="reward_pairs",
+            data_from="sft",
             inputs=("reward",),
             num_steps=200,
             optimizer=opt(lr=1e-6, min_lr_ratio=1.0),
@@ -361,6 +376,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             trainable=("projector", "llm"),
             seq_len=8192,
             data_mix="reward_anneal",
+            data_from="sft",
             inputs=("reward_rl",),
             num_steps=200,
             grad_accum_steps=8,
@@ -373,6 +389,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             trainable=ALL,
             seq_len=32_768,
             data_mix="longcot",
+            data_from="sft",
             inputs=("mpo",),
             num_steps=3000,
             grad_accum_steps=8,
@@ -385,6 +402,7 @@ def keye_8b_stages() -> tuple[StageSpec, ...]:
             trainable=("projector", "llm"),
             seq_len=16_384,
             data_mix="rl_prompts",
+            data_from="sft",
             inputs=("coldstart",),
             num_steps=500,
             zero_stage=3,

@@ -21,7 +21,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from data_specs.longcot import LongCoTConfig, PreferenceConfig
-from data_specs.mixes import GENERATED
 from data_specs.presets import Preset, as_preset
 from data_specs.stages import StageSpec
 from flows.pretrain import run_training_stage, selected
@@ -60,33 +59,31 @@ from tasks.rl_rounds import (
 )
 from tasks.train import CheckpointRef, LaunchConfig, finished_checkpoints, prepare_tokenizer
 
-#: The stage whose model writes the chain's generated data, and whose mix the cold-start set mixes in
-#: and a stage left without its generated data trains on.
-GENERATOR = "sft"
-
 
 def cold_start_set(
-    layout: RunLayout, preset: Preset, records_path: str, out_path: str, seed: int
+    layout: RunLayout, preset: Preset, pool_mix: str, records_path: str, out_path: str, seed: int
 ) -> tuple[str, tuple[str, ...]]:
     """The cold-start set: the LongCoT records in ``records_path`` with ``preset.longcot_mix_in_share`` of
-    records drawn from the mix the SFT stage trained on (``mix_in_task``); returns its file and the ids of
-    the shards it drew from (its lineage parents besides the model that wrote the LongCoT samples)."""
-    sft_mix = preset.stage(GENERATOR).data_mix
-    pool = read_mix_shards(layout.shards_dir, sft_mix)
-    mixed = mix_in_task(records_path, list(pool.paths), preset.longcot_mix_in_share, sft_mix, out_path, seed)
+    records drawn from ``pool_mix``, the mix the generating (SFT) model trained on (``mix_in_task``);
+    returns its file and the ids of the shards it drew from (its lineage parents besides the model that
+    wrote the LongCoT samples)."""
+    pool = read_mix_shards(layout.shards_dir, pool_mix)
+    mixed = mix_in_task(records_path, list(pool.paths), preset.longcot_mix_in_share, pool_mix, out_path, seed)
     return mixed, pool.artifact_ids if preset.longcot_mix_in_share else ()
 
 
 def make_generated_data(
     layout: RunLayout,
-    sft: CheckpointRef,
+    generator_stage: StageSpec,
+    checkpoint: CheckpointRef,
     preset: Preset,
     review_mode: str,
     review_timeout_s: int,
     seed: int,
     fallbacks: list[str],
 ) -> dict[str, dict]:
-    """LongCoT samples, preference pairs and RL prompts from the SFT checkpoint, sharded, with lineage.
+    """LongCoT samples, preference pairs and RL prompts from ``checkpoint``, the model of ``generator_stage``
+    (the stages' ``data_from``: SFT), sharded, with lineage.
 
     Returns the lineage of each generated mix that has data; a mix left empty is named in ``fallbacks``.
     """
@@ -99,7 +96,7 @@ def make_generated_data(
         max_new_tokens=preset.max_new_tokens,
         seed=seed,
     )
-    generator = GeneratorConfig(kind="transformers", model_dir=sft.checkpoint_dir)
+    generator = GeneratorConfig(kind="transformers", model_dir=checkpoint.checkpoint_dir)
     problems = collect_problems_task(layout.records_path, str(out / "problems.jsonl"), config)
     paths = generate_paths_task(problems, str(out / "paths.jsonl"), generator, config)
     assessed, rejects = assess_quality_task(
@@ -124,7 +121,7 @@ def make_generated_data(
         layout.records_path, str(out / "rl_candidates.jsonl"), limit=preset.rl_candidates, seed=seed
     )
     rl_kept, rl_fallback = filter_rl_prompts_task(
-        sft.checkpoint_dir,
+        checkpoint.checkpoint_dir,
         rl_candidates,
         str(out / "rl_prompts.jsonl"),
         max_prompts=preset.rl_candidates,
@@ -134,7 +131,12 @@ def make_generated_data(
     if rl_fallback:
         fallbacks.append("rl_prompts: no prompt had a pass rate strictly between 0 and 1; all were kept")
     cold_start, mixed_in_from = cold_start_set(
-        layout, preset, cot_records_task(scored, str(out / "longcot_records.jsonl")), str(out / "coldstart.jsonl"), seed
+        layout,
+        preset,
+        generator_stage.data_mix,
+        cot_records_task(scored, str(out / "longcot_records.jsonl")),
+        str(out / "coldstart.jsonl"),
+        seed,
     )
     for name, records, mixed_in in (
         ("longcot", cold_start, mixed_in_from),
@@ -145,7 +147,7 @@ def make_generated_data(
     ):
         if nonempty(records):
             write_generated_shards_task(records, name, shards_dir, preset.slow_fast)
-            parents = [sft.artifact_id, *mixed_in]
+            parents = [checkpoint.artifact_id, *mixed_in]
             data[name] = record_generated_lineage_task(layout.lineage_db, run_id, parents, records, shards_dir, name)
     return data
 
@@ -199,7 +201,10 @@ def run_rl_rounds(
             )
             counts.update(resampling)
             mix = round_name(cold.data_mix, r)
-            cold_set, mixed_in = cold_start_set(layout, preset, cot_path, str(out / f"coldstart-r{r}.jsonl"), seed)
+            pool_mix = preset.stage(cold.data_from).data_mix
+            cold_set, mixed_in = cold_start_set(
+                layout, preset, pool_mix, cot_path, str(out / f"coldstart-r{r}.jsonl"), seed
+            )
             write_generated_shards_task(cold_set, mix, shards_dir, preset.slow_fast)
             parents = [latest.artifact_id, rounds[judge.name].artifact_id, *mixed_in]
             made = record_generated_lineage_task(layout.lineage_db, run_id, parents, cold_set, shards_dir, mix)
@@ -253,8 +258,10 @@ def posttrain(
     """Post-training stages of ``preset``, each from the checkpoints its ``StageSpec.inputs`` name, in
     ``run_dir`` (a folder with curated data and the stages they start from: no default).
 
-    A stage whose generated mix came out empty trains on the ``sft`` mix instead; each such fallback
-    is logged, shown as a UI note and counted in the run's ``fallbacks`` metric.
+    The stages whose mix the chain generates (``StageSpec.data_from``) get it from one pass over the
+    generating stage's model, made when the first of them runs. A stage whose generated mix came out empty
+    trains on the generating stage's own mix instead; each such fallback is logged, shown as a UI note and
+    counted in the run's ``fallbacks`` metric.
     """
     preset = as_preset(preset)
     log = get_run_logger()
@@ -268,25 +275,30 @@ def posttrain(
     shards_dir = str(Path(layout.posttrain_dir) / "shards")
     for spec in selected("posttrain", preset, stages_to_run):
         data, extra = None, ()
-        if spec.data_mix in GENERATED:
+        if spec.data_from is not None:
+            generator = preset.stage(spec.data_from)
             if generated is None:
-                if GENERATOR not in checkpoints:
+                if generator.name not in checkpoints:
                     raise ValueError(
-                        f"stage {spec.name} trains on data generated by the SFT model; no finished "
-                        f"sft stage in {layout.root} (run it first: --stages sft {spec.name})"
+                        f"stage {spec.name} trains on data generated by the {generator.name} model; no finished "
+                        f"{generator.name} stage in {layout.root} (run it first: --stages {generator.name} {spec.name})"
                     )
+                made_by = checkpoints[generator.name]
                 generated = make_generated_data(
-                    layout, checkpoints[GENERATOR], preset, review_mode, review_timeout_s, seed, fallbacks
+                    layout, generator, made_by, preset, review_mode, review_timeout_s, seed, fallbacks
                 )
             if spec.data_mix in generated:
                 data = read_mix_shards(shards_dir, spec.data_mix)
                 extra = tuple(generated[spec.data_mix]["dataset"])
             else:
-                note = f"stage {spec.name}: the chain generated no {spec.data_mix} data; it trained on the sft mix"
+                note = (
+                    f"stage {spec.name}: the chain generated no {spec.data_mix} data; "
+                    f"it trained on the {generator.data_mix} mix"
+                )
                 log.warning(note)
                 fallbacks.append(note)
                 create_markdown_artifact(f"Fallback: {note}.", key=artifact_key(f"fallback-{spec.name}", run_dir))
-                data = read_mix_shards(layout.shards_dir, preset.stage(GENERATOR).data_mix)
+                data = read_mix_shards(layout.shards_dir, generator.data_mix)
         else:
             data = read_mix_shards(layout.shards_dir, spec.data_mix)
         if spec.rl is not None and spec.rl.num_iterations > 1:
