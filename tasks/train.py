@@ -115,23 +115,28 @@ def finished_result(output_dir: str | Path) -> StageResult | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return StageResult(**{f.name: data[f.name] for f in dataclasses.fields(StageResult)})
+    # a field a result.json written before it existed lacks keeps its default (``finished_at``)
+    return StageResult(**{f.name: data[f.name] for f in dataclasses.fields(StageResult) if f.name in data})
 
 
 def training_minutes(layout: RunLayout) -> dict[str, float]:
     """Minutes of training the run folder had done when each of its stages finished: the runners' wall
     time (``result.json``'s ``wall_s``) summed over every stage up to and including that one, in the order
-    they finished (their ``result.json``, written once, as they end), the rounds of an RL stage
-    (``gspo-r1``, ``coldstart-r2``) included. The x axis of held-out accuracy against training time.
+    they finished (``finished_at``; a result written before that was recorded: the file's modification
+    time, as it is written once, when the stage ends), the rounds of an RL stage (``gspo-r1``,
+    ``coldstart-r2``) included. The x axis of held-out accuracy against training time.
 
     Example: ``{"stage1": 0.14, "stage2": 1.94, "stage3": 2.2, ...}``.
     """
-    results = sorted(Path(layout.root, "stages").glob("*/result.json"), key=lambda p: p.stat().st_mtime)
+    results = []
+    for path in Path(layout.root, "stages").glob("*/result.json"):
+        result = json.loads(path.read_text())
+        results.append((result.get("finished_at") or path.stat().st_mtime, path.parent.name, result["wall_s"]))
     minutes: dict[str, float] = {}
     total = 0.0
-    for path in results:
-        total += json.loads(path.read_text())["wall_s"] / 60
-        minutes[path.parent.name] = total
+    for _, stage, wall_s in sorted(results):
+        total += wall_s / 60
+        minutes[stage] = total
     return minutes
 
 

@@ -72,6 +72,9 @@ class StageResult:
     tokens_seen: int
     final_loss: float | None
     wall_s: float
+    finished_at: float | None = None
+    """When the stage finished (Unix time), the order a run's stages ended in (``tasks.train.training_minutes``);
+    None in results written before it was recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

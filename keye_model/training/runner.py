@@ -210,6 +210,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
                 tokens_seen,
                 loss_value,
                 time.monotonic() - started,
+                time.time(),
             )
         output = objective.train_step(step)
         step += 1
@@ -256,6 +257,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
         tokens_seen,
         loss_value,
         time.monotonic() - started,
+        time.time(),
     )
     if rank == 0:
         write_text_atomically(out / "result.json", json.dumps(result.to_dict(), indent=2))

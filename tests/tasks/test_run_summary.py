@@ -46,12 +46,20 @@ def test_summary_has_a_row_per_stage_with_metrics_checkpoint_and_report_link(tmp
 
 def test_training_minutes_add_up_the_runners_time_in_the_order_stages_finished(tmp_path):
     layout = RunLayout(str(tmp_path / "run"))
-    # finished in this order (result.json's time), whatever their names or the preset's order
-    for when, (stage, wall_s) in enumerate([("stage1", 30.0), ("sft", 90.0), ("gspo-r1", 6.0), ("gspo", 12.0)]):
+    # finished in this order (result.json's finished_at), whatever their names, the preset's order or the
+    # files' times (a copied run folder); stage1's result predates finished_at: its file's time counts
+    finished = [
+        ("stage1", 30.0, None),
+        ("sft", 90.0, 2_000_010.0),
+        ("gspo-r1", 6.0, 2_000_020.0),
+        ("gspo", 12.0, 2_000_030.0),
+    ]
+    for when, (stage, wall_s, finished_at) in enumerate(finished):
         result = Path(layout.stage_dir(stage), "result.json")
         result.parent.mkdir(parents=True)
-        result.write_text(json.dumps({"stage": stage, "wall_s": wall_s}))
-        os.utime(result, (1_000_000 + when, 1_000_000 + when))
+        fields = {"stage": stage, "wall_s": wall_s} | ({"finished_at": finished_at} if finished_at else {})
+        result.write_text(json.dumps(fields))
+        os.utime(result, (2_000_000 - when, 2_000_000 - when))  # mtimes in the reverse order
     Path(layout.stage_dir("unfinished")).mkdir()  # no result.json: not a finished stage
     assert training_minutes(layout) == pytest.approx({"stage1": 0.5, "sft": 2.0, "gspo-r1": 2.1, "gspo": 2.3})
     assert training_minutes(RunLayout(str(tmp_path / "empty"))) == {}

@@ -53,6 +53,8 @@ def test_stage1_trains_only_the_projector_and_ends_with_a_loadable_checkpoint(st
     lines = (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert json.loads(lines[-1])["loss"] > 0
+    written = json.loads((Path(config.output_dir) / "result.json").read_text())
+    assert written == result.to_dict() and 0 < result.wall_s and result.finished_at <= time.time()
 
 
 def test_stage3_resets_rope_theta(stage1, tmp_path, tokenizer_dir, shards):
