@@ -128,13 +128,13 @@ def training_minutes(layout: RunLayout) -> dict[str, float]:
 
     Example: ``{"stage1": 0.14, "stage2": 1.94, "stage3": 2.2, ...}``.
     """
-    results = []
+    finished = []
     for path in Path(layout.root, "stages").glob("*/result.json"):
-        result = json.loads(path.read_text())
-        results.append((result.get("finished_at") or path.stat().st_mtime, path.parent.name, result["wall_s"]))
+        result = finished_result(path.parent)
+        finished.append((result.finished_at or path.stat().st_mtime, path.parent.name, result.wall_s))
     minutes: dict[str, float] = {}
     total = 0.0
-    for _, stage, wall_s in sorted(results):
+    for _, stage, wall_s in sorted(finished):
         total += wall_s / 60
         minutes[stage] = total
     return minutes

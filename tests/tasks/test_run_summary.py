@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from keye_model.training.run_config import StageResult
 from tasks.evaluation.report import run_summary_markdown
 from tasks.layout import RunLayout
 from tasks.reports import artifact_key, run_slug
@@ -57,8 +58,10 @@ def test_training_minutes_add_up_the_runners_time_in_the_order_stages_finished(t
     for when, (stage, wall_s, finished_at) in enumerate(finished):
         result = Path(layout.stage_dir(stage), "result.json")
         result.parent.mkdir(parents=True)
-        fields = {"stage": stage, "wall_s": wall_s} | ({"finished_at": finished_at} if finished_at else {})
-        result.write_text(json.dumps(fields))
+        written = StageResult(stage, str(result.parent / "checkpoint"), 4, 8, 80, 1.0, wall_s, finished_at).to_dict()
+        if finished_at is None:
+            del written["finished_at"]  # as a result.json of a runner that did not record it yet
+        result.write_text(json.dumps(written))
         os.utime(result, (2_000_000 - when, 2_000_000 - when))  # mtimes in the reverse order
     Path(layout.stage_dir("unfinished")).mkdir()  # no result.json: not a finished stage
     assert training_minutes(layout) == pytest.approx({"stage1": 0.5, "sft": 2.0, "gspo-r1": 2.1, "gspo": 2.3})
