@@ -294,6 +294,8 @@ def _demo_stage(stage: StageSpec, steps: dict[str, int]) -> StageSpec:
             lr=DEMO_LR.get(
                 stage.name, min(DEMO_MAX_LR, stage.optimizer.lr * (DEMO_RL_LR_SCALE if stage.rl else DEMO_LR_SCALE))
             ),
+            # a stage of fewer steps (the demo's MPO and annealing pass, 8 each) spends all of them on the
+            # ramp, at k/11 of its rate on step k: their step counts and rates were measured that way
             warmup_steps=0 if stage.rl else 10,
             min_lr_ratio=1.0 if stage.rl else 0.1,
             # vision pre-training trains the ViT at the full rate: that is its job

@@ -130,7 +130,7 @@ class StageSpec:
     rope_theta: float | None = None
     """LLM RoPE base to set before training; None keeps the previous stage's."""
     num_steps: int = 100
-    """Optimizer steps."""
+    """Training steps: one optimizer update each (GSPO: one per mini-batch); the rate schedule spans them."""
     micro_batch_size: int = 1
     """Packed sequences per rank per forward."""
     grad_accum_steps: int = 1

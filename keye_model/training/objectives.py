@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from data_specs.stages import StageSpec
 from keye_model import losses
 from keye_model.fusion import merge
 from keye_model.model import KeyeForConditionalGeneration
@@ -76,6 +77,12 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def train_step(self, step: int) -> StepOutput:
         """One optimizer step."""
+
+    @classmethod
+    def updates_per_step(cls, stage: StageSpec) -> int:
+        """Optimizer updates one ``train_step`` makes (the learning-rate schedule counts steps, not updates)."""
+        del stage
+        return 1
 
 
 class AccumulatedObjective(Objective):
@@ -292,6 +299,10 @@ class GSPO(Objective):
             raise ValueError(f"stage {self.stage.name}: GSPO steps once per mini-batch; set grad_accum_steps=1")
         self.reward_fn = self.reward_function(config, batches.processor, engine.device)
         self.hint_counts: dict[str, int] = {}
+
+    @classmethod
+    def updates_per_step(cls, stage: StageSpec) -> int:
+        return stage.rl.num_minibatches
 
     def state_dict(self) -> dict[str, Any]:
         return {"hint_counts": dict(self.hint_counts)}

@@ -99,11 +99,20 @@ def deepspeed_config(stage: StageSpec) -> dict[str, Any]:
     return cfg
 
 
-def lr_lambda(stage: StageSpec) -> Callable[[int], float]:
-    """Linear warm-up to 1, then cosine to ``min_lr_ratio`` at the last step."""
+def lr_lambda(stage: StageSpec, updates_per_step: int = 1) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine to ``min_lr_ratio`` at the last step, over the stage's steps.
+
+    The scheduler counts optimizer updates; a step of an objective that updates several times (GSPO: once
+    per mini-batch, ``Objective.updates_per_step``) keeps one rate for all of them, so the schedule spans
+    ``num_steps`` steps whatever the objective. Example: warmup_steps 1, 2 updates a step -> updates 0 and
+    1 at 1/2 of the rate, update 2 on at the cosine.
+    """
+    if updates_per_step < 1:
+        raise ValueError(f"stage {stage.name}: updates_per_step must be >= 1, got {updates_per_step}")
     opt = stage.optimizer
 
-    def factor(step: int) -> float:
+    def factor(update: int) -> float:
+        step = update // updates_per_step
         if step < opt.warmup_steps:
             return (step + 1) / (opt.warmup_steps + 1)
         span = max(1, stage.num_steps - opt.warmup_steps)
@@ -189,7 +198,9 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
     optimizer = torch.optim.AdamW(
         param_groups(model, opt_spec), lr=opt_spec.lr, betas=opt_spec.betas, weight_decay=opt_spec.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.stage))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.stage, objective_cls.updates_per_step(config.stage))
+    )
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config.stage)
     )
@@ -212,6 +223,8 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
                 time.monotonic() - started,
                 time.time(),
             )
+        # the rate this step trains at (the stage's; lr_scales apply per group), read before it moves on
+        lr = opt_spec.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
         output = objective.train_step(step)
         step += 1
         tokens_seen += output.tokens
@@ -220,7 +233,7 @@ def run_stage(config: RunConfig, on_step: Callable[[dict[str, Any]], None] | Non
             "stage": config.stage.name,
             "step": step,
             "loss": loss_value,
-            "lr": opt_spec.lr * scheduler.lr_lambdas[0](step),  # the stage's rate; lr_scales apply per group
+            "lr": lr,
             "tokens": tokens_seen,
             **output.metrics,
         }

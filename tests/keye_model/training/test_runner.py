@@ -53,6 +53,8 @@ def test_stage1_trains_only_the_projector_and_ends_with_a_loadable_checkpoint(st
     lines = (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert json.loads(lines[-1])["loss"] > 0
+    # each step logs the rate it trained at: warm-up (1 step) at half of 1e-3, then the cosine to 0.1 of it
+    assert [json.loads(line)["lr"] for line in lines] == pytest.approx([5e-4, 1e-3, 5.5e-4])
     written = json.loads((Path(config.output_dir) / "result.json").read_text())
     assert written == result.to_dict() and 0 < result.wall_s and result.finished_at <= time.time()
 
@@ -146,7 +148,26 @@ def test_gspo_stages_run_with_rewards_and_save(name, stage1, tmp_path, tokenizer
     result = run_stage(config)
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(0.0 <= m["mean_reward"] <= 1.0 for m in metrics)
+    # a step updates once per mini-batch (2 here) and the schedule counts steps: its warm-up step runs both
+    # updates at half the rate, the next step the full one
+    assert spec.optimizer.warmup_steps == 1 and spec.rl.num_minibatches == 2
+    assert [m["lr"] for m in metrics] == pytest.approx([spec.optimizer.lr / 2, spec.optimizer.lr])
     KeyeForConditionalGeneration.from_pretrained(result.checkpoint_dir)
+
+
+def test_lr_schedule_spans_steps_whatever_the_updates_a_step_makes():
+    from data_specs.stages import OptimizerSpec
+    from keye_model.training.objectives import get_objective
+    from keye_model.training.runner import lr_lambda
+
+    spec = stage("stage1", optimizer=OptimizerSpec(lr=1e-3, warmup_steps=1, min_lr_ratio=0.0))
+    assert [lr_lambda(spec)(u) for u in range(3)] == pytest.approx([0.5, 1.0, 0.5])
+    assert [lr_lambda(spec, 2)(u) for u in range(6)] == pytest.approx([0.5, 0.5, 1.0, 1.0, 0.5, 0.5])
+    gspo = stage("gspo")
+    assert get_objective("gspo").updates_per_step(gspo) == gspo.rl.num_minibatches
+    assert get_objective("lm").updates_per_step(spec) == 1
+    with pytest.raises(ValueError, match="updates_per_step must be >= 1"):
+        lr_lambda(spec, 0)
 
 
 def test_torchrun_two_ranks_train_disjoint_balanced_shares(tmp_path, tokenizer_dir, shards):
