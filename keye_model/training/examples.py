@@ -148,22 +148,27 @@ def judge_conversations(example: Example) -> list[Conversation]:
     return out
 
 
-def judge_rl_prompt(example: Example) -> RLPrompt:
-    """A judging prompt for the reward model's RL stage: one pair, one order, one mode; the reference is
-    the better response's letter (scored by ``keye_model.training.judge.verdict_reward``).
+def judge_rl_prompts(example: Example) -> tuple[RLPrompt, RLPrompt]:
+    """The judging prompts of one pair for the reward model's RL stage: the pair in both orders, in one mode;
+    each reference is the better response's letter (scored by ``keye_model.training.judge.verdict_reward``).
 
-    Order and mode come from a hash of the sample id (bit 0: chosen second, bit 1: ``think``), so a pair is
-    asked the same way on every pass and the set covers both orders and both modes about equally.
+    Both orders go into the same step, so every step rewards "A" and "B" equally often: a step of pairs
+    asked one way each rewarded one letter more by chance (8 of 12 prompts "B" in demo-long seed 2's
+    6 steps), and a judge whose think-mode margins are thin became a constant "B" after them, even at
+    1e-5. The mode comes from a hash of the sample id (``think`` when bit 1 is set), so a pair is asked
+    the same way on every pass and the set covers both modes about equally. Ids: ``<sample id>-A`` (the
+    better response first) and ``<sample id>-B``.
     """
     chosen, rejected = _pair_sides(example)
-    bits = zlib.crc32(example.sample_id.encode())
-    swapped, think = bool(bits & 1), bool(bits & 2)
-    first, second = (rejected, chosen) if swapped else (chosen, rejected)
-    return RLPrompt(
-        id=example.sample_id,
-        conversation=[judge_turn(example, first, second, think)],
-        reference="B" if swapped else "A",
-        thinking=think,
+    think = bool(zlib.crc32(example.sample_id.encode()) & 2)
+    return tuple(
+        RLPrompt(
+            id=f"{example.sample_id}-{letter}",
+            conversation=[judge_turn(example, first, second, think)],
+            reference=letter,
+            thinking=think,
+        )
+        for first, second, letter in ((chosen, rejected, "A"), (rejected, chosen, "B"))
     )
 
 

@@ -314,15 +314,16 @@ class GSPO(Objective):
         """What scores a rollout: the stage's weighted reward sources (``build_reward_fn``)."""
         return build_reward_fn(config, processor, device)
 
-    def rl_prompt(self, example: examples.Example):
-        """The RL prompt a sample becomes: its question and reference answer."""
-        return examples.rl_prompt(example)
+    def rl_prompts(self, example: examples.Example) -> list[examples.RLPrompt]:
+        """The RL prompts a sample becomes: one, its question and reference answer."""
+        return [examples.rl_prompt(example)]
 
     def train_step(self, step: int) -> StepOutput:
         from keye_model.training.rl import all_wrong_table, gspo_update, progressive_hint_rollout
 
         spec = self.stage.rl
-        prompts = [self.rl_prompt(ex) for ex in self.batches.my_examples()]
+        batch = self.batches.my_examples()
+        prompts = [prompt for ex in batch for prompt in self.rl_prompts(ex)]
         model = self.engine.module
         groups = [
             progressive_hint_rollout(
@@ -347,7 +348,7 @@ class GSPO(Objective):
             **{f"gspo/{k}": v for k, v in all_wrong_table(self.hint_counts).items()},
         }
         tokens = sum(int(g.response_mask.sum()) for g in groups)
-        return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[p.id for p in prompts], tokens=tokens)
+        return StepOutput(loss=m.loss, metrics=metrics, sample_ids=[ex.sample_id for ex in batch], tokens=tokens)
 
 
 @register
@@ -362,8 +363,8 @@ class RewardGSPO(GSPO):
 
         return verdict_reward
 
-    def rl_prompt(self, example: examples.Example):
-        return examples.judge_rl_prompt(example)
+    def rl_prompts(self, example: examples.Example) -> list[examples.RLPrompt]:
+        return list(examples.judge_rl_prompts(example))
 
 
 @register

@@ -6,7 +6,7 @@ import pytest
 
 from data_specs.longcot import REWARD_MODEL_DIMENSIONS
 from keye_model.rewards import RewardSample
-from keye_model.training.examples import Example, judge_assessment, judge_conversations, judge_rl_prompt
+from keye_model.training.examples import Example, judge_assessment, judge_conversations, judge_rl_prompts
 from keye_model.training.judge import as_judged_response, parse_verdict, verdict_reward
 
 
@@ -70,15 +70,20 @@ def _pair(i: int, reason: str = "correct-vs-wrong") -> Example:
     return Example(sample_id=f"pair-{i}", record=record, user_parts=[{"type": "text", "text": record["question"]}])
 
 
-def test_rl_prompts_cover_both_orders_and_modes_and_name_the_better_letter():
-    prompts = [judge_rl_prompt(_pair(i)) for i in range(40)]
-    assert {(p.reference, p.thinking) for p in prompts} == {("A", False), ("A", True), ("B", False), ("B", True)}
-    for p in prompts:
+def test_rl_prompts_ask_each_pair_in_both_orders_and_name_the_better_letter():
+    prompts = [judge_rl_prompts(_pair(i)) for i in range(40)]
+    for i, (first, second) in enumerate(prompts):
+        # one pair: both orders in one mode, so a step rewards "A" and "B" equally often
+        assert (first.reference, second.reference) == ("A", "B") and first.thinking == second.thinking
+        assert (first.id, second.id) == (f"pair-{i}-A", f"pair-{i}-B")
+    flat = [p for pair in prompts for p in pair]
+    assert {p.thinking for p in flat} == {False, True}  # the mode varies across pairs
+    for p in flat:
         text = p.conversation[-1]["content"][-1]["text"]
-        first = text.split("Response A: ")[1].split("\nResponse B")[0]
-        assert (first == "circle") == (p.reference == "A")
+        shown_first = text.split("Response A: ")[1].split("\nResponse B")[0]
+        assert (shown_first == "circle") == (p.reference == "A")
         assert text.endswith("/think") == p.thinking and p.think_mode == p.thinking
-    assert judge_rl_prompt(_pair(3)) == judge_rl_prompt(_pair(3))  # the same question on every pass
+    assert judge_rl_prompts(_pair(3)) == judge_rl_prompts(_pair(3))  # the same questions on every pass
 
 
 @pytest.mark.parametrize("reason", ["correct-vs-wrong", "score-gap", "padded-right", "padded-wrong", "other"])
