@@ -148,7 +148,7 @@ def judge_conversations(example: Example) -> list[Conversation]:
     return out
 
 
-def judge_rl_prompts(example: Example) -> tuple[RLPrompt, RLPrompt]:
+def judge_rl_prompts(example: Example) -> list[RLPrompt]:
     """The judging prompts of one pair for the reward model's RL stage: the pair in both orders, in one mode;
     each reference is the better response's letter (scored by ``keye_model.training.judge.verdict_reward``).
 
@@ -161,7 +161,7 @@ def judge_rl_prompts(example: Example) -> tuple[RLPrompt, RLPrompt]:
     """
     chosen, rejected = _pair_sides(example)
     think = bool(zlib.crc32(example.sample_id.encode()) & 2)
-    return tuple(
+    return [
         RLPrompt(
             id=f"{example.sample_id}-{letter}",
             conversation=[judge_turn(example, first, second, think)],
@@ -169,7 +169,7 @@ def judge_rl_prompts(example: Example) -> tuple[RLPrompt, RLPrompt]:
             thinking=think,
         )
         for first, second, letter in ((chosen, rejected, "A"), (rejected, chosen, "B"))
-    )
+    ]
 
 
 def rl_prompt(example: Example) -> RLPrompt:

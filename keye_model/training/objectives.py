@@ -364,7 +364,7 @@ class RewardGSPO(GSPO):
         return verdict_reward
 
     def rl_prompts(self, example: examples.Example) -> list[examples.RLPrompt]:
-        return list(examples.judge_rl_prompts(example))
+        return examples.judge_rl_prompts(example)
 
 
 @register
